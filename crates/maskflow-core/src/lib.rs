@@ -1,0 +1,22 @@
+//! maskflow-core: the machinery every stage shares.
+//!
+//! - [`hash`]: blake3 helpers and the canonical JSON encoding that stage keys are computed over.
+//! - [`fsutil`]: atomic file writes (temp + rename) and small filesystem helpers.
+//! - [`store`]: the content-addressed artifact store (`artifacts/<stage>/<key>/` + `manifest.json`).
+//! - [`runs`]: run records (`artifacts/runs/<pipeline>/<timestamp>.json`, `latest.json`).
+//! - [`config`]: typed TOML loading whose errors name `file:line:column` and the key.
+//! - [`dataset`]: walking a `root/<class>/…` folder and its content fingerprint.
+//! - [`rng`]: a tiny, version-stable seeded generator (SplitMix64) for reproducible draws.
+//! - [`progress`]: progress bars with one look across the stages.
+
+pub mod config;
+pub mod dataset;
+pub mod fsutil;
+pub mod hash;
+pub mod progress;
+pub mod rng;
+pub mod runs;
+pub mod store;
+
+/// The tool version written into every manifest and run record.
+pub const TOOL_VERSION: &str = concat!("maskflow ", env!("CARGO_PKG_VERSION"));

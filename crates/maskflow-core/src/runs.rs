@@ -1,0 +1,84 @@
+//! Run records: which keys, artifacts and timings made a pipeline's outputs.
+//! Written to `<artifacts>/runs/<pipeline>/<timestamp>.json` and `latest.json`.
+
+use crate::fsutil::write_json_atomic;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageRun {
+    pub stage: String,
+    pub key: String,
+    pub dir: PathBuf,
+    pub cached: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuilt_because: Option<String>,
+    pub duration_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub pipeline: String,
+    pub pipeline_file: PathBuf,
+    pub tool_version: String,
+    pub started_unix: u64,
+    pub duration_s: f64,
+    /// The dataset fingerprint the index stage was keyed on.
+    pub dataset_fingerprint: String,
+    pub stages: Vec<StageRun>,
+}
+
+impl RunRecord {
+    /// Writes `<timestamp>.json` and then `latest.json`, each atomically. Returns the first path.
+    pub fn write(&self, artifacts: &Path) -> std::io::Result<PathBuf> {
+        let dir = artifacts.join("runs").join(&self.pipeline);
+        let stamp = format_utc(self.started_unix);
+        let mut path = dir.join(format!("{stamp}.json"));
+        let mut n = 1;
+        while path.exists() {
+            path = dir.join(format!("{stamp}-{n}.json"));
+            n += 1;
+        }
+        write_json_atomic(&path, self)?;
+        write_json_atomic(&dir.join("latest.json"), self)?;
+        Ok(path)
+    }
+
+    pub fn read_latest(artifacts: &Path, pipeline: &str) -> Option<RunRecord> {
+        let p = artifacts.join("runs").join(pipeline).join("latest.json");
+        serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+    }
+}
+
+/// `YYYYMMDDTHHMMSSZ` for a unix time (UTC), without a date-time dependency.
+pub fn format_utc(unix: u64) -> String {
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_formatting() {
+        assert_eq!(super::format_utc(0), "19700101T000000Z");
+        assert_eq!(super::format_utc(1_796_000_000), "20261130T005320Z");
+        assert_eq!(super::format_utc(951_782_400), "20000229T000000Z");
+    }
+}

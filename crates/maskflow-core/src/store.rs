@@ -1,0 +1,455 @@
+//! The content-addressed artifact store.
+//!
+//! A stage's output lives in `<root>/<stage>/<key>/` where
+//! `key = blake3(canonical JSON of {stage, version, params, upstream})`. It is built in
+//! `<root>/<stage>/.tmp-<key>-<unique>/` and renamed into place only when complete, with a
+//! `manifest.json` that lists every file with its size and blake3. An artifact is trusted only when
+//! its manifest parses, names the expected key and every file verifies; anything else is rebuilt.
+//! An advisory lock per key (`<root>/<stage>/.locks/<key>.lock`) serialises concurrent builders, so two
+//! processes running the same pipeline both succeed and leave one valid artifact.
+
+use crate::fsutil::{list_files_recursive, rel_string, unique_suffix, write_json_atomic};
+use crate::hash::{blake3_file, hash_canonical};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub const MANIFEST: &str = "manifest.json";
+const MANIFEST_FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot encode the parameters of stage {stage}: {source}")]
+    Encode { stage: String, source: serde_json::Error },
+    #[error("stage {stage} failed: {source:#}")]
+    Build { stage: String, source: anyhow::Error },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.to_path_buf(), source }
+}
+
+/// What identifies one stage's output: everything its key is computed from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StageSpec {
+    pub stage: String,
+    pub version: u32,
+    /// The stage's parameters with every default filled in, so that writing a default explicitly
+    /// or leaving it out gives the same key.
+    pub params: Value,
+    /// Named upstream keys (`{"index": "<key>"}`), or for the first stage the dataset fingerprint.
+    pub upstream: BTreeMap<String, String>,
+}
+
+impl StageSpec {
+    pub fn new<P: Serialize>(
+        stage: &str,
+        version: u32,
+        params: &P,
+        upstream: BTreeMap<String, String>,
+    ) -> Result<Self, StoreError> {
+        let params = serde_json::to_value(params)
+            .map_err(|source| StoreError::Encode { stage: stage.into(), source })?;
+        Ok(Self { stage: stage.into(), version, params, upstream })
+    }
+
+    pub fn key(&self) -> String {
+        // A Value always encodes.
+        hash_canonical(self).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileEntry {
+    pub path: String,
+    pub bytes: u64,
+    pub blake3: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    pub stage: String,
+    pub stage_version: u32,
+    pub key: String,
+    pub params: Value,
+    pub upstream: BTreeMap<String, String>,
+    pub tool_version: String,
+    pub created_unix: u64,
+    pub duration_s: f64,
+    pub files: Vec<FileEntry>,
+    pub report: Value,
+}
+
+/// Why an artifact directory cannot be trusted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Invalid {
+    Missing,
+    NoManifest,
+    BadManifest(String),
+    WrongKey { found: String },
+    MissingFile(String),
+    SizeMismatch { file: String, expected: u64, found: u64 },
+    HashMismatch(String),
+}
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Invalid::Missing => write!(f, "not built"),
+            Invalid::NoManifest => write!(f, "no manifest.json (incomplete artifact)"),
+            Invalid::BadManifest(e) => write!(f, "manifest.json unreadable: {e}"),
+            Invalid::WrongKey { found } => write!(f, "manifest names key {found}"),
+            Invalid::MissingFile(p) => write!(f, "file {p} is missing"),
+            Invalid::SizeMismatch { file, expected, found } => {
+                write!(f, "file {file} has {found} bytes, manifest says {expected}")
+            }
+            Invalid::HashMismatch(p) => write!(f, "file {p} does not match its blake3"),
+        }
+    }
+}
+
+/// Result of [`Store::ensure`].
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub stage: String,
+    pub key: String,
+    pub dir: PathBuf,
+    pub cached: bool,
+    /// Why a previous artifact with this key was rebuilt (corrupt, forced), if one existed.
+    pub rebuilt_because: Option<String>,
+    pub duration_s: f64,
+    pub manifest: Manifest,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn artifact_dir(&self, stage: &str, key: &str) -> PathBuf {
+        self.root.join(stage).join(key)
+    }
+
+    /// Reads and checks an artifact: manifest, key, and every file's size and blake3.
+    pub fn verify(&self, stage: &str, key: &str) -> Result<Manifest, Invalid> {
+        verify_dir(&self.artifact_dir(stage, key), Some(key))
+    }
+
+    /// Returns the verified artifact for `spec`, building it with `build` when it is missing,
+    /// invalid, or `force` is set. `build` gets an empty directory to write into and returns the
+    /// stage's report (counts, figures), which is stored in the manifest.
+    pub fn ensure<F>(&self, spec: &StageSpec, force: bool, build: F) -> Result<Outcome, StoreError>
+    where
+        F: FnOnce(&Path) -> anyhow::Result<Value>,
+    {
+        let key = spec.key();
+        let stage_dir = self.root.join(&spec.stage);
+        let lock_dir = stage_dir.join(".locks");
+        fs::create_dir_all(&lock_dir).map_err(io_err(&lock_dir))?;
+        let lock_path = lock_dir.join(format!("{key}.lock"));
+        let lock = File::create(&lock_path).map_err(io_err(&lock_path))?;
+        lock.lock().map_err(io_err(&lock_path))?;
+
+        // Holding the lock, no other process is building this key: any temp dir for it is a leftover
+        // of an interrupted run.
+        clean_leftovers(&stage_dir, &key);
+
+        let final_dir = stage_dir.join(&key);
+        let mut rebuilt_because = None;
+        if final_dir.exists() {
+            match verify_dir(&final_dir, Some(&key)) {
+                Ok(manifest) if !force => {
+                    return Ok(Outcome {
+                        stage: spec.stage.clone(),
+                        key,
+                        dir: final_dir,
+                        cached: true,
+                        rebuilt_because: None,
+                        duration_s: 0.0,
+                        manifest,
+                    });
+                }
+                Ok(_) => rebuilt_because = Some("forced".to_string()),
+                Err(why) => rebuilt_because = Some(why.to_string()),
+            }
+            let trash = stage_dir.join(format!(".trash-{key}-{}", unique_suffix()));
+            fs::rename(&final_dir, &trash).map_err(io_err(&final_dir))?;
+            let _ = fs::remove_dir_all(&trash);
+        }
+
+        let tmp = stage_dir.join(format!(".tmp-{key}-{}", unique_suffix()));
+        fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+        let started = Instant::now();
+        let created_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let report = match build(&tmp) {
+            Ok(r) => r,
+            Err(source) => {
+                let _ = fs::remove_dir_all(&tmp);
+                return Err(StoreError::Build { stage: spec.stage.clone(), source });
+            }
+        };
+        let duration_s = started.elapsed().as_secs_f64();
+        let manifest = (|| -> Result<Manifest, StoreError> {
+            let files = hash_tree(&tmp)?;
+            let manifest = Manifest {
+                format: MANIFEST_FORMAT,
+                stage: spec.stage.clone(),
+                stage_version: spec.version,
+                key: key.clone(),
+                params: spec.params.clone(),
+                upstream: spec.upstream.clone(),
+                tool_version: crate::TOOL_VERSION.to_string(),
+                created_unix,
+                duration_s,
+                files,
+                report,
+            };
+            let mpath = tmp.join(MANIFEST);
+            write_json_atomic(&mpath, &manifest).map_err(io_err(&mpath))?;
+            sync_dir(&tmp);
+            fs::rename(&tmp, &final_dir).map_err(io_err(&final_dir))?;
+            sync_dir(&stage_dir);
+            Ok(manifest)
+        })();
+        let manifest = match manifest {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+        };
+        Ok(Outcome {
+            stage: spec.stage.clone(),
+            key,
+            dir: final_dir,
+            cached: false,
+            rebuilt_because,
+            duration_s,
+            manifest,
+        })
+    }
+
+    /// Reads an artifact's manifest without verifying its files (for `status` explanations).
+    pub fn read_manifest(&self, stage: &str, key: &str) -> Option<Manifest> {
+        let p = self.artifact_dir(stage, key).join(MANIFEST);
+        let bytes = fs::read(p).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}
+
+/// Hashes every file under `dir` (except the manifest) for the manifest, in parallel.
+fn hash_tree(dir: &Path) -> Result<Vec<FileEntry>, StoreError> {
+    use rayon::prelude::*;
+    let files = list_files_recursive(dir).map_err(io_err(dir))?;
+    files
+        .par_iter()
+        .filter(|rel| rel.as_os_str() != MANIFEST)
+        .map(|rel| {
+            let p = dir.join(rel);
+            let (blake3, bytes) = blake3_file(&p).map_err(io_err(&p))?;
+            Ok(FileEntry { path: rel_string(rel), bytes, blake3 })
+        })
+        .collect()
+}
+
+/// Checks a directory against its manifest. `key`: the key it must carry, if known.
+pub fn verify_dir(dir: &Path, key: Option<&str>) -> Result<Manifest, Invalid> {
+    use rayon::prelude::*;
+    if !dir.is_dir() {
+        return Err(Invalid::Missing);
+    }
+    let mpath = dir.join(MANIFEST);
+    let bytes = match fs::read(&mpath) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Invalid::NoManifest),
+        Err(e) => return Err(Invalid::BadManifest(e.to_string())),
+    };
+    let manifest: Manifest =
+        serde_json::from_slice(&bytes).map_err(|e| Invalid::BadManifest(e.to_string()))?;
+    if manifest.format != MANIFEST_FORMAT {
+        return Err(Invalid::BadManifest(format!("format {} is not {MANIFEST_FORMAT}", manifest.format)));
+    }
+    if let Some(key) = key {
+        if manifest.key != key {
+            return Err(Invalid::WrongKey { found: manifest.key.clone() });
+        }
+    }
+    // Cheap checks first (existence, sizes), then hashes in parallel.
+    for f in &manifest.files {
+        let p = dir.join(&f.path);
+        match fs::metadata(&p) {
+            Ok(m) if m.len() == f.bytes => {}
+            Ok(m) => {
+                return Err(Invalid::SizeMismatch {
+                    file: f.path.clone(),
+                    expected: f.bytes,
+                    found: m.len(),
+                })
+            }
+            Err(_) => return Err(Invalid::MissingFile(f.path.clone())),
+        }
+    }
+    let bad = manifest.files.par_iter().find_any(|f| match blake3_file(&dir.join(&f.path)) {
+        Ok((h, _)) => h != f.blake3,
+        Err(_) => true,
+    });
+    if let Some(f) = bad {
+        return Err(Invalid::HashMismatch(f.path.clone()));
+    }
+    Ok(manifest)
+}
+
+fn clean_leftovers(stage_dir: &Path, key: &str) {
+    let Ok(entries) = fs::read_dir(stage_dir) else { return };
+    let tmp_prefix = format!(".tmp-{key}-");
+    let trash_prefix = format!(".trash-{key}-");
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&tmp_prefix) || name.starts_with(&trash_prefix) {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(f) = File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(p: i64) -> StageSpec {
+        StageSpec::new("demo", 1, &json!({"p": p, "q": "x"}), BTreeMap::from([("up".into(), "k0".into())]))
+            .unwrap()
+    }
+
+    fn build_ok(dir: &Path) -> anyhow::Result<Value> {
+        fs::create_dir_all(dir.join("sub"))?;
+        fs::write(dir.join("a.bin"), b"hello")?;
+        fs::write(dir.join("sub/b.txt"), b"world")?;
+        Ok(json!({"rows": 2}))
+    }
+
+    #[test]
+    fn build_then_hit_then_miss_on_param_change() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::new(d.path());
+        let a = store.ensure(&spec(1), false, build_ok).unwrap();
+        assert!(!a.cached);
+        assert_eq!(a.manifest.files.len(), 2);
+        let b = store.ensure(&spec(1), false, |_| panic!("must not rebuild")).unwrap();
+        assert!(b.cached);
+        assert_eq!(a.key, b.key);
+        let c = store.ensure(&spec(2), false, build_ok).unwrap();
+        assert!(!c.cached);
+        assert_ne!(a.key, c.key);
+    }
+
+    #[test]
+    fn flipped_byte_missing_file_and_torn_manifest_are_rebuilt() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::new(d.path());
+        let a = store.ensure(&spec(1), false, build_ok).unwrap();
+
+        // Flip one byte, same size.
+        fs::write(a.dir.join("a.bin"), b"hellp").unwrap();
+        assert_eq!(store.verify("demo", &a.key).unwrap_err(), Invalid::HashMismatch("a.bin".into()));
+        let b = store.ensure(&spec(1), false, build_ok).unwrap();
+        assert!(!b.cached);
+        assert_eq!(b.rebuilt_because.as_deref(), Some("file a.bin does not match its blake3"));
+        assert_eq!(fs::read(b.dir.join("a.bin")).unwrap(), b"hello");
+
+        fs::remove_file(b.dir.join("sub/b.txt")).unwrap();
+        assert!(!store.ensure(&spec(1), false, build_ok).unwrap().cached);
+
+        let m = a.dir.join(MANIFEST);
+        let text = fs::read(&m).unwrap();
+        fs::write(&m, &text[..text.len() / 2]).unwrap();
+        assert!(matches!(store.verify("demo", &a.key), Err(Invalid::BadManifest(_))));
+        let c = store.ensure(&spec(1), false, build_ok).unwrap();
+        assert!(!c.cached);
+        assert!(store.verify("demo", &c.key).is_ok());
+    }
+
+    #[test]
+    fn failed_build_leaves_nothing_and_leftover_temp_is_cleaned() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::new(d.path());
+        let s = spec(1);
+        let err = store.ensure(&s, false, |dir| {
+            fs::write(dir.join("half"), b"x")?;
+            anyhow::bail!("boom")
+        });
+        assert!(matches!(err, Err(StoreError::Build { .. })));
+        assert!(!store.artifact_dir("demo", &s.key()).exists());
+
+        // A temp dir left by a killed process is ignored, then cleaned.
+        let leftover = d.path().join("demo").join(format!(".tmp-{}-999-0-0", s.key()));
+        fs::create_dir_all(&leftover).unwrap();
+        fs::write(leftover.join("a.bin"), b"partial").unwrap();
+        let a = store.ensure(&s, false, build_ok).unwrap();
+        assert!(!a.cached);
+        assert!(!leftover.exists());
+        let names: Vec<String> = fs::read_dir(d.path().join("demo"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.starts_with(".tmp")), "{names:?}");
+    }
+
+    #[test]
+    fn force_rebuilds_a_valid_artifact() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::new(d.path());
+        store.ensure(&spec(1), false, build_ok).unwrap();
+        let b = store.ensure(&spec(1), true, build_ok).unwrap();
+        assert!(!b.cached);
+        assert_eq!(b.rebuilt_because.as_deref(), Some("forced"));
+    }
+
+    #[test]
+    fn concurrent_builders_in_threads_leave_one_valid_artifact() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::new(d.path());
+        let built = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    let o = store
+                        .ensure(&spec(1), false, |dir| {
+                            built.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                            build_ok(dir)
+                        })
+                        .unwrap();
+                    assert!(store.verify("demo", &o.key).is_ok());
+                });
+            }
+        });
+        assert_eq!(built.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+}

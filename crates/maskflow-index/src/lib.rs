@@ -1,0 +1,268 @@
+//! The index stage: `root/<class>/…` → `index.parquet` + `classes.json`.
+//!
+//! Per file, in parallel: blake3 of the bytes; the format sniffed from the content; a full,
+//! validating decode (header checked against the size limits first); the dimensions after EXIF
+//! orientation; a 64-bit dHash. Every file found gets a row — rejected ones too, with the reason.
+//!
+//! Split: a file is in validation iff `u(group key, seed) < valid_pct`, `u` uniform in [0, 1) and a
+//! pure function of its arguments (see `maskflow_core::hash::unit_interval`). The group key is the
+//! content hash, or for near-duplicates (dHash within `near_duplicate_distance`) the smallest content
+//! hash in the group. So byte-identical copies and near copies always share a side, adding or
+//! removing a file moves no other file (except members of a near-duplicate group it joins), and the
+//! split is the same on every machine.
+
+mod groups;
+mod table;
+
+pub use table::{read_index, IndexRow};
+
+use maskflow_core::dataset::{self, DatasetFile, Listing, WalkNote};
+use maskflow_core::hash::{blake3_hex, unit_interval};
+use maskflow_imaging::{decode, dhash, to_rgb8, Limits, Rejection, Resizer};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub const STAGE: &str = "index";
+/// Bump when the stage's output for the same inputs and params changes.
+pub const VERSION: u32 = 1;
+pub const INDEX_FILE: &str = "index.parquet";
+pub const CLASSES_FILE: &str = "classes.json";
+pub const DUPLICATES_FILE: &str = "duplicates.json";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndexParams {
+    /// Fraction of files (by content-hash group) held out for validation.
+    /// fastai: `ImageDataBunch.from_folder(..., valid_pct=0.2)`.
+    pub valid_pct: f64,
+    /// Seed of the content-hash split (fastai seeds a permutation; maskflow seeds the hash draw).
+    pub seed: u64,
+    /// Largest width × height accepted; larger files are rejected from their header (bombs).
+    pub max_pixels: u64,
+    /// Largest single side accepted.
+    pub max_side: u32,
+    /// Group near-duplicates (same picture re-encoded or resized) so they share a side.
+    pub near_duplicates: bool,
+    /// Largest dHash Hamming distance (0–3) at which two files are near-duplicates.
+    pub near_duplicate_distance: u32,
+}
+
+impl Default for IndexParams {
+    fn default() -> Self {
+        let l = Limits::default();
+        Self {
+            valid_pct: 0.2,
+            seed: 42,
+            max_pixels: l.max_pixels,
+            max_side: l.max_side,
+            near_duplicates: true,
+            near_duplicate_distance: 2,
+        }
+    }
+}
+
+impl IndexParams {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (0.0..1.0).contains(&self.valid_pct),
+            "index.valid_pct must be in [0, 1), got {}",
+            self.valid_pct
+        );
+        anyhow::ensure!(
+            self.near_duplicate_distance <= 3,
+            "index.near_duplicate_distance must be 0..=3, got {}",
+            self.near_duplicate_distance
+        );
+        Ok(())
+    }
+}
+
+/// What the stage reports (stored in the manifest, printed by the CLI).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct IndexReport {
+    /// The dataset root this artifact was made from (informational: the key depends on the
+    /// content, not on where it lives).
+    pub root: String,
+    pub files: usize,
+    pub accepted: usize,
+    pub rejected: usize,
+    pub rejected_by_reason: BTreeMap<String, usize>,
+    pub classes: Vec<String>,
+    pub per_class: BTreeMap<String, ClassCounts>,
+    pub train: usize,
+    pub valid: usize,
+    pub exact_duplicate_groups: usize,
+    pub exact_duplicate_files: usize,
+    pub near_duplicate_groups: usize,
+    pub near_duplicate_files: usize,
+    /// Groups whose members landed on both sides: 0 by construction; reported as a check.
+    pub groups_across_sides: usize,
+    /// Groups (exact or near) whose members carry different labels: worth a look.
+    pub groups_across_classes: usize,
+    pub walk_notes: Vec<WalkNote>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClassCounts {
+    pub files: usize,
+    pub accepted: usize,
+    pub train: usize,
+    pub valid: usize,
+    pub valid_fraction: f64,
+}
+
+/// One file examined (before splitting).
+#[derive(Debug, Clone)]
+pub(crate) struct Examined {
+    pub content_hash: String,
+    pub bytes: u64,
+    pub outcome: Result<Header, Rejection>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Header {
+    pub format: &'static str,
+    pub width: u32,
+    pub height: u32,
+    pub dhash: u64,
+}
+
+fn examine(root: &Path, f: &DatasetFile, limits: &Limits, resizer: &mut Resizer) -> Examined {
+    let bytes = match std::fs::read(root.join(&f.rel)) {
+        Ok(b) => b,
+        Err(e) => {
+            return Examined {
+                content_hash: blake3_hex(format!("unreadable: {e}").as_bytes()),
+                bytes: f.size,
+                outcome: Err(Rejection::Unreadable(e.to_string())),
+            }
+        }
+    };
+    let content_hash = blake3_hex(&bytes);
+    let outcome = decode(&bytes, limits).and_then(|d| {
+        let (width, height, format) = (d.width, d.height, d.format.name());
+        let rgb = to_rgb8(d.image, [255, 255, 255]);
+        let dh = dhash(&rgb, resizer).map_err(|e| Rejection::Corrupt { format, detail: e.to_string() })?;
+        Ok(Header { format, width, height, dhash: dh })
+    });
+    Examined { content_hash, bytes: bytes.len() as u64, outcome }
+}
+
+/// Runs the stage: walks `root`, examines every file, splits, and writes the outputs into `out_dir`.
+/// `progress` is told about each file examined.
+pub fn run(
+    root: &Path,
+    params: &IndexParams,
+    out_dir: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> anyhow::Result<IndexReport> {
+    params.validate()?;
+    let started = std::time::Instant::now();
+    let listing = dataset::walk(root)?;
+    let limits = Limits { max_pixels: params.max_pixels, max_side: params.max_side };
+    let examined: Vec<Examined> = listing
+        .files
+        .par_iter()
+        .map_init(Resizer::default, |resizer, f| {
+            let e = examine(&listing.root, f, &limits, resizer);
+            progress(1);
+            e
+        })
+        .collect();
+    let rows = assemble(&listing, &examined, params);
+    let report = summarize(&listing, &rows, started.elapsed().as_secs_f64());
+
+    table::write_index(&out_dir.join(INDEX_FILE), &rows)?;
+    maskflow_core::fsutil::write_json_atomic(&out_dir.join(CLASSES_FILE), &listing.classes)?;
+    maskflow_core::fsutil::write_json_atomic(&out_dir.join(DUPLICATES_FILE), &groups::describe(&rows))?;
+    Ok(report)
+}
+
+/// Builds the rows: labels, groups and the split.
+pub(crate) fn assemble(listing: &Listing, examined: &[Examined], params: &IndexParams) -> Vec<IndexRow> {
+    let class_idx: BTreeMap<&str, i32> =
+        listing.classes.iter().enumerate().map(|(i, c)| (c.as_str(), i as i32)).collect();
+    let dist = params.near_duplicates.then_some(params.near_duplicate_distance);
+    let group_keys = groups::group_keys(examined, dist);
+    listing
+        .files
+        .iter()
+        .zip(examined)
+        .zip(group_keys)
+        .map(|((f, e), group_hash)| {
+            let (status, split, header, reason, detail) = match &e.outcome {
+                Ok(h) => {
+                    let valid = unit_interval(params.seed, &group_hash) < params.valid_pct;
+                    ("ok", Some(if valid { "valid" } else { "train" }), Some(h.clone()), None, None)
+                }
+                Err(r) => ("rejected", None, None, Some(r.code().to_string()), Some(r.to_string())),
+            };
+            IndexRow {
+                path: f.display(),
+                path_raw: f.rel_bytes().to_vec(),
+                label: f.label.clone(),
+                label_idx: class_idx.get(f.label.as_str()).copied().unwrap_or(-1),
+                content_hash: e.content_hash.clone(),
+                group_hash,
+                bytes: e.bytes,
+                format: header.as_ref().map(|h| h.format.to_string()),
+                width: header.as_ref().map(|h| h.width),
+                height: header.as_ref().map(|h| h.height),
+                dhash: header.as_ref().map(|h| format!("{:016x}", h.dhash)),
+                split: split.map(str::to_string),
+                status: status.to_string(),
+                reason,
+                detail,
+            }
+        })
+        .collect()
+}
+
+fn summarize(listing: &Listing, rows: &[IndexRow], seconds: f64) -> IndexReport {
+    let mut r = IndexReport {
+        root: listing.root.display().to_string(),
+        files: rows.len(),
+        classes: listing.classes.clone(), seconds, ..Default::default() };
+    for c in &listing.classes {
+        r.per_class.insert(c.clone(), ClassCounts::default());
+    }
+    for row in rows {
+        let pc = r.per_class.entry(row.label.clone()).or_default();
+        pc.files += 1;
+        match row.split.as_deref() {
+            Some(s) => {
+                r.accepted += 1;
+                pc.accepted += 1;
+                if s == "valid" {
+                    r.valid += 1;
+                    pc.valid += 1;
+                } else {
+                    r.train += 1;
+                    pc.train += 1;
+                }
+            }
+            None => {
+                r.rejected += 1;
+                *r.rejected_by_reason.entry(row.reason.clone().unwrap_or_default()).or_default() += 1;
+            }
+        }
+    }
+    for pc in r.per_class.values_mut() {
+        pc.valid_fraction = if pc.accepted > 0 { pc.valid as f64 / pc.accepted as f64 } else { 0.0 };
+    }
+    let g = groups::describe(rows);
+    r.exact_duplicate_groups = g.exact.len();
+    r.exact_duplicate_files = g.exact.iter().map(|x| x.paths.len()).sum();
+    r.near_duplicate_groups = g.near.len();
+    r.near_duplicate_files = g.near.iter().map(|x| x.paths.len()).sum();
+    r.groups_across_sides = g.exact.iter().chain(&g.near).filter(|x| x.splits.len() > 1).count();
+    r.groups_across_classes = g.exact.iter().chain(&g.near).filter(|x| x.labels.len() > 1).count();
+    r.walk_notes = listing.notes.clone();
+    r
+}
+
+#[cfg(test)]
+mod tests;

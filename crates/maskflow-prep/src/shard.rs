@@ -1,0 +1,192 @@
+//! Writing and reading the Parquet tensor shards.
+
+use crate::{PrepParams, ShardCompression};
+use arrow::array::{Array, ArrayRef, FixedSizeBinaryArray, Int32Array, RecordBatch, StringArray, UInt32Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardRow {
+    pub content_hash: String,
+    pub label_idx: i32,
+    pub label: String,
+    pub split: String,
+    pub height: u32,
+    pub width: u32,
+    pub channels: u32,
+    /// HWC, RGB interleaved.
+    pub pixels: Vec<u8>,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ShardInfo {
+    pub file: String,
+    pub split: String,
+    pub rows: usize,
+    pub bytes: u64,
+}
+
+fn schema(value_len: i32) -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("content_hash", DataType::Utf8, false),
+        Field::new("label_idx", DataType::Int32, false),
+        Field::new("label", DataType::Utf8, false),
+        Field::new("split", DataType::Utf8, false),
+        Field::new("height", DataType::UInt32, false),
+        Field::new("width", DataType::UInt32, false),
+        Field::new("channels", DataType::UInt32, false),
+        Field::new("pixels", DataType::FixedSizeBinary(value_len), false),
+        Field::new("path", DataType::Utf8, false),
+    ]))
+}
+
+fn props(params: &PrepParams) -> WriterProperties {
+    let compression = match params.compression {
+        ShardCompression::None => Compression::UNCOMPRESSED,
+        ShardCompression::Snappy => Compression::SNAPPY,
+        ShardCompression::Lz4 => Compression::LZ4_RAW,
+        ShardCompression::Zstd => Compression::ZSTD(Default::default()),
+    };
+    let pixels = ColumnPath::from("pixels");
+    WriterProperties::builder()
+        .set_compression(compression)
+        .set_max_row_group_row_count(Some(params.row_group_rows))
+        // Pixel values are large and unique: no dictionary, no min/max statistics.
+        .set_column_dictionary_enabled(pixels.clone(), false)
+        .set_column_statistics_enabled(pixels, EnabledStatistics::None)
+        .build()
+}
+
+/// Writes one split's rows into numbered shards, streaming (one row group buffered at a time).
+pub(crate) struct ShardSetWriter<'a> {
+    dir: PathBuf,
+    split: &'a str,
+    params: &'a PrepParams,
+    pending: Vec<ShardRow>,
+    current: Option<(ArrowWriter<File>, PathBuf, String, usize)>,
+    done: Vec<ShardInfo>,
+}
+
+impl<'a> ShardSetWriter<'a> {
+    pub fn new(dir: &Path, split: &'a str, params: &'a PrepParams) -> Self {
+        Self { dir: dir.to_path_buf(), split, params, pending: Vec::new(), current: None, done: Vec::new() }
+    }
+
+    pub fn push(&mut self, row: ShardRow) -> anyhow::Result<()> {
+        self.pending.push(row);
+        if self.pending.len() >= self.params.row_group_rows {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        while !self.pending.is_empty() {
+            if self.current.is_none() {
+                let name = format!("{}-{:05}.parquet", self.split, self.done.len());
+                let tmp = self.dir.join(format!("{name}.part"));
+                let value_len = (self.params.size * self.params.size * 3) as i32;
+                let w = ArrowWriter::try_new(File::create(&tmp)?, schema(value_len), Some(props(self.params)))?;
+                self.current = Some((w, tmp, name, 0));
+            }
+            let Some((w, _, _, rows)) = self.current.as_mut() else { unreachable!() };
+            let room = self.params.shard_rows - *rows;
+            let take = room.min(self.pending.len());
+            let batch: Vec<ShardRow> = self.pending.drain(..take).collect();
+            w.write(&to_batch(&batch, (self.params.size * self.params.size * 3) as i32)?)?;
+            w.flush()?;
+            *rows += take;
+            if *rows == self.params.shard_rows {
+                self.close_current()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn close_current(&mut self) -> anyhow::Result<()> {
+        if let Some((w, tmp, name, rows)) = self.current.take() {
+            w.close()?;
+            let path = self.dir.join(&name);
+            std::fs::rename(&tmp, &path)?;
+            let bytes = std::fs::metadata(&path)?.len();
+            self.done.push(ShardInfo { file: name, split: self.split.to_string(), rows, bytes });
+        }
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> anyhow::Result<Vec<ShardInfo>> {
+        self.flush()?;
+        self.close_current()?;
+        Ok(self.done)
+    }
+}
+
+fn to_batch(rows: &[ShardRow], value_len: i32) -> anyhow::Result<RecordBatch> {
+    let s = |f: fn(&ShardRow) -> &str| Arc::new(StringArray::from_iter_values(rows.iter().map(f))) as ArrayRef;
+    let u = |f: fn(&ShardRow) -> u32| Arc::new(UInt32Array::from_iter_values(rows.iter().map(f))) as ArrayRef;
+    let pixels = FixedSizeBinaryArray::try_from_iter(rows.iter().map(|r| r.pixels.as_slice()))?;
+    anyhow::ensure!(pixels.value_length() == value_len, "pixel buffer of {} bytes, expected {value_len}", pixels.value_length());
+    let columns: Vec<ArrayRef> = vec![
+        s(|r| &r.content_hash),
+        Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.label_idx))),
+        s(|r| &r.label),
+        s(|r| &r.split),
+        u(|r| r.height),
+        u(|r| r.width),
+        u(|r| r.channels),
+        Arc::new(pixels),
+        s(|r| &r.path),
+    ];
+    Ok(RecordBatch::try_new(schema(value_len), columns)?)
+}
+
+fn col<'a, T: 'static>(batch: &'a RecordBatch, name: &str, file: &Path) -> anyhow::Result<&'a T> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| anyhow::anyhow!("{}: no column {name}", file.display()))?
+        .as_any()
+        .downcast_ref::<T>()
+        .ok_or_else(|| anyhow::anyhow!("{}: column {name} has an unexpected type", file.display()))
+}
+
+/// Reads a whole shard (tests, tools; the trainer streams row groups).
+pub fn read_shard(path: &Path) -> anyhow::Result<Vec<ShardRow>> {
+    let file = File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)?.build()?;
+    let mut out = Vec::new();
+    for b in reader {
+        let b = b?;
+        let ch = col::<StringArray>(&b, "content_hash", path)?;
+        let li = col::<Int32Array>(&b, "label_idx", path)?;
+        let lb = col::<StringArray>(&b, "label", path)?;
+        let sp = col::<StringArray>(&b, "split", path)?;
+        let h = col::<UInt32Array>(&b, "height", path)?;
+        let w = col::<UInt32Array>(&b, "width", path)?;
+        let c = col::<UInt32Array>(&b, "channels", path)?;
+        let px = col::<FixedSizeBinaryArray>(&b, "pixels", path)?;
+        let p = col::<StringArray>(&b, "path", path)?;
+        for i in 0..b.num_rows() {
+            out.push(ShardRow {
+                content_hash: ch.value(i).to_string(),
+                label_idx: li.value(i),
+                label: lb.value(i).to_string(),
+                split: sp.value(i).to_string(),
+                height: h.value(i),
+                width: w.value(i),
+                channels: c.value(i),
+                pixels: px.value(i).to_vec(),
+                path: p.value(i).to_string(),
+            });
+        }
+    }
+    Ok(out)
+}

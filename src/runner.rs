@@ -1,0 +1,411 @@
+//! Running a pipeline through the artifact store, and explaining its status.
+
+use crate::pipeline::{Pipeline, STAGES};
+use anyhow::{bail, Context, Result};
+use maskflow_core::dataset::{self, HashCache};
+use maskflow_core::progress;
+use maskflow_core::runs::{RunRecord, StageRun};
+use maskflow_core::store::{Invalid, Outcome, StageSpec, Store};
+use maskflow_index::{read_index, IndexParams, IndexRow};
+use maskflow_prep::PrepParams;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+const SYNTH_STAMP: &str = ".maskflow-synth.json";
+
+/// Generates the synthetic dataset of `[dataset.synth]` into the root unless it is already there.
+/// Never replaces a folder it did not write (one without the stamp).
+fn ensure_synth(p: &Pipeline) -> Result<()> {
+    let Some(params) = &p.file.dataset.synth else { return Ok(()) };
+    let want = serde_json::to_string_pretty(params)?;
+    let stamp = p.root.join(SYNTH_STAMP);
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
+        return Ok(());
+    }
+    // One generator at a time (two runs of the same pipeline may start together); re-check once
+    // the lock is held.
+    let parent = p.root.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    let root_name = p.root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let lock_path = parent.join(format!(".{root_name}.synth.lock"));
+    let lock = std::fs::File::create(&lock_path).with_context(|| lock_path.display().to_string())?;
+    lock.lock().with_context(|| lock_path.display().to_string())?;
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
+        return Ok(());
+    }
+    if p.root.exists() && !stamp.exists() && std::fs::read_dir(&p.root)?.next().is_some() {
+        bail!(
+            "{}: [dataset.synth] would overwrite {}, which holds files maskflow did not generate; \
+             point dataset.root at an empty or new folder",
+            p.path.display(),
+            p.root.display()
+        );
+    }
+    let started = Instant::now();
+    let tmp = parent.join(format!(".synth-tmp-{}", maskflow_core::fsutil::unique_suffix()));
+    let summary = maskflow_synth::generate(params, &tmp)?;
+    std::fs::write(tmp.join(SYNTH_STAMP), &want)?;
+    if p.root.exists() {
+        let old = parent.join(format!(".synth-old-{}", maskflow_core::fsutil::unique_suffix()));
+        std::fs::rename(&p.root, &old)?;
+        std::fs::remove_dir_all(&old)?;
+    }
+    std::fs::rename(&tmp, &p.root)?;
+    println!(
+        "{:<7} generated {} files in {} ({:.1}s)",
+        "synth",
+        summary.files,
+        p.root.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The dataset fingerprint, using (and refreshing) the stat-keyed hash cache in the store.
+fn fingerprint(p: &Pipeline, artifacts: &Path) -> Result<String> {
+    let listing = dataset::walk(&p.root).with_context(|| format!("pipeline {}", p.path.display()))?;
+    let cache_path = artifacts.join(".cache").join("file-hashes.json");
+    let mut cache = HashCache::load(&cache_path);
+    let (fp, _) = dataset::fingerprint(&listing, &mut cache);
+    if let Err(e) = cache.save(&cache_path) {
+        eprintln!("warning: cannot save the hash cache {}: {e}", cache_path.display());
+    }
+    Ok(fp)
+}
+
+/// Every stage's spec, in order (keys chain: each stage names its upstream's key).
+fn specs(p: &Pipeline, fingerprint: &str) -> Result<Vec<StageSpec>> {
+    let index = StageSpec::new(
+        maskflow_index::STAGE,
+        maskflow_index::VERSION,
+        &p.file.index,
+        BTreeMap::from([("dataset".to_string(), fingerprint.to_string())]),
+    )?;
+    let prep = StageSpec::new(
+        maskflow_prep::STAGE,
+        maskflow_prep::VERSION,
+        &p.file.prep,
+        BTreeMap::from([(maskflow_index::STAGE.to_string(), index.key())]),
+    )?;
+    Ok(vec![index, prep])
+}
+
+fn check_stage_name(name: &str, what: &str) -> Result<()> {
+    if name != "all" && !STAGES.contains(&name) {
+        bail!("{what} {name:?}: not a stage of this pipeline (stages: {})", STAGES.join(", "));
+    }
+    Ok(())
+}
+
+fn build_index(root: &Path, params: &IndexParams, out: &Path) -> Result<Value> {
+    let files = dataset::walk(root).map(|l| l.files.len()).unwrap_or(0);
+    let pb = progress::bar(files as u64, "index", "files");
+    let report = maskflow_index::run(root, params, out, &|n| pb.inc(n));
+    pb.finish_and_clear();
+    Ok(serde_json::to_value(report?)?)
+}
+
+fn build_prep(root: &Path, rows: &[IndexRow], params: &PrepParams, out: &Path) -> Result<Value> {
+    let n = rows.iter().filter(|r| r.status == "ok").count();
+    let pb = progress::bar(n as u64, "prep", "images");
+    let report = maskflow_prep::run(root, rows, params, out, &|k| pb.inc(k));
+    pb.finish_and_clear();
+    Ok(serde_json::to_value(report?)?)
+}
+
+pub fn run(pipeline: &Path, artifacts: &Path, force: Option<&str>, until: Option<&str>) -> Result<RunRecord> {
+    let started = Instant::now();
+    let started_unix = now_unix();
+    let p = Pipeline::load(pipeline)?;
+    if let Some(f) = force {
+        check_stage_name(f, "--force")?;
+    }
+    if let Some(u) = until {
+        check_stage_name(u, "--until")?;
+    }
+    ensure_synth(&p)?;
+    let fp = fingerprint(&p, artifacts)?;
+    let store = Store::new(artifacts);
+    let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
+    for spec in specs(&p, &fp)? {
+        let forced = matches!(force, Some("all")) || force == Some(spec.stage.as_str());
+        let outcome = match spec.stage.as_str() {
+            maskflow_index::STAGE => {
+                store.ensure(&spec, forced, |tmp| build_index(&p.root, &p.file.index, tmp))?
+            }
+            maskflow_prep::STAGE => {
+                let index_dir = &outcomes[maskflow_index::STAGE].dir;
+                let rows = read_index(&index_dir.join(maskflow_index::INDEX_FILE))?;
+                store.ensure(&spec, forced, |tmp| build_prep(&p.root, &rows, &p.file.prep, tmp))?
+            }
+            other => bail!("internal: no runner for stage {other}"),
+        };
+        print_outcome(&outcome);
+        let stage = spec.stage.clone();
+        outcomes.insert(stage.clone(), outcome);
+        if until == Some(stage.as_str()) {
+            break;
+        }
+    }
+    let record = RunRecord {
+        pipeline: p.name.clone(),
+        pipeline_file: p.path.clone(),
+        tool_version: maskflow_core::TOOL_VERSION.to_string(),
+        started_unix,
+        duration_s: started.elapsed().as_secs_f64(),
+        dataset_fingerprint: fp,
+        stages: STAGES
+            .iter()
+            .filter_map(|s| outcomes.get(*s))
+            .map(|o| StageRun {
+                stage: o.stage.clone(),
+                key: o.key.clone(),
+                dir: o.dir.clone(),
+                cached: o.cached,
+                rebuilt_because: o.rebuilt_because.clone(),
+                duration_s: o.duration_s,
+            })
+            .collect(),
+    };
+    let path = record.write(artifacts)?;
+    let cached = record.stages.iter().filter(|s| s.cached).count();
+    println!(
+        "run     {} stage(s), {} cached, {:.2}s; record {}",
+        record.stages.len(),
+        cached,
+        record.duration_s,
+        path.display()
+    );
+    Ok(record)
+}
+
+fn short(key: &str) -> &str {
+    &key[..key.len().min(12)]
+}
+
+fn print_outcome(o: &Outcome) {
+    let state = if o.cached {
+        "cached".to_string()
+    } else {
+        match &o.rebuilt_because {
+            Some(why) => format!("rebuilt in {:.2}s ({why})", o.duration_s),
+            None => format!("built in {:.2}s", o.duration_s),
+        }
+    };
+    println!("{:<7} {state}  key {}  {}", o.stage, short(&o.key), o.dir.display());
+    if let Some(line) = summary_line(&o.stage, &o.manifest.report) {
+        println!("        {line}");
+    }
+}
+
+/// One line about a stage's report, the same whether it was just built or read from the cache.
+fn summary_line(stage: &str, r: &Value) -> Option<String> {
+    let n = |k: &str| r.get(k).and_then(Value::as_u64).unwrap_or(0);
+    match stage {
+        maskflow_index::STAGE => {
+            let reasons = r
+                .get("rejected_by_reason")
+                .and_then(Value::as_object)
+                .map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default();
+            let classes = r
+                .get("classes")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default();
+            Some(format!(
+                "{} files, {} ok, {} rejected{}; classes {classes}; train {} / valid {}; \
+                 {} exact-duplicate groups, {} near-duplicate groups, {} across sides",
+                n("files"),
+                n("accepted"),
+                n("rejected"),
+                if reasons.is_empty() { String::new() } else { format!(" ({reasons})") },
+                n("train"),
+                n("valid"),
+                n("exact_duplicate_groups"),
+                n("near_duplicate_groups"),
+                n("groups_across_sides"),
+            ))
+        }
+        maskflow_prep::STAGE => Some(format!(
+            "{} images into {} shards ({:.1} MB), {:.0} images/s on {} threads",
+            n("images"),
+            r.get("shards").and_then(Value::as_array).map(|a| a.len()).unwrap_or(0),
+            n("bytes_written") as f64 / 1e6,
+            r.get("images_per_second").and_then(Value::as_f64).unwrap_or(0.0),
+            n("threads"),
+        )),
+        _ => None,
+    }
+}
+
+/// `maskflow status`: per stage, cached / stale (what changed) / corrupt / missing.
+pub fn status(pipeline: &Path, artifacts: &Path) -> Result<()> {
+    let p = Pipeline::load(pipeline)?;
+    if p.file.dataset.synth.is_some() && !p.root.join(SYNTH_STAMP).exists() {
+        println!("dataset {}: not generated yet (run will generate it)", p.root.display());
+        for s in STAGES {
+            println!("{s:<7} missing");
+        }
+        return Ok(());
+    }
+    let fp = fingerprint(&p, artifacts)?;
+    let store = Store::new(artifacts);
+    let latest = RunRecord::read_latest(artifacts, &p.name);
+    println!("pipeline {} ({}), dataset fingerprint {}", p.name, p.path.display(), short(&fp));
+    for spec in specs(&p, &fp)? {
+        let key = spec.key();
+        let line = match store.verify(&spec.stage, &key) {
+            Ok(_) => format!("cached   key {}", short(&key)),
+            Err(Invalid::Missing) => {
+                let previous = latest
+                    .as_ref()
+                    .and_then(|r| r.stages.iter().find(|s| s.stage == spec.stage))
+                    .and_then(|s| store.read_manifest(&spec.stage, &s.key));
+                match previous {
+                    Some(m) => {
+                        let reasons = explain_change(&spec, &m.params, &m.upstream, m.stage_version, &store);
+                        format!("stale    key {} (last run {}): {}", short(&key), short(&m.key), reasons.join("; "))
+                    }
+                    None => format!("missing  key {}", short(&key)),
+                }
+            }
+            Err(why) => format!("corrupt  key {}: {why} (will be rebuilt)", short(&key)),
+        };
+        println!("{:<7} {line}", spec.stage);
+    }
+    Ok(())
+}
+
+/// Why `spec` differs from a previous build: changed params (each leaf named), changed version,
+/// changed upstream (for the dataset: files added / removed / modified).
+fn explain_change(
+    spec: &StageSpec,
+    old_params: &Value,
+    old_upstream: &BTreeMap<String, String>,
+    old_version: u32,
+    store: &Store,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if old_version != spec.version {
+        out.push(format!("stage version {old_version} → {}", spec.version));
+    }
+    let mut old_leaves = BTreeMap::new();
+    let mut new_leaves = BTreeMap::new();
+    flatten(&spec.stage, old_params, &mut old_leaves);
+    flatten(&spec.stage, &spec.params, &mut new_leaves);
+    for (k, v) in &new_leaves {
+        match old_leaves.get(k) {
+            Some(o) if o == v => {}
+            Some(o) => out.push(format!("{k} {o} → {v}")),
+            None => out.push(format!("{k} new ({v})")),
+        }
+    }
+    for (name, key) in &spec.upstream {
+        match old_upstream.get(name) {
+            Some(old) if old == key => {}
+            Some(old) if name == "dataset" => out.push(dataset_change(store, spec, old)),
+            Some(_) => out.push(format!("upstream {name} changed")),
+            None => out.push(format!("new upstream {name}")),
+        }
+    }
+    if out.is_empty() {
+        out.push("inputs differ".into());
+    }
+    out
+}
+
+/// Compares the previous index artifact's rows with the current dataset.
+fn dataset_change(store: &Store, spec: &StageSpec, old_fp: &str) -> String {
+    let fallback = format!("dataset changed (fingerprint {} → {})", short(old_fp), short(&spec.upstream["dataset"]));
+    // The previous index artifact for that fingerprint, if still present, lists the old files.
+    let Ok(entries) = std::fs::read_dir(store.root().join(maskflow_index::STAGE)) else { return fallback };
+    for e in entries.flatten() {
+        let key = e.file_name().to_string_lossy().into_owned();
+        let Some(m) = store.read_manifest(maskflow_index::STAGE, &key) else { continue };
+        if m.upstream.get("dataset").map(String::as_str) != Some(old_fp) {
+            continue;
+        }
+        let Some(root) = m.report.get("root").and_then(Value::as_str).map(PathBuf::from) else { continue };
+        let Ok(old_rows) = read_index(&e.path().join(maskflow_index::INDEX_FILE)) else { continue };
+        let Ok(listing) = dataset::walk(&root) else { continue };
+        let (_, hashes) = dataset::fingerprint(&listing, &mut HashCache::default());
+        let old: BTreeMap<Vec<u8>, String> = old_rows.into_iter().map(|r| (r.path_raw, r.content_hash)).collect();
+        let new: BTreeMap<Vec<u8>, String> =
+            listing.files.iter().map(|f| f.rel_bytes().to_vec()).zip(hashes).collect();
+        let added = new.keys().filter(|k| !old.contains_key(*k)).count();
+        let removed = old.keys().filter(|k| !new.contains_key(*k)).count();
+        let modified = new.iter().filter(|(k, h)| old.get(*k).is_some_and(|o| o != *h)).count();
+        return format!("dataset changed: {added} added, {removed} removed, {modified} modified");
+    }
+    fallback
+}
+
+fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                flatten(&format!("{prefix}.{k}"), x, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.to_string());
+        }
+    }
+}
+
+fn fresh_out_dir(out: &Path) -> Result<()> {
+    if out.exists() && std::fs::read_dir(out)?.next().is_some() {
+        bail!("{}: output folder exists and is not empty", out.display());
+    }
+    std::fs::create_dir_all(out)?;
+    Ok(())
+}
+
+pub fn index_alone(root: &Path, params: &IndexParams, out: &Path) -> Result<()> {
+    params.validate()?;
+    fresh_out_dir(out)?;
+    let report = build_index(root, params, out)?;
+    maskflow_core::fsutil::write_json_atomic(&out.join("report.json"), &report)?;
+    if let Some(line) = summary_line(maskflow_index::STAGE, &report) {
+        println!("index   {line}");
+    }
+    println!("index   written to {}", out.display());
+    Ok(())
+}
+
+pub fn prep_alone(index_dir: &Path, root: Option<&Path>, params: &PrepParams, out: &Path) -> Result<()> {
+    params.validate()?;
+    let index_file = index_dir.join(maskflow_index::INDEX_FILE);
+    let rows = read_index(&index_file).with_context(|| format!("reading the index artifact {}", index_dir.display()))?;
+    let root = match root {
+        Some(r) => r.to_path_buf(),
+        None => {
+            let report: Option<Value> = std::fs::read(index_dir.join(maskflow_core::store::MANIFEST))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .and_then(|m| m.get("report").cloned())
+                .or_else(|| {
+                    std::fs::read(index_dir.join("report.json")).ok().and_then(|b| serde_json::from_slice(&b).ok())
+                });
+            match report.as_ref().and_then(|r| r.get("root")).and_then(Value::as_str) {
+                Some(r) => PathBuf::from(r),
+                None => bail!("{}: no dataset root recorded; pass --root", index_dir.display()),
+            }
+        }
+    };
+    fresh_out_dir(out)?;
+    let report = build_prep(&root, &rows, params, out)?;
+    maskflow_core::fsutil::write_json_atomic(&out.join("report.json"), &report)?;
+    if let Some(line) = summary_line(maskflow_prep::STAGE, &report) {
+        println!("prep    {line}");
+    }
+    println!("prep    written to {}", out.display());
+    Ok(())
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
