@@ -9,6 +9,10 @@
 //!   the same filters as Pillow).
 //! - [`dhash`]: a 64-bit difference hash for near-duplicate grouping.
 
+mod draft;
+
+pub use draft::decode_reduced;
+
 use fast_image_resize as fr;
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
 use serde::{Deserialize, Serialize};
@@ -183,7 +187,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Decoded, Rejection> {
     Ok(Decoded { image, format, width, height })
 }
 
-fn check_size(w: u32, h: u32, limits: &Limits) -> Result<(), Rejection> {
+pub(crate) fn check_size(w: u32, h: u32, limits: &Limits) -> Result<(), Rejection> {
     if w == 0 || h == 0 {
         return Err(Rejection::Corrupt { format: "image", detail: format!("zero dimension {w}×{h}") });
     }
@@ -199,7 +203,7 @@ fn check_size(w: u32, h: u32, limits: &Limits) -> Result<(), Rejection> {
 
 /// A JPEG is complete when an EOI marker (FF D9) follows its last start-of-scan (FF DA); an embedded
 /// EXIF thumbnail's markers come before the main scan, so they do not count.
-fn jpeg_has_end(b: &[u8]) -> bool {
+pub(crate) fn jpeg_has_end(b: &[u8]) -> bool {
     let last_sos = b.windows(2).rposition(|w| w == [0xFF, 0xDA]);
     match last_sos {
         Some(p) => b[p..].windows(2).any(|w| w == [0xFF, 0xD9]),
@@ -269,6 +273,20 @@ pub enum ResizeMode {
     Crop,
     /// Longer side to `size`, then pad the rest with the background colour, centred.
     Pad,
+}
+
+impl ResizeMode {
+    /// The smallest source size (same aspect) that still holds every pixel a `size`×`size` output
+    /// of this mode samples at full resolution: the limiting side scaled to `size`.
+    pub fn needed_source(self, size: u32, w: u32, h: u32) -> (u32, u32) {
+        let limiting = match self {
+            ResizeMode::Squish | ResizeMode::Crop => w.min(h),
+            ResizeMode::Pad => w.max(h),
+        }
+        .max(1) as u64;
+        let scale = |x: u32| ((x as u64 * size as u64).div_ceil(limiting)) as u32;
+        (scale(w), scale(h))
+    }
 }
 
 /// Resampling filter (fast_image_resize convolution; results match Pillow's filters).

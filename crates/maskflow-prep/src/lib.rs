@@ -19,7 +19,7 @@ pub use shard::{read_shard, ShardRow};
 use anyhow::Context;
 use maskflow_core::dataset::path_from_bytes;
 use maskflow_core::hash::blake3_hex;
-use maskflow_imaging::{decode, to_rgb8, Filter, Limits, Rejection, ResizeMode, Resizer};
+use maskflow_imaging::{decode, decode_reduced, to_rgb8, Filter, Limits, Rejection, ResizeMode, Resizer};
 use maskflow_index::IndexRow;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -58,6 +58,10 @@ pub struct PrepParams {
     pub row_group_rows: usize,
     /// Compression of the shards (measured: see docs/BENCHMARKS.md).
     pub compression: ShardCompression,
+    /// Decode JPEGs at a reduced DCT scale (1/2, 1/4, 1/8) when the output still covers `size`,
+    /// as PIL's draft mode does. Off by default: measured on the face-mask data, the scaled decoder
+    /// (jpeg-decoder) is slower than the full decode (zune-jpeg) it replaces (docs/BENCHMARKS.md).
+    pub jpeg_draft: bool,
 }
 
 impl Default for PrepParams {
@@ -70,6 +74,7 @@ impl Default for PrepParams {
             shard_rows: 1024,
             row_group_rows: 64,
             compression: ShardCompression::Snappy,
+            jpeg_draft: false,
         }
     }
 }
@@ -100,7 +105,12 @@ pub struct PrepReport {
 
 /// Decode + orient + RGB + resize, exactly as training saw it; shared with `predict`.
 pub fn prepare_pixels(bytes: &[u8], params: &PrepParams, resizer: &mut Resizer) -> Result<image::RgbImage, Rejection> {
-    let d = decode(bytes, &Limits { max_pixels: u64::MAX, max_side: u32::MAX })?;
+    let limits = Limits { max_pixels: u64::MAX, max_side: u32::MAX };
+    let d = if params.jpeg_draft {
+        decode_reduced(bytes, &limits, |w, h| params.resize.needed_source(params.size, w, h))?
+    } else {
+        decode(bytes, &limits)?
+    };
     let rgb = to_rgb8(d.image, params.background);
     resizer
         .square(&rgb, params.size, params.resize, params.filter, params.background)
@@ -146,23 +156,7 @@ pub fn run(
     for split in ["train", "valid"] {
         let rows: Vec<&IndexRow> =
             index_rows.iter().filter(|r| r.status == "ok" && r.split.as_deref() == Some(split)).collect();
-        let mut writer = shard::ShardSetWriter::new(out_dir, split, params);
-        // Bounded memory: one chunk of prepared images in flight at a time.
-        let chunk = (params.row_group_rows * 4).max(64);
-        for part in rows.chunks(chunk) {
-            let prepared: Vec<anyhow::Result<ShardRow>> = part
-                .par_iter()
-                .map_init(Resizer::default, |resizer, row| {
-                    let p = prepare_row(root, row, params, resizer);
-                    progress(1);
-                    p
-                })
-                .collect();
-            for p in prepared {
-                writer.push(p?)?;
-            }
-        }
-        let infos = writer.finish()?;
+        let infos = prepare_split(root, &rows, split, params, out_dir, progress)?;
         report.per_split.insert(split.to_string(), rows.len());
         report.images += rows.len();
         report.shards.extend(infos);
@@ -172,6 +166,60 @@ pub fn run(
     report.seconds = started.elapsed().as_secs_f64();
     report.images_per_second = report.images as f64 / report.seconds.max(1e-9);
     Ok(report)
+}
+
+/// Prepares one split's rows in bounded chunks on the rayon pool while a writer thread encodes the
+/// previous chunk into shards, so neither waits for the other. Memory: at most the chunk being
+/// prepared plus two queued chunks.
+fn prepare_split(
+    root: &Path,
+    rows: &[&IndexRow],
+    split: &str,
+    params: &PrepParams,
+    out_dir: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> anyhow::Result<Vec<shard::ShardInfo>> {
+    let chunk = (params.row_group_rows * 4).max(64);
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<ShardRow>>(2);
+        let writer = scope.spawn(move || -> anyhow::Result<Vec<shard::ShardInfo>> {
+            let mut w = shard::ShardSetWriter::new(out_dir, split, params);
+            for part in rx {
+                for row in part {
+                    w.push(row)?;
+                }
+            }
+            w.finish()
+        });
+        let mut failure = None;
+        for part in rows.chunks(chunk) {
+            let prepared: anyhow::Result<Vec<ShardRow>> = part
+                .par_iter()
+                .map_init(Resizer::default, |resizer, row| {
+                    let p = prepare_row(root, row, params, resizer);
+                    progress(1);
+                    p
+                })
+                .collect();
+            match prepared {
+                Ok(v) => {
+                    if tx.send(v).is_err() {
+                        break; // the writer failed; its error is returned below
+                    }
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let written = writer.join().map_err(|_| anyhow::anyhow!("shard writer thread panicked"))?;
+        match failure {
+            Some(e) => Err(e),
+            None => written,
+        }
+    })
 }
 
 #[cfg(test)]
