@@ -36,8 +36,12 @@ status PIPELINE: build
     {{bin}} status {{PIPELINE}}
 
 # All benchmarks, side by side against the Python peers; figures go to docs/BENCHMARKS.md by hand.
-bench: bench-prep
+bench: bench-prep bench-prep-memory
 
 # prep: maskflow vs a PIL + pyarrow pipeline doing the same work, on ../shared/datasets/face-mask.
 bench-prep DATASET="../shared/datasets/face-mask": build
     bench/prep_bench.sh {{DATASET}}
+
+# prep's peak RSS on the dataset and on the same files listed 4×: memory must not grow with size.
+bench-prep-memory DATASET="../shared/datasets/face-mask": build
+    bench/prep_memory.sh {{DATASET}}

@@ -26,8 +26,23 @@ command -v "$py" >/dev/null || { echo "bootstrap: $py not found" >&2; exit 1; }
 
 echo "bootstrap: setting up .venv (torch 2.13.0 and friends; first time only, a few minutes)" >&2
 if [[ ! -x .venv/bin/python ]]; then
-  "$py" -m venv .venv || {
-    echo "bootstrap: 'python3 -m venv' failed; on Debian: apt-get install python3-venv" >&2; exit 1; }
+  if ! "$py" -m venv .venv 2>/dev/null; then
+    # Debian's python3 ships venv without ensurepip (that is python3-venv): make the venv without
+    # pip, then install pip from its wheel on PyPI.
+    rm -rf .venv
+    "$py" -m venv --without-pip .venv
+    .venv/bin/python - <<'PY'
+import json, os, urllib.parse, urllib.request
+api = "https://pypi.org/pypi/pip/json"
+meta = json.load(urllib.request.urlopen(api))
+wheel = next(u for u in meta["urls"] if u["filename"].endswith(".whl"))
+path = os.path.join(".venv", wheel["filename"])
+urllib.request.urlretrieve(urllib.parse.urljoin(api, wheel["url"]), path)
+PY
+    whl=$(ls .venv/pip-*.whl)
+    .venv/bin/python "$whl/pip" install -q --no-index "$whl"
+    rm -f "$whl"
+  fi
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check "${REQS[@]}"

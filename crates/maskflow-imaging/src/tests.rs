@@ -199,3 +199,24 @@ fn dhash_survives_reencoding_and_resizing_but_separates_pictures() {
     assert!((ha ^ dhash(&resized, &mut r).unwrap()).count_ones() <= 4);
     assert!((ha ^ dhash(&b, &mut r).unwrap()).count_ones() > 12);
 }
+
+#[test]
+fn reduced_jpeg_decode_covers_the_needed_size_and_keeps_orientation() {
+    // 400×300, left half red, right half blue, EXIF orientation 6 (rotate 90° clockwise).
+    let img = RgbImage::from_fn(400, 300, |x, _| if x < 200 { Rgb([220, 20, 20]) } else { Rgb([20, 20, 220]) });
+    let bytes = with_exif_orientation(&jpeg(&img), 6);
+    let needed = |w, h| ResizeMode::Crop.needed_source(64, w, h);
+    assert_eq!(needed(400, 300), (86, 64));
+    let d = decode_reduced(&bytes, &Limits::default(), needed).unwrap();
+    // 1/4 scale is the smallest that still covers 86×64 in stored orientation: 100×75, then rotated.
+    assert_eq!((d.width, d.height), (75, 100));
+    let rgb = to_rgb8(d.image, [0; 3]);
+    assert!(close(rgb.get_pixel(37, 10).0, [220, 20, 20], 40), "{:?}", rgb.get_pixel(37, 10));
+    assert!(close(rgb.get_pixel(37, 90).0, [20, 20, 220], 40), "{:?}", rgb.get_pixel(37, 90));
+    // Nothing to gain: the full decode.
+    let full = decode_reduced(&bytes, &Limits::default(), |w, h| (w, h)).unwrap();
+    assert_eq!((full.width, full.height), (300, 400));
+    // Other formats and truncated JPEGs take the validating path (and its rejection).
+    assert_eq!(decode_reduced(&bytes[..bytes.len() / 2], &Limits::default(), needed).unwrap_err().code(), "truncated");
+    assert_eq!(ResizeMode::Pad.needed_source(64, 400, 300), (64, 48));
+}
