@@ -215,9 +215,13 @@ fn summary_line(stage: &str, r: &Value) -> Option<String> {
                 .and_then(Value::as_array)
                 .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
                 .unwrap_or_default();
+            let across_classes = match n("groups_across_classes") {
+                0 => String::new(),
+                k => format!("; {k} group(s) span classes (see duplicates.json)"),
+            };
             Some(format!(
                 "{} files, {} ok, {} rejected{}; classes {classes}; train {} / valid {}; \
-                 {} exact-duplicate groups, {} near-duplicate groups, {} across sides",
+                 {} exact-duplicate groups, {} near-duplicate groups, {} across sides{across_classes}",
                 n("files"),
                 n("accepted"),
                 n("rejected"),
