@@ -64,15 +64,20 @@ fn ensure_synth(p: &Pipeline) -> Result<()> {
 }
 
 /// The dataset fingerprint, using (and refreshing) the stat-keyed hash cache in the store.
-fn fingerprint(p: &Pipeline, artifacts: &Path) -> Result<String> {
+fn hash_cache_path(artifacts: &Path) -> PathBuf {
+    artifacts.join(".cache").join("file-hashes.json")
+}
+
+/// Returns the fingerprint and the number of files listed.
+fn fingerprint(p: &Pipeline, artifacts: &Path) -> Result<(String, usize)> {
     let listing = dataset::walk(&p.root).with_context(|| format!("pipeline {}", p.path.display()))?;
-    let cache_path = artifacts.join(".cache").join("file-hashes.json");
+    let cache_path = hash_cache_path(artifacts);
     let mut cache = HashCache::load(&cache_path);
     let (fp, _) = dataset::fingerprint(&listing, &mut cache);
     if let Err(e) = cache.save(&cache_path) {
         eprintln!("warning: cannot save the hash cache {}: {e}", cache_path.display());
     }
-    Ok(fp)
+    Ok((fp, listing.files.len()))
 }
 
 /// Every stage's spec, in order (keys chain: each stage names its upstream's key).
@@ -99,8 +104,7 @@ fn check_stage_name(name: &str, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn build_index(root: &Path, params: &IndexParams, out: &Path) -> Result<Value> {
-    let files = dataset::walk(root).map(|l| l.files.len()).unwrap_or(0);
+fn build_index(root: &Path, params: &IndexParams, out: &Path, files: usize) -> Result<Value> {
     let pb = progress::bar(files as u64, "index", "files");
     let report = maskflow_index::run(root, params, out, &|n| pb.inc(n));
     pb.finish_and_clear();
@@ -126,14 +130,14 @@ pub fn run(pipeline: &Path, artifacts: &Path, force: Option<&str>, until: Option
         check_stage_name(u, "--until")?;
     }
     ensure_synth(&p)?;
-    let fp = fingerprint(&p, artifacts)?;
+    let (fp, files) = fingerprint(&p, artifacts)?;
     let store = Store::new(artifacts);
     let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
     for spec in specs(&p, &fp)? {
         let forced = matches!(force, Some("all")) || force == Some(spec.stage.as_str());
         let outcome = match spec.stage.as_str() {
             maskflow_index::STAGE => {
-                store.ensure(&spec, forced, |tmp| build_index(&p.root, &p.file.index, tmp))?
+                store.ensure(&spec, forced, |tmp| build_index(&p.root, &p.file.index, tmp, files))?
             }
             maskflow_prep::STAGE => {
                 let index_dir = &outcomes[maskflow_index::STAGE].dir;
@@ -255,7 +259,7 @@ pub fn status(pipeline: &Path, artifacts: &Path) -> Result<()> {
         }
         return Ok(());
     }
-    let fp = fingerprint(&p, artifacts)?;
+    let (fp, _) = fingerprint(&p, artifacts)?;
     let store = Store::new(artifacts);
     let latest = RunRecord::read_latest(artifacts, &p.name);
     println!("pipeline {} ({}), dataset fingerprint {}", p.name, p.path.display(), short(&fp));
@@ -335,7 +339,7 @@ fn dataset_change(store: &Store, spec: &StageSpec, old_fp: &str) -> String {
         let Some(root) = m.report.get("root").and_then(Value::as_str).map(PathBuf::from) else { continue };
         let Ok(old_rows) = read_index(&e.path().join(maskflow_index::INDEX_FILE)) else { continue };
         let Ok(listing) = dataset::walk(&root) else { continue };
-        let (_, hashes) = dataset::fingerprint(&listing, &mut HashCache::default());
+        let (_, hashes) = dataset::fingerprint(&listing, &mut HashCache::load(&hash_cache_path(store.root())));
         let old: BTreeMap<Vec<u8>, String> = old_rows.into_iter().map(|r| (r.path_raw, r.content_hash)).collect();
         let new: BTreeMap<Vec<u8>, String> =
             listing.files.iter().map(|f| f.rel_bytes().to_vec()).zip(hashes).collect();
@@ -371,7 +375,8 @@ fn fresh_out_dir(out: &Path) -> Result<()> {
 pub fn index_alone(root: &Path, params: &IndexParams, out: &Path) -> Result<()> {
     params.validate()?;
     fresh_out_dir(out)?;
-    let report = build_index(root, params, out)?;
+    let files = dataset::walk(root).map(|l| l.files.len()).unwrap_or(0);
+    let report = build_index(root, params, out, files)?;
     maskflow_core::fsutil::write_json_atomic(&out.join("report.json"), &report)?;
     if let Some(line) = summary_line(maskflow_index::STAGE, &report) {
         println!("index   {line}");
