@@ -4,6 +4,7 @@
 mod alloc;
 mod pipeline;
 mod runner;
+mod weights_cmd;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -95,8 +96,34 @@ enum Command {
         #[arg(long)]
         size: Option<u32>,
     },
+    /// Pretrained weights: list the registry, import a checkpoint into safetensors, verify imports.
+    Weights {
+        #[command(subcommand)]
+        action: WeightsAction,
+        /// The artifact store (imports go to <artifacts>/weights/<sha256>/).
+        #[arg(long, default_value = "artifacts", global = true)]
+        artifacts: PathBuf,
+    },
     /// Show the toolchain: libtorch, threads, CUDA, allocator settings.
     Info,
+}
+
+#[derive(Subcommand)]
+enum WeightsAction {
+    /// The known weights, and whether each is imported or where its source was found.
+    List,
+    /// Find NAME's checkpoint (--from, the torch hub cache, or a Python package in the project .venv),
+    /// check its sha256, read it (legacy or zip torch.save format, no Python) and write
+    /// model.safetensors. Cached by the source's sha256.
+    Import {
+        /// A registry name: mobilenet_v2, resnet18, resnet34, resnet50.
+        name: String,
+        /// The checkpoint file to use instead of searching.
+        #[arg(long, value_name = "PATH")]
+        from: Option<PathBuf>,
+    },
+    /// Re-hash every imported safetensors file (and its source, when still present).
+    Verify,
 }
 
 fn main() {
@@ -110,18 +137,30 @@ fn main() {
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { pipeline, artifacts, force, until } => {
-            runner::run(&pipeline, &artifacts, force.as_deref(), until.as_deref()).map(|_| ())
-        }
-        Command::Status { pipeline, artifacts } => runner::status(&pipeline, &artifacts),
-        Command::Synth { out, seed, per_class, no_bad_files } => {
+        Command::Run {
+            pipeline,
+            artifacts,
+            force,
+            until,
+        } => runner::run(&pipeline, &artifacts, force.as_deref(), until.as_deref()).map(|_| ()),
+        Command::Status {
+            pipeline,
+            artifacts,
+        } => runner::status(&pipeline, &artifacts),
+        Command::Synth {
+            out,
+            seed,
+            per_class,
+            no_bad_files,
+        } => {
             let params = maskflow_synth::SynthParams {
                 seed,
                 per_class,
                 bad_files: !no_bad_files,
                 ..Default::default()
             };
-            let s = maskflow_synth::generate(&params, &out).with_context(|| format!("writing {}", out.display()))?;
+            let s = maskflow_synth::generate(&params, &out)
+                .with_context(|| format!("writing {}", out.display()))?;
             println!(
                 "synth: {} files in {} ({} drawn, {} exact copies, {} near copies, {} bad files)",
                 s.files,
@@ -133,7 +172,13 @@ fn real_main() -> Result<()> {
             );
             Ok(())
         }
-        Command::Index { root, out, pipeline, valid_pct, seed } => {
+        Command::Index {
+            root,
+            out,
+            pipeline,
+            valid_pct,
+            seed,
+        } => {
             let mut params = match pipeline {
                 Some(p) => pipeline::Pipeline::load(&p)?.file.index,
                 None => Default::default(),
@@ -146,7 +191,13 @@ fn real_main() -> Result<()> {
             }
             runner::index_alone(&root, &params, &out)
         }
-        Command::Prep { index, root, out, pipeline, size } => {
+        Command::Prep {
+            index,
+            root,
+            out,
+            pipeline,
+            size,
+        } => {
             let mut params = match pipeline {
                 Some(p) => pipeline::Pipeline::load(&p)?.file.prep,
                 None => Default::default(),
@@ -156,6 +207,13 @@ fn real_main() -> Result<()> {
             }
             runner::prep_alone(&index, root.as_deref(), &params, &out)
         }
+        Command::Weights { action, artifacts } => match action {
+            WeightsAction::List => weights_cmd::list(&artifacts),
+            WeightsAction::Import { name, from } => {
+                weights_cmd::import(&name, from.as_deref(), &artifacts)
+            }
+            WeightsAction::Verify => weights_cmd::verify(&artifacts),
+        },
         Command::Info => {
             info();
             Ok(())
@@ -166,15 +224,31 @@ fn real_main() -> Result<()> {
 fn info() {
     println!("{}", maskflow_core::TOOL_VERSION);
     println!("libtorch: torch 2.13.0 via tch 0.26 (linked from the project venv)");
-    println!("torch threads: {} intra-op, {} inter-op", tch::get_num_threads(), tch::get_num_interop_threads());
+    println!(
+        "torch threads: {} intra-op, {} inter-op",
+        tch::get_num_threads(),
+        tch::get_num_interop_threads()
+    );
     println!("rayon threads: {}", rayon_threads());
     let cuda = tch::Cuda::is_available();
-    println!("cuda: {}", if cuda { format!("available, {} device(s)", tch::Cuda::device_count()) } else { "not available".into() });
+    println!(
+        "cuda: {}",
+        if cuda {
+            format!("available, {} device(s)", tch::Cuda::device_count())
+        } else {
+            "not available".into()
+        }
+    );
     println!("malloc: {}", alloc::describe());
     let t = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
-    println!("self-check: sum([1, 2, 3]) = {}", t.sum(tch::Kind::Float).double_value(&[]));
+    println!(
+        "self-check: sum([1, 2, 3]) = {}",
+        t.sum(tch::Kind::Float).double_value(&[])
+    );
 }
 
 fn rayon_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }

@@ -1,0 +1,18 @@
+//! maskflow-models: the networks and their pretrained weights.
+//!
+//! - [`arch`]: torchvision-compatible backbones (mobilenet_v2, resnet18/34/50) built as their *body*
+//!   (last feature map, no pooling), with torchvision's parameter names.
+//! - [`classifier`]: body + fastai head, freezing (BatchNorm keeps training), the three layer groups,
+//!   loading named tensors with missing / unexpected / mismatched tensors listed by name.
+//! - [`pickle`] and [`checkpoint`]: reading `torch.save` state dicts (legacy and zip format) without
+//!   Python; the pickle is treated as data, never executed.
+//! - [`weights`]: the registry of pretrained weights and the cached import into safetensors.
+
+pub mod arch;
+pub mod checkpoint;
+pub mod classifier;
+pub mod pickle;
+pub mod weights;
+
+pub use arch::Arch;
+pub use classifier::{Classifier, HeadConfig, Pool};

