@@ -43,6 +43,20 @@ enum Command {
         /// Stop after this stage.
         #[arg(long, value_name = "STAGE")]
         until: Option<String>,
+        #[command(flatten)]
+        compute: ComputeArgs,
+    },
+    /// Run fastai's learning-rate finder on a pipeline's data and model (index and prep run first,
+    /// cached): writes lr_find.csv and lr_find.png with the suggestions marked.
+    LrFind {
+        pipeline: PathBuf,
+        #[arg(long, default_value = "artifacts")]
+        artifacts: PathBuf,
+        /// Output folder for the CSV and the plot.
+        #[arg(long, default_value = "artifacts/lr_find")]
+        out: PathBuf,
+        #[command(flatten)]
+        compute: ComputeArgs,
     },
     /// Tell, without running anything, which stages are cached, stale (and why) or missing.
     Status {
@@ -108,6 +122,25 @@ enum Command {
     Info,
 }
 
+/// Where training and inference run.
+#[derive(clap::Args, Clone)]
+struct ComputeArgs {
+    /// cpu, cuda, cuda:N, or auto (CUDA when available).
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// libtorch threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+impl ComputeArgs {
+    fn options(&self) -> Result<runner::RunOptions> {
+        let threads = self.threads.unwrap_or_else(rayon_threads);
+        anyhow::ensure!(threads >= 1, "--threads must be at least 1");
+        Ok(runner::RunOptions { device: runner::parse_device(&self.device)?, threads, progress: true })
+    }
+}
+
 #[derive(Subcommand)]
 enum WeightsAction {
     /// The known weights, and whether each is imported or where its source was found.
@@ -137,12 +170,10 @@ fn main() {
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run {
-            pipeline,
-            artifacts,
-            force,
-            until,
-        } => runner::run(&pipeline, &artifacts, force.as_deref(), until.as_deref()).map(|_| ()),
+        Command::Run { pipeline, artifacts, force, until, compute } => runner::run(&pipeline, &artifacts, force.as_deref(), until.as_deref(), &compute.options()?).map(|_| ()),
+        Command::LrFind { pipeline, artifacts, out, compute } => {
+            runner::lr_find(&pipeline, &artifacts, &compute.options()?, &out)
+        }
         Command::Status {
             pipeline,
             artifacts,

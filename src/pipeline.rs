@@ -6,11 +6,12 @@ use anyhow::Result;
 use maskflow_index::IndexParams;
 use maskflow_prep::PrepParams;
 use maskflow_synth::SynthParams;
+use maskflow_train::TrainParams;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 /// The stages, in order.
-pub const STAGES: [&str; 2] = [maskflow_index::STAGE, maskflow_prep::STAGE];
+pub const STAGES: [&str; 3] = [maskflow_index::STAGE, maskflow_prep::STAGE, maskflow_train::STAGE];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,6 +24,8 @@ pub struct PipelineFile {
     pub index: IndexParams,
     #[serde(default)]
     pub prep: PrepParams,
+    #[serde(default)]
+    pub train: TrainParams,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -59,6 +62,7 @@ impl Pipeline {
         );
         file.index.validate().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         file.prep.validate().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        file.train.validate().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(Self { path: path.to_path_buf(), name, root, file })
     }
 }

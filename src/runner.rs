@@ -7,6 +7,7 @@ use maskflow_core::progress;
 use maskflow_core::runs::{RunRecord, StageRun};
 use maskflow_core::store::{Invalid, Outcome, StageSpec, Store};
 use maskflow_index::{read_index, IndexParams, IndexRow};
+use maskflow_models::weights::{self, ImportedWeights, SearchPaths};
 use maskflow_prep::PrepParams;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -80,8 +81,46 @@ fn fingerprint(p: &Pipeline, artifacts: &Path) -> Result<(String, usize)> {
     Ok((fp, listing.files.len()))
 }
 
+/// Where and how compute runs (not part of any key).
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub device: tch::Device,
+    pub threads: usize,
+    pub progress: bool,
+}
+
+/// Parses `--device cpu|cuda|cuda:N|auto`.
+pub fn parse_device(s: &str) -> Result<tch::Device> {
+    Ok(match s {
+        "cpu" => tch::Device::Cpu,
+        "auto" => tch::Device::cuda_if_available(),
+        "cuda" => {
+            if !tch::Cuda::is_available() {
+                bail!("--device cuda: no CUDA device is available here (use cpu or auto)");
+            }
+            tch::Device::Cuda(0)
+        }
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) if (n as i64) < tch::Cuda::device_count() => tch::Device::Cuda(n),
+            Some(n) => bail!("--device {other}: there are {} CUDA devices, not {}", tch::Cuda::device_count(), n + 1),
+            None => bail!("--device {other:?}: expected cpu, cuda, cuda:N or auto"),
+        },
+    })
+}
+
+/// The pretrained weights of `[train]`, imported into the store (or none for `pretrained = "none"`).
+/// Fails early, before any stage runs, with the message that says which file to place where.
+fn train_weights(p: &Pipeline, artifacts: &Path) -> Result<Option<ImportedWeights>> {
+    if p.file.train.pretrained == "none" {
+        return Ok(None);
+    }
+    let w = weights::ensure(&p.file.train.pretrained, None, artifacts, &SearchPaths::from_env())
+        .with_context(|| format!("{}: [train] pretrained = {:?}", p.path.display(), p.file.train.pretrained))?;
+    Ok(Some(w))
+}
+
 /// Every stage's spec, in order (keys chain: each stage names its upstream's key).
-fn specs(p: &Pipeline, fingerprint: &str) -> Result<Vec<StageSpec>> {
+fn specs(p: &Pipeline, fingerprint: &str, weights: Option<&ImportedWeights>) -> Result<Vec<StageSpec>> {
     let index = StageSpec::new(
         maskflow_index::STAGE,
         maskflow_index::VERSION,
@@ -94,7 +133,79 @@ fn specs(p: &Pipeline, fingerprint: &str) -> Result<Vec<StageSpec>> {
         &p.file.prep,
         BTreeMap::from([(maskflow_index::STAGE.to_string(), index.key())]),
     )?;
-    Ok(vec![index, prep])
+    let mut upstream = BTreeMap::from([(maskflow_prep::STAGE.to_string(), prep.key())]);
+    if let Some(w) = weights {
+        upstream.insert("weights".to_string(), format!("sha256:{}", w.sha256));
+    }
+    let train = StageSpec::new(maskflow_train::STAGE, maskflow_train::VERSION, &p.file.train, upstream)?;
+    Ok(vec![index, prep, train])
+}
+
+fn build_train(
+    p: &Pipeline,
+    index_dir: &Path,
+    prep_dir: &Path,
+    weights: Option<&ImportedWeights>,
+    checkpoint_dir: &Path,
+    opts: &RunOptions,
+    out: &Path,
+) -> Result<Value> {
+    let classes_path = index_dir.join(maskflow_index::CLASSES_FILE);
+    let classes: Vec<String> = serde_json::from_slice(
+        &std::fs::read(&classes_path).with_context(|| format!("reading {}", classes_path.display()))?,
+    )?;
+    let inputs = maskflow_train::Inputs {
+        prep_dir: prep_dir.to_path_buf(),
+        classes,
+        pretrained: weights.map(|w| w.safetensors()),
+    };
+    let rt = maskflow_train::Runtime {
+        device: opts.device,
+        threads: opts.threads,
+        checkpoint_dir: checkpoint_dir.to_path_buf(),
+        stop_after_epochs: std::env::var("MASKFLOW_STOP_AFTER_EPOCHS").ok().and_then(|v| v.parse().ok()),
+        progress: opts.progress,
+    };
+    let report = maskflow_train::run(&inputs, &p.file.train, &rt, out)?;
+    Ok(serde_json::to_value(report)?)
+}
+
+/// `maskflow lr-find`: index and prep as the pipeline says (cached), then the lr finder alone.
+pub fn lr_find(pipeline: &Path, artifacts: &Path, opts: &RunOptions, out: &Path) -> Result<()> {
+    let record = run(pipeline, artifacts, None, Some(maskflow_prep::STAGE), opts)?;
+    let p = Pipeline::load(pipeline)?;
+    let weights = train_weights(&p, artifacts)?;
+    let dir = |stage: &str| record.stages.iter().find(|s| s.stage == stage).map(|s| s.dir.clone());
+    let (Some(index_dir), Some(prep_dir)) = (dir(maskflow_index::STAGE), dir(maskflow_prep::STAGE)) else {
+        bail!("internal: index/prep did not run");
+    };
+    let classes_path = index_dir.join(maskflow_index::CLASSES_FILE);
+    let classes: Vec<String> = serde_json::from_slice(&std::fs::read(&classes_path)?)?;
+    let inputs = maskflow_train::Inputs { prep_dir, classes, pretrained: weights.map(|w| w.safetensors()) };
+    let rt = maskflow_train::Runtime {
+        device: opts.device,
+        threads: opts.threads,
+        checkpoint_dir: out.join(".unused"),
+        stop_after_epochs: None,
+        progress: opts.progress,
+    };
+    let r = maskflow_train::lr_find_only(&inputs, &p.file.train, &rt, out)?;
+    println!(
+        "lr_find {} iterations{} → {} and {}",
+        r.lrs.len(),
+        if r.stopped_early { " (stopped early: the loss diverged)" } else { "" },
+        out.join(maskflow_train::LR_FIND_CSV).display(),
+        out.join(maskflow_train::LR_FIND_PNG).display()
+    );
+    if let Some(s) = r.suggestions {
+        println!("suggestions: valley {:.2e} (used by lr = \"find\"), steep {:.2e}, minimum/10 {:.2e}", s.valley, s.steep, s.minimum_div_10);
+    }
+    Ok(())
+}
+
+/// Where the train stage keeps the checkpoints of the run with this key.
+pub fn checkpoint_dir(artifacts: &Path, key: &str) -> PathBuf {
+    artifacts.join(maskflow_train::STAGE).join(".checkpoints").join(key)
 }
 
 fn check_stage_name(name: &str, what: &str) -> Result<()> {
@@ -119,7 +230,13 @@ fn build_prep(root: &Path, rows: &[IndexRow], params: &PrepParams, out: &Path) -
     Ok(serde_json::to_value(report?)?)
 }
 
-pub fn run(pipeline: &Path, artifacts: &Path, force: Option<&str>, until: Option<&str>) -> Result<RunRecord> {
+pub fn run(
+    pipeline: &Path,
+    artifacts: &Path,
+    force: Option<&str>,
+    until: Option<&str>,
+    opts: &RunOptions,
+) -> Result<RunRecord> {
     let started = Instant::now();
     let started_unix = now_unix();
     let p = Pipeline::load(pipeline)?;
@@ -129,11 +246,16 @@ pub fn run(pipeline: &Path, artifacts: &Path, force: Option<&str>, until: Option
     if let Some(u) = until {
         check_stage_name(u, "--until")?;
     }
+    let needs_train = until.is_none_or(|u| u == "all" || STAGES.iter().position(|s| *s == u) >= STAGES.iter().position(|s| *s == maskflow_train::STAGE));
+    let weights = if needs_train { train_weights(&p, artifacts)? } else { None };
     ensure_synth(&p)?;
     let (fp, files) = fingerprint(&p, artifacts)?;
     let store = Store::new(artifacts);
     let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
-    for spec in specs(&p, &fp)? {
+    for spec in specs(&p, &fp, weights.as_ref())? {
+        if spec.stage == maskflow_train::STAGE && !needs_train {
+            break;
+        }
         let forced = matches!(force, Some("all")) || force == Some(spec.stage.as_str());
         let outcome = match spec.stage.as_str() {
             maskflow_index::STAGE => {
@@ -143,6 +265,16 @@ pub fn run(pipeline: &Path, artifacts: &Path, force: Option<&str>, until: Option
                 let index_dir = &outcomes[maskflow_index::STAGE].dir;
                 let rows = read_index(&index_dir.join(maskflow_index::INDEX_FILE))?;
                 store.ensure(&spec, forced, |tmp| build_prep(&p.root, &rows, &p.file.prep, tmp))?
+            }
+            maskflow_train::STAGE => {
+                let index_dir = outcomes[maskflow_index::STAGE].dir.clone();
+                let prep_dir = outcomes[maskflow_prep::STAGE].dir.clone();
+                let ckpt = checkpoint_dir(artifacts, &spec.key());
+                let o = store.ensure(&spec, forced, |tmp| {
+                    build_train(&p, &index_dir, &prep_dir, weights.as_ref(), &ckpt, opts, tmp)
+                })?;
+                maskflow_train::clear_checkpoints(&ckpt);
+                o
             }
             other => bail!("internal: no runner for stage {other}"),
         };
@@ -237,6 +369,22 @@ fn summary_line(stage: &str, r: &Value) -> Option<String> {
                 n("groups_across_sides"),
             ))
         }
+        maskflow_train::STAGE => {
+            let f = |k: &str| r.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+            let epochs = r.get("epochs").and_then(Value::as_array).map(|a| a.len()).unwrap_or(0);
+            Some(format!(
+                "{} {} epochs on {} images: accuracy {:.4}, valid loss {:.4} on {} images; {:.0}s on {}{}",
+                r.get("arch").and_then(Value::as_str).unwrap_or("?"),
+                epochs,
+                n("train_images"),
+                f("accuracy"),
+                f("valid_loss"),
+                n("valid_images"),
+                f("seconds"),
+                r.get("device").and_then(Value::as_str).unwrap_or("?"),
+                r.get("resumed_from").and_then(Value::as_str).map(|s| format!(" (resumed from {s})")).unwrap_or_default(),
+            ))
+        }
         maskflow_prep::STAGE => Some(format!(
             "{} images into {} shards ({:.1} MB), {:.0} images/s on {} threads",
             n("images"),
@@ -262,8 +410,15 @@ pub fn status(pipeline: &Path, artifacts: &Path) -> Result<()> {
     let (fp, _) = fingerprint(&p, artifacts)?;
     let store = Store::new(artifacts);
     let latest = RunRecord::read_latest(artifacts, &p.name);
+    let weights = match train_weights(&p, artifacts) {
+        Ok(w) => w,
+        Err(e) => {
+            println!("weights: {e:#}");
+            None
+        }
+    };
     println!("pipeline {} ({}), dataset fingerprint {}", p.name, p.path.display(), short(&fp));
-    for spec in specs(&p, &fp)? {
+    for spec in specs(&p, &fp, weights.as_ref())? {
         let key = spec.key();
         let line = match store.verify(&spec.stage, &key) {
             Ok(_) => format!("cached   key {}", short(&key)),

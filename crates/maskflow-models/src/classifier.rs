@@ -147,6 +147,7 @@ pub struct Classifier {
     pub classes: i64,
     pub head_config: HeadConfig,
     body: nn::SequentialT,
+    pool: Pool,
     head: nn::SequentialT,
     params: Vec<Param>,
     frozen: bool,
@@ -178,7 +179,17 @@ impl Classifier {
             })
             .collect();
         params.sort_by(|a, b| a.name.cmp(&b.name));
-        Classifier { vs, arch, classes, head_config: head_config.clone(), body, head, params, frozen: false }
+        Classifier {
+            vs,
+            arch,
+            classes,
+            head_config: head_config.clone(),
+            body,
+            pool: head_config.pool,
+            head,
+            params,
+            frozen: false,
+        }
     }
 
     /// Body features (N, C, h, w) of normalised images (N, 3, H, W).
@@ -188,7 +199,24 @@ impl Classifier {
 
     /// Logits from body features.
     pub fn head_t(&self, features: &Tensor, train: bool) -> Tensor {
-        features.apply_t(&self.head, train)
+        self.head_from_pooled_t(&self.pool(features), train)
+    }
+
+    /// The head's pooling (max ‖ avg for `concat`), flattened: (N, C, h, w) → (N, 2C).
+    pub fn pool(&self, features: &Tensor) -> Tensor {
+        let pooled = match self.pool {
+            Pool::Concat => {
+                Tensor::cat(&[features.adaptive_max_pool2d([1, 1]).0, features.adaptive_avg_pool2d([1, 1])], 1)
+            }
+            Pool::Avg => features.adaptive_avg_pool2d([1, 1]),
+            Pool::Max => features.adaptive_max_pool2d([1, 1]).0,
+        };
+        pooled.flatten(1, -1)
+    }
+
+    /// The head after its pooling: pooled features → logits.
+    pub fn head_from_pooled_t(&self, pooled: &Tensor, train: bool) -> Tensor {
+        pooled.apply_t(&self.head, train)
     }
 
     /// Logits of normalised images.
@@ -245,7 +273,6 @@ fn build_head(p: &nn::Path, features: i64, classes: i64, cfg: &HeadConfig) -> nn
         Pool::Concat => 2 * features,
         Pool::Avg | Pool::Max => features,
     };
-    let pool = cfg.pool;
     let kaiming = |fan_in: i64| nn::LinearConfig {
         ws_init: nn::Init::Randn { mean: 0.0, stdev: (2.0 / fan_in as f64).sqrt() },
         bs_init: Some(nn::Init::Const(0.0)),
@@ -256,15 +283,9 @@ fn build_head(p: &nn::Path, features: i64, classes: i64, cfg: &HeadConfig) -> nn
     let lin1 = nn::linear(p / 4, pooled, cfg.width, kaiming(pooled));
     let bn2 = nn::batch_norm1d(p / 6, cfg.width, bn_config());
     let lin2 = nn::linear(p / 8, cfg.width, classes, kaiming(cfg.width));
+    // Indices as fastai's head: 0 pool, 1 flatten (both in `Classifier::pool`), 2 BatchNorm1d,
+    // 3 Dropout, 4 Linear, 5 ReLU, 6 BatchNorm1d, 7 Dropout, 8 Linear.
     nn::seq_t()
-        .add_fn(move |x| {
-            let pooled = match pool {
-                Pool::Concat => Tensor::cat(&[x.adaptive_max_pool2d([1, 1]).0, x.adaptive_avg_pool2d([1, 1])], 1),
-                Pool::Avg => x.adaptive_avg_pool2d([1, 1]),
-                Pool::Max => x.adaptive_max_pool2d([1, 1]).0,
-            };
-            pooled.flatten(1, -1)
-        })
         .add(bn1)
         .add_fn_t(move |x, train| x.dropout(p1, train))
         .add(lin1)

@@ -350,6 +350,19 @@ pub fn ensure(
     search: &SearchPaths,
 ) -> Result<ImportedWeights, WeightsError> {
     let spec = spec(name).ok_or_else(|| WeightsError::Unknown(name.to_owned()))?;
+    if explicit.is_none() {
+        // An earlier import (e.g. `maskflow weights import NAME --from PATH`) serves without its source.
+        let found = list_imported(store)
+            .into_iter()
+            .flatten()
+            .find(|w| w.name == spec.name && w.arch == spec.arch && spec.sha256.matches(&w.sha256));
+        if let Some(mut w) = found {
+            if verify_imported(&w).is_ok() {
+                w.cached = true;
+                return Ok(w);
+            }
+        }
+    }
     let source = locate(spec, explicit, search)?;
     import(spec, &source, store)
 }

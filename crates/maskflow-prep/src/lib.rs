@@ -12,7 +12,7 @@
 //! Rows keep the index's order (sorted by path bytes), so the same inputs and params give
 //! byte-identical shards whatever the thread count.
 
-mod shard;
+pub mod shard;
 
 pub use shard::{read_shard, ShardRow};
 

@@ -1,0 +1,171 @@
+//! `[train]` of a pipeline file. Every default is the notebook's (fastai v1) value.
+
+use crate::augment::AugmentParams;
+use crate::schedule::{Lr, OneCycle};
+use maskflow_models::{Arch, HeadConfig};
+use serde::{Deserialize, Serialize};
+
+/// How stage 1 (body frozen) is trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FrozenMode {
+    /// As fastai: the whole model in train mode, BatchNorm layers of the body still training, the
+    /// backward pass through the whole body (default).
+    Faithful,
+    /// Compute the frozen body's features once (unaugmented, plus `fixed_body_copies` augmented copies
+    /// of the training set) and train only the head on them — several times faster; the body's
+    /// BatchNorm statistics stay at their pretrained values.
+    FixedBody,
+}
+
+/// Class-imbalance handling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Plain shuffling and mean cross-entropy (fastai default).
+    None,
+    /// Cross-entropy weighted by n / (classes · count(class)).
+    LossWeights,
+    /// Each epoch draws N training images with replacement, weighted by 1 / count(class).
+    Oversample,
+}
+
+/// fastai's `lr_find()` sweep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LrFindParams {
+    /// `start_lr=1e-7`
+    pub start: f64,
+    /// `end_lr=10`
+    pub end: f64,
+    /// `num_it=100`
+    pub iterations: usize,
+    /// Stop when the smoothed loss exceeds this many times its best (fastai: 4).
+    pub stop_factor: f64,
+}
+
+impl Default for LrFindParams {
+    fn default() -> Self {
+        LrFindParams { start: 1e-7, end: 10.0, iterations: 100, stop_factor: 4.0 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainParams {
+    /// Backbone (fastai notebook: `models.resnet50`; maskflow default mobilenet_v2, whose ImageNet
+    /// weights are available offline).
+    pub arch: Arch,
+    /// Registry name of the pretrained weights (`maskflow weights list`), or "none" for random init.
+    pub pretrained: String,
+    /// The head (fastai `create_head` defaults).
+    pub head: HeadConfig,
+    /// Training image side; default: the prep size (then the random crop is a no-op, as in fastai when
+    /// the resize already produced the final size).
+    pub size: Option<u32>,
+    /// `bs=64`
+    pub batch_size: usize,
+    /// Validation batch size (no gradients, so larger is fine).
+    pub valid_batch_size: usize,
+    /// The training loader drops the last partial batch (fastai: True).
+    pub drop_last: bool,
+    /// Stage 1 epochs, body frozen (the notebook: `fit_one_cycle(4)`).
+    pub frozen_epochs: usize,
+    /// Stage 1 max learning rate (fastai default `max_lr=3e-3`), or "find".
+    pub frozen_lr: Lr,
+    /// Stage 2 epochs, everything unfrozen (the notebook: 10).
+    pub unfrozen_epochs: usize,
+    /// Stage 2 learning rate(s): `[lo, hi]` is fastai's `slice(lo, hi)` (the notebook: slice(1e-5, 1e-4)).
+    pub unfrozen_lr: Lr,
+    pub one_cycle: OneCycle,
+    /// Adam β2 (fastai `moms`/`betas`: 0.99); β1 follows the one-cycle momentum.
+    pub beta2: f64,
+    /// Adam ε (1e-8 as in the notebook's Adam).
+    pub eps: f64,
+    /// Decoupled weight decay (fastai `wd=1e-2`, applied to every parameter as v1 does).
+    pub weight_decay: f64,
+    pub augment: AugmentParams,
+    pub frozen_mode: FrozenMode,
+    /// Augmented copies of the training set whose features the fixed-body stage 1 also uses.
+    pub fixed_body_copies: usize,
+    pub balance: Balance,
+    pub lr_find: LrFindParams,
+    /// Seeds the head initialisation, epoch orders, augmentation draws and dropout.
+    pub seed: u64,
+    /// Channels-last memory format (faster on CPU for these convnets; results equal up to rounding).
+    pub channels_last: bool,
+}
+
+impl Default for TrainParams {
+    fn default() -> Self {
+        TrainParams {
+            arch: Arch::MobilenetV2,
+            pretrained: "mobilenet_v2".into(),
+            head: HeadConfig::default(),
+            size: None,
+            batch_size: 64,
+            valid_batch_size: 128,
+            drop_last: true,
+            frozen_epochs: 4,
+            frozen_lr: Lr::One(3e-3),
+            unfrozen_epochs: 10,
+            unfrozen_lr: Lr::Slice([1e-5, 1e-4]),
+            one_cycle: OneCycle::default(),
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 1e-2,
+            augment: AugmentParams::default(),
+            frozen_mode: FrozenMode::Faithful,
+            fixed_body_copies: 0,
+            balance: Balance::None,
+            lr_find: LrFindParams::default(),
+            seed: 42,
+            channels_last: true,
+        }
+    }
+}
+
+impl TrainParams {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.batch_size == 0 || self.valid_batch_size == 0 {
+            return Err("train: batch sizes must be at least 1".into());
+        }
+        self.frozen_lr.validate("train.frozen_lr")?;
+        self.unfrozen_lr.validate("train.unfrozen_lr")?;
+        if matches!(self.unfrozen_lr, Lr::Find(_)) {
+            return Err("train.unfrozen_lr: \"find\" is only supported for the frozen stage (as the notebook runs lr_find before it)".into());
+        }
+        if self.pretrained != "none" {
+            match maskflow_models::weights::spec(&self.pretrained) {
+                None => {
+                    return Err(format!(
+                        "train.pretrained: unknown weights {:?} (see `maskflow weights list`, or \"none\")",
+                        self.pretrained
+                    ))
+                }
+                Some(s) if s.arch != self.arch => {
+                    return Err(format!(
+                        "train.pretrained: weights {:?} are for {}, not {}",
+                        self.pretrained, s.arch, self.arch
+                    ))
+                }
+                _ => {}
+            }
+        }
+        let oc = &self.one_cycle;
+        if !(0.0..1.0).contains(&oc.pct_start) || oc.div <= 0.0 || oc.final_div <= 0.0 {
+            return Err("train.one_cycle: pct_start in [0, 1), div and final_div > 0".into());
+        }
+        if !(0.0..1.0).contains(&self.beta2) || self.eps <= 0.0 || self.weight_decay < 0.0 {
+            return Err("train: beta2 in [0, 1), eps > 0, weight_decay ≥ 0".into());
+        }
+        if self.head.width < 1 || !(0.0..1.0).contains(&self.head.dropout) {
+            return Err("train.head: width ≥ 1 and dropout in [0, 1)".into());
+        }
+        let lf = &self.lr_find;
+        if !(lf.start > 0.0 && lf.end > lf.start && lf.iterations >= 2 && lf.stop_factor > 1.0) {
+            return Err("train.lr_find: 0 < start < end, iterations ≥ 2, stop_factor > 1".into());
+        }
+        self.augment.validate()
+    }
+}
