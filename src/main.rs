@@ -1,12 +1,13 @@
 //! maskflow: a folder of labelled images → a deployable CNN classifier, as a chain of reproducible,
 //! cached pipeline stages. See README.md.
 
-mod alloc;
+
 mod pipeline;
 mod runner;
 mod weights_cmd;
 
 use anyhow::{Context, Result};
+use maskflow_core::alloc;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -43,6 +44,19 @@ enum Command {
         /// Stop after this stage.
         #[arg(long, value_name = "STAGE")]
         until: Option<String>,
+        #[command(flatten)]
+        compute: ComputeArgs,
+    },
+    /// Evaluate the pipeline's model (trained first if needed) on a labelled folder it never saw:
+    /// the folder is indexed and prepped with the pipeline's parameters, then metrics, confusion
+    /// matrices, top losses and report.html are written (all cached like stages).
+    Eval {
+        pipeline: PathBuf,
+        /// A labelled folder (one sub-folder per class; class names must be among the model's).
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = "artifacts")]
+        artifacts: PathBuf,
         #[command(flatten)]
         compute: ComputeArgs,
     },
@@ -171,6 +185,9 @@ fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { pipeline, artifacts, force, until, compute } => runner::run(&pipeline, &artifacts, force.as_deref(), until.as_deref(), &compute.options()?).map(|_| ()),
+        Command::Eval { pipeline, data, artifacts, compute } => {
+            runner::eval_folder(&pipeline, &artifacts, &data, &compute.options()?)
+        }
         Command::LrFind { pipeline, artifacts, out, compute } => {
             runner::lr_find(&pipeline, &artifacts, &compute.options()?, &out)
         }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 /// The stages, in order.
-pub const STAGES: [&str; 3] = [maskflow_index::STAGE, maskflow_prep::STAGE, maskflow_train::STAGE];
+pub const STAGES: [&str; 4] = [maskflow_index::STAGE, maskflow_prep::STAGE, maskflow_train::STAGE, maskflow_eval::STAGE];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +26,8 @@ pub struct PipelineFile {
     pub prep: PrepParams,
     #[serde(default)]
     pub train: TrainParams,
+    #[serde(default)]
+    pub eval: maskflow_eval::EvalParams,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -71,7 +71,11 @@ fn hash_cache_path(artifacts: &Path) -> PathBuf {
 
 /// Returns the fingerprint and the number of files listed.
 fn fingerprint(p: &Pipeline, artifacts: &Path) -> Result<(String, usize)> {
-    let listing = dataset::walk(&p.root).with_context(|| format!("pipeline {}", p.path.display()))?;
+    fingerprint_root(&p.root, artifacts).with_context(|| format!("pipeline {}", p.path.display()))
+}
+
+fn fingerprint_root(root: &Path, artifacts: &Path) -> Result<(String, usize)> {
+    let listing = dataset::walk(root)?;
     let cache_path = hash_cache_path(artifacts);
     let mut cache = HashCache::load(&cache_path);
     let (fp, _) = dataset::fingerprint(&listing, &mut cache);
@@ -138,7 +142,59 @@ fn specs(p: &Pipeline, fingerprint: &str, weights: Option<&ImportedWeights>) -> 
         upstream.insert("weights".to_string(), format!("sha256:{}", w.sha256));
     }
     let train = StageSpec::new(maskflow_train::STAGE, maskflow_train::VERSION, &p.file.train, upstream)?;
-    Ok(vec![index, prep, train])
+    let eval = StageSpec::new(
+        maskflow_eval::STAGE,
+        maskflow_eval::VERSION,
+        &p.file.eval,
+        BTreeMap::from([
+            (maskflow_index::STAGE.to_string(), index.key()),
+            (maskflow_prep::STAGE.to_string(), prep.key()),
+            (maskflow_train::STAGE.to_string(), train.key()),
+        ]),
+    )?;
+    Ok(vec![index, prep, train, eval])
+}
+
+/// The provenance table of the report: every stage's key, version, params and upstream keys.
+fn provenance(specs: &[StageSpec], p: &Pipeline) -> Value {
+    let stages: Vec<Value> = specs
+        .iter()
+        .map(|s| {
+            serde_json::json!({"stage": s.stage, "version": s.version, "key": s.key(), "params": s.params, "upstream": s.upstream})
+        })
+        .collect();
+    serde_json::json!({"pipeline": p.path.display().to_string(), "stages": stages})
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_eval(
+    p: &Pipeline,
+    index: &Outcome,
+    prep_dir: &Path,
+    train_dir: &Path,
+    train_prep_dir: &Path,
+    splits: &[&str],
+    data_name: String,
+    provenance: Value,
+    opts: &RunOptions,
+    out: &Path,
+) -> Result<Value> {
+    let classes_path = index.dir.join(maskflow_index::CLASSES_FILE);
+    let data_classes: Vec<String> = serde_json::from_slice(
+        &std::fs::read(&classes_path).with_context(|| format!("reading {}", classes_path.display()))?,
+    )?;
+    let inputs = maskflow_eval::Inputs {
+        train_dir: train_dir.to_path_buf(),
+        prep_dir: prep_dir.to_path_buf(),
+        splits: splits.iter().map(|s| s.to_string()).collect(),
+        data_classes,
+        train_prep_dir: Some(train_prep_dir.to_path_buf()),
+        index_report: index.manifest.report.clone(),
+        provenance,
+        data_name,
+    };
+    let report = maskflow_eval::run(&inputs, &p.file.eval, opts.device, opts.threads, out)?;
+    Ok(serde_json::to_value(report)?)
 }
 
 fn build_train(
@@ -203,6 +259,67 @@ pub fn lr_find(pipeline: &Path, artifacts: &Path, opts: &RunOptions, out: &Path)
     Ok(())
 }
 
+/// `maskflow eval --data FOLDER`: the pipeline's model (trained if needed, usually cached) on a
+/// labelled folder it never saw, indexed and prepped with the pipeline's own parameters — every
+/// artifact cached like any stage.
+pub fn eval_folder(pipeline: &Path, artifacts: &Path, folder: &Path, opts: &RunOptions) -> Result<()> {
+    let record = run(pipeline, artifacts, None, Some(maskflow_train::STAGE), opts)?;
+    let p = Pipeline::load(pipeline)?;
+    let dir = |stage: &str| record.stages.iter().find(|s| s.stage == stage).map(|s| s.dir.clone());
+    let (Some(train_dir), Some(train_prep_dir)) = (dir(maskflow_train::STAGE), dir(maskflow_prep::STAGE)) else {
+        bail!("internal: the pipeline did not reach the train stage");
+    };
+    let (fp, files) = fingerprint_root(folder, artifacts).with_context(|| format!("--data {}", folder.display()))?;
+    let store = Store::new(artifacts);
+    let index_spec = StageSpec::new(
+        maskflow_index::STAGE,
+        maskflow_index::VERSION,
+        &p.file.index,
+        BTreeMap::from([("dataset".to_string(), fp.clone())]),
+    )?;
+    let index = store.ensure(&index_spec, false, |tmp| build_index(folder, &p.file.index, tmp, files))?;
+    print_outcome(&index);
+    let rows = read_index(&index.dir.join(maskflow_index::INDEX_FILE))?;
+    if !rows.iter().any(|r| r.status == "ok") {
+        bail!("--data {}: no readable images to evaluate (see the index summary above)", folder.display());
+    }
+    let prep_spec = StageSpec::new(
+        maskflow_prep::STAGE,
+        maskflow_prep::VERSION,
+        &p.file.prep,
+        BTreeMap::from([(maskflow_index::STAGE.to_string(), index.key.clone())]),
+    )?;
+    let prep = store.ensure(&prep_spec, false, |tmp| build_prep(folder, &rows, &p.file.prep, tmp))?;
+    print_outcome(&prep);
+    let train_key = record.stages.iter().find(|s| s.stage == maskflow_train::STAGE).map(|s| s.key.clone()).unwrap_or_default();
+    let eval_spec = StageSpec::new(
+        maskflow_eval::STAGE,
+        maskflow_eval::VERSION,
+        &p.file.eval,
+        BTreeMap::from([
+            (maskflow_index::STAGE.to_string(), index.key.clone()),
+            (maskflow_prep::STAGE.to_string(), prep.key.clone()),
+            (maskflow_train::STAGE.to_string(), train_key),
+        ]),
+    )?;
+    let stages: Vec<Value> = [&index_spec, &prep_spec, &eval_spec]
+        .iter()
+        .map(|s| serde_json::json!({"stage": s.stage, "key": s.key(), "params": s.params, "upstream": s.upstream}))
+        .collect();
+    let prov = serde_json::json!({
+        "pipeline": p.path.display().to_string(),
+        "data": folder.display().to_string(),
+        "stages": stages,
+    });
+    let name = format!("folder {}", folder.display());
+    let eval = store.ensure(&eval_spec, false, |tmp| {
+        build_eval(&p, &index, &prep.dir, &train_dir, &train_prep_dir, &["train", "valid"], name.clone(), prov.clone(), opts, tmp)
+    })?;
+    print_outcome(&eval);
+    println!("report  {}", eval.dir.join(maskflow_eval::REPORT_FILE).display());
+    Ok(())
+}
+
 /// Where the train stage keeps the checkpoints of the run with this key.
 pub fn checkpoint_dir(artifacts: &Path, key: &str) -> PathBuf {
     artifacts.join(maskflow_train::STAGE).join(".checkpoints").join(key)
@@ -252,7 +369,9 @@ pub fn run(
     let (fp, files) = fingerprint(&p, artifacts)?;
     let store = Store::new(artifacts);
     let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
-    for spec in specs(&p, &fp, weights.as_ref())? {
+    let all_specs = specs(&p, &fp, weights.as_ref())?;
+    let prov = provenance(&all_specs, &p);
+    for spec in all_specs {
         if spec.stage == maskflow_train::STAGE && !needs_train {
             break;
         }
@@ -275,6 +394,25 @@ pub fn run(
                 })?;
                 maskflow_train::clear_checkpoints(&ckpt);
                 o
+            }
+            maskflow_eval::STAGE => {
+                let index = outcomes[maskflow_index::STAGE].clone();
+                let prep_dir = outcomes[maskflow_prep::STAGE].dir.clone();
+                let train_dir = outcomes[maskflow_train::STAGE].dir.clone();
+                store.ensure(&spec, forced, |tmp| {
+                    build_eval(
+                        &p,
+                        &index,
+                        &prep_dir,
+                        &train_dir,
+                        &prep_dir,
+                        &["valid"],
+                        "the validation split".into(),
+                        prov.clone(),
+                        opts,
+                        tmp,
+                    )
+                })?
             }
             other => bail!("internal: no runner for stage {other}"),
         };
@@ -367,6 +505,20 @@ fn summary_line(stage: &str, r: &Value) -> Option<String> {
                 n("exact_duplicate_groups"),
                 n("near_duplicate_groups"),
                 n("groups_across_sides"),
+            ))
+        }
+        maskflow_eval::STAGE => {
+            let f = |k: &str| r.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+            let cm = r.get("confusion_matrix").map(|v| v.to_string()).unwrap_or_default();
+            Some(format!(
+                "{} images of {}: accuracy {:.4}, error rate {:.4}, log loss {:.4}, ROC AUC {}; confusion [actual][predicted] {cm}; report {}",
+                n("images"),
+                r.get("data").and_then(Value::as_str).unwrap_or("?"),
+                f("accuracy"),
+                f("error_rate"),
+                f("log_loss"),
+                r.get("roc_auc").and_then(Value::as_f64).map(|a| format!("{a:.4}")).unwrap_or_else(|| "—".into()),
+                maskflow_eval::REPORT_FILE,
             ))
         }
         maskflow_train::STAGE => {

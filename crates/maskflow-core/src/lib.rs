@@ -4,11 +4,13 @@
 //! - [`fsutil`]: atomic file writes (temp + rename) and small filesystem helpers.
 //! - [`store`]: the content-addressed artifact store (`artifacts/<stage>/<key>/` + `manifest.json`).
 //! - [`runs`]: run records (`artifacts/runs/<pipeline>/<timestamp>.json`, `latest.json`).
+//! - [`alloc`]: glibc malloc tuning for libtorch (no mmap churn), applied at start-up.
 //! - [`config`]: typed TOML loading whose errors name `file:line:column` and the key.
 //! - [`dataset`]: walking a `root/<class>/…` folder and its content fingerprint.
 //! - [`rng`]: a tiny, version-stable seeded generator (SplitMix64) for reproducible draws.
 //! - [`progress`]: progress bars with one look across the stages.
 
+pub mod alloc;
 pub mod config;
 pub mod dataset;
 pub mod fsutil;

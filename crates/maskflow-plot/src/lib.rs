@@ -132,6 +132,104 @@ pub fn line_chart(path: &Path, chart: &LineChart, w: u32, h: u32) -> Result<()> 
     write_png(path, &buf, w, h)
 }
 
+/// One cell of an image grid: the picture and its title lines.
+pub struct Tile {
+    pub image: image::RgbImage,
+    pub title: Vec<String>,
+}
+
+/// A grid of titled images (show_batch, top losses): `cols` per row, each image scaled to `side`².
+/// Returns the PNG's (width, height).
+pub fn image_grid(path: &Path, tiles: &[Tile], cols: usize, side: u32, heading: &str) -> Result<(u32, u32)> {
+    fonts();
+    anyhow::ensure!(cols > 0 && side > 0, "image grid needs cols > 0 and side > 0");
+    let rows = tiles.len().div_ceil(cols).max(1) as u32;
+    let lines = tiles.iter().map(|t| t.title.len()).max().unwrap_or(0) as u32;
+    let (pad, line_h, head_h) = (8u32, 15u32, if heading.is_empty() { 0 } else { 30 });
+    let cell_w = side + pad;
+    let cell_h = side + lines * line_h + pad;
+    let (w, h) = (cols as u32 * cell_w + pad, head_h + rows * cell_h + pad);
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    for (i, t) in tiles.iter().enumerate() {
+        let (cx, cy) = ((i % cols) as u32 * cell_w + pad, head_h + (i / cols) as u32 * cell_h + pad + lines * line_h);
+        let img = image::imageops::resize(&t.image, side, side, image::imageops::FilterType::Triangle);
+        for (x, y, px) in img.enumerate_pixels() {
+            let o = (((cy + y) * w + cx + x) * 3) as usize;
+            buf[o..o + 3].copy_from_slice(&px.0);
+        }
+    }
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        let style = ("sans-serif", 13).into_font().color(&BLACK);
+        if !heading.is_empty() {
+            root.draw(&Text::new(heading.to_string(), (pad as i32, 6), ("sans-serif", 18).into_font().color(&BLACK)))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        for (i, t) in tiles.iter().enumerate() {
+            let (cx, cy) = ((i % cols) as u32 * cell_w + pad, head_h + (i / cols) as u32 * cell_h + pad);
+            for (l, line) in t.title.iter().enumerate() {
+                root.draw(&Text::new(line.clone(), (cx as i32, (cy + l as u32 * line_h) as i32), style.clone()))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+        }
+        root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    write_png(path, &buf, w, h)?;
+    Ok((w, h))
+}
+
+/// A confusion matrix: rows = actual, columns = predicted, each cell shaded by `values` (counts, or
+/// row fractions when `normalized`) with its value written in it.
+pub fn confusion_png(path: &Path, values: &[Vec<f64>], names: &[String], normalized: bool, title: &str) -> Result<()> {
+    fonts();
+    let k = names.len().max(1) as u32;
+    let cell = (480 / k).clamp(40, 140);
+    let (left, top, bottom) = (170u32, 60u32, 60u32);
+    let (w, h) = (left + k * cell + 30, top + k * cell + bottom);
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        let max = values.iter().flatten().copied().fold(0.0f64, f64::max).max(1e-12);
+        root.draw(&Text::new(title.to_string(), (10, 10), ("sans-serif", 18).into_font().color(&BLACK)))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for (a, row) in values.iter().enumerate() {
+            for (p, &v) in row.iter().enumerate() {
+                let (x0, y0) = ((left + p as u32 * cell) as i32, (top + a as u32 * cell) as i32);
+                let t = v / max;
+                let color = RGBColor(
+                    (247.0 - t * (247.0 - 8.0)) as u8,
+                    (251.0 - t * (251.0 - 48.0)) as u8,
+                    (255.0 - t * (255.0 - 107.0)) as u8,
+                );
+                root.draw(&Rectangle::new([(x0, y0), (x0 + cell as i32, y0 + cell as i32)], color.filled()))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                root.draw(&Rectangle::new([(x0, y0), (x0 + cell as i32, y0 + cell as i32)], BLACK.stroke_width(1)))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let label = if normalized { format!("{v:.3}") } else { format!("{}", v.round() as i64) };
+                let text_color = if t > 0.5 { WHITE } else { BLACK };
+                root.draw(&Text::new(
+                    label,
+                    (x0 + cell as i32 / 2 - 18, y0 + cell as i32 / 2 - 8),
+                    ("sans-serif", 16).into_font().color(&text_color),
+                ))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+        }
+        let small = ("sans-serif", 13).into_font().color(&BLACK);
+        for (i, n) in names.iter().enumerate() {
+            let y = (top + i as u32 * cell + cell / 2 - 7) as i32;
+            root.draw(&Text::new(n.clone(), (8, y), small.clone())).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let x = (left + i as u32 * cell + 4) as i32;
+            root.draw(&Text::new(n.clone(), (x, (top + k * cell + 8) as i32), small.clone()))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        root.draw(&Text::new("actual ↓  predicted →".to_string(), (8, (top - 22) as i32), small.clone()))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    write_png(path, &buf, w, h)
+}
+
 /// Writes an RGB buffer as PNG, atomically.
 pub fn write_png(path: &Path, rgb: &[u8], w: u32, h: u32) -> Result<()> {
     let img = image::RgbImage::from_raw(w, h, rgb.to_vec()).context("buffer size does not match the image size")?;
@@ -144,6 +242,38 @@ pub fn write_png(path: &Path, rgb: &[u8], w: u32, h: u32) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_grid_has_the_right_size_and_tiles() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("g.png");
+        let tiles: Vec<Tile> = (0..5u8)
+            .map(|i| Tile {
+                image: image::RgbImage::from_pixel(30, 30, image::Rgb([i * 40, 0, 200])),
+                title: vec![format!("tile {i}"), "second line".into()],
+            })
+            .collect();
+        let (w, h) = image_grid(&p, &tiles, 3, 64, "batch").unwrap();
+        // 3 columns × (64 + 8) + 8; 2 rows × (64 + 2·15 + 8) + 8 + 30 heading
+        assert_eq!((w, h), (3 * 72 + 8, 30 + 2 * 102 + 8));
+        let img = image::open(&p).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (w, h));
+        // Each tile's colour is present at its place: tile 4 is row 1, col 1.
+        let (x, y) = (72 + 8 + 32, 30 + 102 + 8 + 30 + 32);
+        assert_eq!(img.get_pixel(x, y).0, [160, 0, 200]);
+        // The sixth cell is empty (white).
+        assert_eq!(img.get_pixel(2 * 72 + 8 + 32, y).0, [255, 255, 255]);
+    }
+
+    #[test]
+    fn confusion_png_draws_cells() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("cm.png");
+        let names = vec!["with_mask".to_string(), "without_mask".to_string()];
+        confusion_png(&p, &[vec![10.0, 1.0], vec![0.0, 12.0]], &names, false, "confusion").unwrap();
+        let img = image::open(&p).unwrap().to_rgb8();
+        assert!(img.width() > 300 && img.height() > 300);
+    }
 
     #[test]
     fn draws_a_log_chart_with_markers() {

@@ -39,6 +39,11 @@ impl SplitData {
 
 /// Reads every shard of `split` listed in the prep artifact's `shards.json`, in order.
 pub fn load_split(prep_dir: &Path, split: &str, classes: usize) -> Result<SplitData> {
+    load_splits(prep_dir, &[split], classes)
+}
+
+/// Reads the shards of several splits into one set (e.g. a whole labelled folder for evaluation).
+pub fn load_splits(prep_dir: &Path, splits: &[&str], classes: usize) -> Result<SplitData> {
     let listing = prep_dir.join(maskflow_prep::SHARDS_FILE);
     let text = std::fs::read(&listing).with_context(|| format!("reading {}", listing.display()))?;
     let infos: Vec<maskflow_prep::shard::ShardInfo> =
@@ -46,13 +51,14 @@ pub fn load_split(prep_dir: &Path, split: &str, classes: usize) -> Result<SplitD
     let mut pixels: Vec<u8> = Vec::new();
     let (mut label_idx, mut hashes, mut paths) = (Vec::new(), Vec::new(), Vec::new());
     let mut size: Option<(u32, u32, u32)> = None;
-    for info in infos.iter().filter(|i| i.split == split) {
+    let wanted = |s: &str| splits.contains(&s);
+    for info in infos.iter().filter(|i| wanted(&i.split)) {
         let file = prep_dir.join(&info.file);
         let rows = maskflow_prep::shard::read_shard(&file)?;
         if pixels.is_empty() {
             if let Some(r) = rows.first() {
                 pixels
-                    .reserve(r.pixels.len() * infos.iter().filter(|i| i.split == split).map(|i| i.rows).sum::<usize>());
+                    .reserve(r.pixels.len() * infos.iter().filter(|i| wanted(&i.split)).map(|i| i.rows).sum::<usize>());
             }
         }
         for r in rows {

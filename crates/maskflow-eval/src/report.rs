@@ -1,0 +1,188 @@
+//! The static HTML run report: one self-contained page (images beside it, no scripts, no network).
+
+use crate::metrics::Metrics;
+use crate::{Inputs, TrainConfig, REPORT_FILE};
+use anyhow::Result;
+use serde_json::Value;
+use std::fmt::Write;
+use std::path::Path;
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+fn img(out_dir: &Path, file: &str, alt: &str) -> String {
+    if out_dir.join(file).is_file() {
+        format!("<img src=\"{file}\" alt=\"{}\">", esc(alt))
+    } else {
+        format!("<p class=\"note\">({} not available)</p>", esc(alt))
+    }
+}
+
+pub fn write(
+    out_dir: &Path,
+    inputs: &Inputs,
+    cfg: &TrainConfig,
+    m: &Metrics,
+    cm: &[Vec<u64>],
+    most_confused: &[(String, String, u64)],
+    show_batch: bool,
+) -> Result<()> {
+    let mut h = String::new();
+    let title = format!("maskflow report — {} on {}", cfg.params.arch, inputs.data_name);
+    write!(
+        h,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>\
+         body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}\
+         table{{border-collapse:collapse;margin:.5em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}\
+         th{{background:#f3f3f3}}td.l,th.l{{text-align:left}}img{{max-width:100%;border:1px solid #ddd;margin:.3em 0}}\
+         pre{{background:#f7f7f7;padding:.5em;overflow-x:auto;font-size:12px}}.note{{color:#777}}</style></head><body>",
+        esc(&title)
+    )?;
+    write!(h, "<h1>{}</h1>", esc(&title))?;
+
+    // Data summary.
+    let r = &inputs.index_report;
+    let n = |k: &str| r.get(k).and_then(Value::as_u64).unwrap_or(0);
+    h.push_str("<h2>Data</h2><table><tr><th class=l>class</th><th>files</th><th>accepted</th><th>train</th><th>valid</th></tr>");
+    if let Some(per) = r.get("per_class").and_then(Value::as_object) {
+        for (c, v) in per {
+            let g = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+            write!(
+                h,
+                "<tr><td class=l>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(c),
+                g("files"),
+                g("accepted"),
+                g("train"),
+                g("valid")
+            )?;
+        }
+    }
+    h.push_str("</table>");
+    let reasons = r
+        .get("rejected_by_reason")
+        .and_then(Value::as_object)
+        .map(|o| o.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default();
+    write!(
+        h,
+        "<p>{} files, {} accepted, {} rejected{}. {} exact-duplicate groups ({} files), {} near-duplicate groups \
+         ({} files), {} groups across the split (0 by construction), {} groups spanning classes.</p>",
+        n("files"),
+        n("accepted"),
+        n("rejected"),
+        if reasons.is_empty() { String::new() } else { format!(" ({})", esc(&reasons)) },
+        n("exact_duplicate_groups"),
+        n("exact_duplicate_files"),
+        n("near_duplicate_groups"),
+        n("near_duplicate_files"),
+        n("groups_across_sides"),
+        n("groups_across_classes")
+    )?;
+    if show_batch {
+        write!(h, "<h2>show_batch</h2>{}", img(out_dir, "show_batch.png", "augmented training batch"))?;
+    }
+
+    // Training.
+    h.push_str("<h2>Training</h2>");
+    write!(
+        h,
+        "<p>{} with {} weights; stage 1 (body frozen, BatchNorm training) {} epochs at {:?}, stage 2 (unfrozen) {} \
+         epochs at {:?}; batch {}, Adam β2 {}, weight decay {}.</p>",
+        cfg.params.arch,
+        esc(&cfg.params.pretrained),
+        cfg.params.frozen_epochs,
+        cfg.params.frozen_lr,
+        cfg.params.unfrozen_epochs,
+        cfg.params.unfrozen_lr,
+        cfg.params.batch_size,
+        cfg.params.beta2,
+        cfg.params.weight_decay
+    )?;
+    if out_dir.join("train_lr_find.png").is_file() {
+        h.push_str(&img(out_dir, "train_lr_find.png", "lr finder"));
+    }
+    h.push_str(&img(out_dir, "train_curves.png", "training curves"));
+    if let Ok(text) = std::fs::read_to_string(out_dir.join("train_metrics.jsonl")) {
+        h.push_str("<table><tr><th class=l>stage</th><th>epoch</th><th>train loss</th><th>train loss (mean)</th><th>valid loss</th><th>accuracy</th><th>error rate</th><th>seconds</th><th>img/s</th></tr>");
+        for line in text.lines() {
+            let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
+            let f = |k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+            write!(
+                h,
+                "<tr><td class=l>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{:.0}</td><td>{:.1}</td></tr>",
+                esc(v.get("stage").and_then(Value::as_str).unwrap_or("")),
+                v.get("epoch").and_then(Value::as_u64).unwrap_or(0),
+                f("train_loss_ema"),
+                f("train_loss_mean"),
+                f("valid_loss"),
+                f("accuracy"),
+                f("error_rate"),
+                f("seconds"),
+                f("images_per_second")
+            )?;
+        }
+        h.push_str("</table>");
+    }
+
+    // Evaluation.
+    write!(h, "<h2>Evaluation on {}</h2>", esc(&inputs.data_name))?;
+    write!(
+        h,
+        "<table><tr><th class=l>metric</th><th>value</th></tr>\
+         <tr><td class=l>images</td><td>{}</td></tr><tr><td class=l>accuracy</td><td>{:.4}</td></tr>\
+         <tr><td class=l>error rate</td><td>{:.4}</td></tr><tr><td class=l>balanced accuracy</td><td>{:.4}</td></tr>\
+         <tr><td class=l>macro F1</td><td>{:.4}</td></tr><tr><td class=l>log loss</td><td>{:.4}</td></tr>\
+         <tr><td class=l>ROC AUC</td><td>{}</td></tr></table>",
+        m.images,
+        m.accuracy,
+        m.error_rate,
+        m.balanced_accuracy,
+        m.macro_f1,
+        m.log_loss,
+        m.roc_auc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "—".into())
+    )?;
+    h.push_str("<table><tr><th class=l>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>");
+    for c in &m.per_class {
+        write!(
+            h,
+            "<tr><td class=l>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{}</td></tr>",
+            esc(&c.class),
+            c.precision,
+            c.recall,
+            c.f1,
+            c.support
+        )?;
+    }
+    h.push_str("</table>");
+    if !m.classes_without_support.is_empty() {
+        write!(
+            h,
+            "<p class=note>No images of {} in this data: their metrics are reported as 0 with support 0.</p>",
+            esc(&m.classes_without_support.join(", "))
+        )?;
+    }
+    h.push_str(&img(out_dir, "confusion_matrix.png", "confusion matrix"));
+    h.push_str(&img(out_dir, "confusion_matrix_normalized.png", "confusion matrix, row-normalised"));
+    let total: u64 = cm.iter().flatten().sum();
+    write!(h, "<p>{} images in the matrix. Most confused (actual → predicted, count): ", total)?;
+    if most_confused.is_empty() {
+        h.push_str("none.</p>");
+    } else {
+        let items: Vec<String> =
+            most_confused.iter().map(|(a, p, c)| format!("{} → {}: {c}", esc(a), esc(p))).collect();
+        write!(h, "{}.</p>", items.join("; "))?;
+    }
+    h.push_str(&img(out_dir, "top_losses.png", "top losses"));
+
+    // Provenance.
+    write!(
+        h,
+        "<h2>Provenance</h2><pre>{}</pre><p class=note>{}</p></body></html>\n",
+        esc(&serde_json::to_string_pretty(&inputs.provenance)?),
+        esc(maskflow_core::TOOL_VERSION)
+    )?;
+    maskflow_core::fsutil::write_atomic(&out_dir.join(REPORT_FILE), h.as_bytes())?;
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! maskflow's side of `just bench-train`: MobileNetV2 body + fastai head at 224², batch 64, the same
+//! three measurements as bench/train_steps.py (inference, frozen step, full step), as one JSON line.
+//!
+//! usage: bench_steps [THREADS] [ITERS] [--nchw]
+
+use maskflow_models::{Arch, Classifier, HeadConfig};
+use maskflow_train::optim::{Adam, AdamConfig};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+fn timed(iters: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..2 {
+        f();
+    }
+    let t = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    64.0 * iters as f64 / t.elapsed().as_secs_f64()
+}
+
+fn main() {
+    maskflow_core::alloc::tune_malloc();
+    let args: Vec<String> = std::env::args().collect();
+    let threads: i32 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(2);
+    let iters: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(6);
+    let channels_last = !args.iter().any(|a| a == "--nchw");
+    tch::set_num_threads(threads);
+    tch::manual_seed(0);
+    let mut model = Classifier::new(Arch::MobilenetV2, 2, &HeadConfig::default(), Device::Cpu);
+    let mut x = Tensor::randn([64, 3, 224, 224], (Kind::Float, Device::Cpu));
+    if channels_last {
+        model.to_channels_last();
+        x = maskflow_models::arch::to_channels_last(&x);
+    }
+    let y = Tensor::randint(2, [64], (Kind::Int64, Device::Cpu));
+    let inference = tch::no_grad(|| {
+        timed(iters, || {
+            let _ = model.forward_t(&x, false);
+        })
+    });
+    let cfg = AdamConfig { beta2: 0.99, eps: 1e-8, weight_decay: 0.01 };
+    let mut step_rate = |model: &Classifier| {
+        let mut opt = Adam::new(cfg, model.params().iter().map(|p| (p.name.as_str(), &p.tensor, p.group)));
+        timed(iters, || {
+            let loss = model.forward_t(&x, true).cross_entropy_for_logits(&y);
+            opt.zero_grad();
+            loss.backward();
+            opt.step(&[1e-4; 3], 0.9);
+        })
+    };
+    model.freeze();
+    let frozen = step_rate(&model);
+    model.unfreeze();
+    let full = step_rate(&model);
+    println!(
+        "{{\"inference\": {inference:.2}, \"frozen_step\": {frozen:.2}, \"full_step\": {full:.2}, \"threads\": {threads}, \"channels_last\": {channels_last}}}"
+    );
+}
