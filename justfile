@@ -36,7 +36,23 @@ status PIPELINE: build
     {{bin}} status {{PIPELINE}}
 
 # All benchmarks, side by side against the Python peers; figures go to docs/BENCHMARKS.md by hand.
-bench: bench-prep bench-prep-memory
+bench: bench-prep bench-prep-memory bench-train
+
+# Compute: frozen step, full step and inference (mobilenet_v2 + fastai head, 224², bs 64) vs PyTorch eager.
+bench-train THREADS="2" ITERS="6": setup
+    bench/train_bench.sh {{THREADS}} {{ITERS}}
+
+# The real-data pipeline end to end (fresh store) vs a plain-PyTorch replica of the notebook: wall, RSS.
+bench-e2e DATASET="../shared/datasets/face-mask": build
+    bench/e2e_bench.sh {{DATASET}}
+
+# predict: single-image latency and batch throughput vs the same TorchScript bundle driven from Python.
+bench-predict BUNDLE FOLDER="../shared/datasets/face-mask" N="256": setup
+    bench/predict_bench.sh {{BUNDLE}} {{FOLDER}} {{N}}
+
+# Render a run report (report.html) in headless Chromium and fail on a broken image; needs Debian's chromium.
+report-check REPORT:
+    bench/report_check.sh {{REPORT}}
 
 # prep: maskflow vs a PIL + pyarrow pipeline doing the same work, on ../shared/datasets/face-mask.
 bench-prep DATASET="../shared/datasets/face-mask": build

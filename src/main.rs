@@ -4,6 +4,7 @@
 
 mod pipeline;
 mod runner;
+mod predict_cmd;
 mod weights_cmd;
 
 use anyhow::{Context, Result};
@@ -57,6 +58,30 @@ enum Command {
         data: PathBuf,
         #[arg(long, default_value = "artifacts")]
         artifacts: PathBuf,
+        #[command(flatten)]
+        compute: ComputeArgs,
+    },
+    /// Classify images with an exported bundle (artifacts/export/<key>/): files, folders (recursive)
+    /// and globs, through the same decode/resize code as training. A bad file gets its own line with
+    /// the reason and the rest go on; the exit code is 2 when any input failed.
+    Predict {
+        /// The bundle directory (model.pt, model_card.json).
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Image files, folders or glob patterns.
+        #[arg(required = true)]
+        inputs: Vec<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: predict_cmd::Format,
+        /// Label an image with the positive class when its probability is at least this.
+        #[arg(long)]
+        threshold: Option<f64>,
+        /// The positive class for --threshold (default: the last class).
+        #[arg(long)]
+        positive: Option<String>,
+        /// Images per forward pass.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
         #[command(flatten)]
         compute: ComputeArgs,
     },
@@ -124,6 +149,26 @@ enum Command {
         #[arg(long)]
         size: Option<u32>,
     },
+    /// Run the train stage alone on an index and a prep artifact → model.safetensors, metrics.jsonl,
+    /// curves.png in --out. Repeating a killed command resumes from its last epoch.
+    Train {
+        /// An index artifact directory (its classes.json names the classes).
+        #[arg(long)]
+        index: PathBuf,
+        /// A prep artifact directory (the shards).
+        #[arg(long)]
+        prep: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Take the [train] parameters from this pipeline file (default: the notebook's).
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+        /// Where imported pretrained weights are kept.
+        #[arg(long, default_value = "artifacts")]
+        artifacts: PathBuf,
+        #[command(flatten)]
+        compute: ComputeArgs,
+    },
     /// Pretrained weights: list the registry, import a checkpoint into safetensors, verify imports.
     Weights {
         #[command(subcommand)]
@@ -185,6 +230,23 @@ fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { pipeline, artifacts, force, until, compute } => runner::run(&pipeline, &artifacts, force.as_deref(), until.as_deref(), &compute.options()?).map(|_| ()),
+        Command::Predict { bundle, inputs, format, threshold, positive, batch, compute } => {
+            let c = compute.options()?;
+            let bad = predict_cmd::run(&predict_cmd::Options {
+                bundle: &bundle,
+                inputs: &inputs,
+                format,
+                threshold,
+                positive: positive.as_deref(),
+                batch,
+                device: c.device,
+                threads: c.threads,
+            })?;
+            if bad > 0 {
+                std::process::exit(2);
+            }
+            Ok(())
+        }
         Command::Eval { pipeline, data, artifacts, compute } => {
             runner::eval_folder(&pipeline, &artifacts, &data, &compute.options()?)
         }
@@ -254,6 +316,13 @@ fn real_main() -> Result<()> {
                 params.size = s;
             }
             runner::prep_alone(&index, root.as_deref(), &params, &out)
+        }
+        Command::Train { index, prep, out, pipeline, artifacts, compute } => {
+            let params = match pipeline {
+                Some(p) => pipeline::Pipeline::load(&p)?.file.train,
+                None => Default::default(),
+            };
+            runner::train_alone(&index, &prep, &params, &artifacts, &compute.options()?, &out)
         }
         Command::Weights { action, artifacts } => match action {
             WeightsAction::List => weights_cmd::list(&artifacts),

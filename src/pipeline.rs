@@ -11,7 +11,13 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 /// The stages, in order.
-pub const STAGES: [&str; 4] = [maskflow_index::STAGE, maskflow_prep::STAGE, maskflow_train::STAGE, maskflow_eval::STAGE];
+pub const STAGES: [&str; 5] = [
+    maskflow_index::STAGE,
+    maskflow_prep::STAGE,
+    maskflow_train::STAGE,
+    maskflow_eval::STAGE,
+    maskflow_export::STAGE,
+];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +34,8 @@ pub struct PipelineFile {
     pub train: TrainParams,
     #[serde(default)]
     pub eval: maskflow_eval::EvalParams,
+    #[serde(default)]
+    pub export: maskflow_export::ExportParams,
 }
 
 #[derive(Debug, Clone, Deserialize)]

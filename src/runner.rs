@@ -152,7 +152,17 @@ fn specs(p: &Pipeline, fingerprint: &str, weights: Option<&ImportedWeights>) -> 
             (maskflow_train::STAGE.to_string(), train.key()),
         ]),
     )?;
-    Ok(vec![index, prep, train, eval])
+    let export = StageSpec::new(
+        maskflow_export::STAGE,
+        maskflow_export::VERSION,
+        &p.file.export,
+        BTreeMap::from([
+            (maskflow_prep::STAGE.to_string(), prep.key()),
+            (maskflow_train::STAGE.to_string(), train.key()),
+            (maskflow_eval::STAGE.to_string(), eval.key()),
+        ]),
+    )?;
+    Ok(vec![index, prep, train, eval, export])
 }
 
 /// The provenance table of the report: every stage's key, version, params and upstream keys.
@@ -395,6 +405,22 @@ pub fn run(
                 maskflow_train::clear_checkpoints(&ckpt);
                 o
             }
+            maskflow_export::STAGE => {
+                let train_dir = outcomes[maskflow_train::STAGE].dir.clone();
+                let eval_dir = outcomes[maskflow_eval::STAGE].dir.clone();
+                let upstream: BTreeMap<String, String> =
+                    outcomes.iter().map(|(stage, o)| (stage.clone(), o.key.clone())).collect();
+                store.ensure(&spec, forced, |tmp| {
+                    let inputs = maskflow_export::Inputs {
+                        train_dir: &train_dir,
+                        eval_dir: Some(&eval_dir),
+                        prep: &p.file.prep,
+                        dataset_fingerprint: fp.clone(),
+                        upstream: upstream.clone(),
+                    };
+                    maskflow_export::run(&inputs, &p.file.export, tmp)
+                })?
+            }
             maskflow_eval::STAGE => {
                 let index = outcomes[maskflow_index::STAGE].clone();
                 let prep_dir = outcomes[maskflow_prep::STAGE].dir.clone();
@@ -507,6 +533,11 @@ fn summary_line(stage: &str, r: &Value) -> Option<String> {
                 n("groups_across_sides"),
             ))
         }
+        maskflow_export::STAGE => Some(format!(
+            "bundle: model.pt (TorchScript, uint8 NHWC {}² → probabilities of {}), model.safetensors, model_card.json, README.md",
+            r.get("input").and_then(|i| i.get("height")).and_then(Value::as_i64).unwrap_or(0),
+            r.get("classes").map(|c| c.to_string()).unwrap_or_default(),
+        )),
         maskflow_eval::STAGE => {
             let f = |k: &str| r.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
             let cm = r.get("confusion_matrix").map(|v| v.to_string()).unwrap_or_default();
@@ -719,6 +750,50 @@ pub fn prep_alone(index_dir: &Path, root: Option<&Path>, params: &PrepParams, ou
         println!("prep    {line}");
     }
     println!("prep    written to {}", out.display());
+    Ok(())
+}
+
+/// `maskflow train` alone: an index artifact (for the classes) and a prep artifact → a train output in
+/// `out` (checkpoints in `out/.checkpoints`, so a killed run resumes when the command is repeated).
+pub fn train_alone(
+    index_dir: &Path,
+    prep_dir: &Path,
+    params: &maskflow_train::TrainParams,
+    artifacts: &Path,
+    opts: &RunOptions,
+    out: &Path,
+) -> Result<()> {
+    params.validate().map_err(anyhow::Error::msg)?;
+    let weights = if params.pretrained == "none" {
+        None
+    } else {
+        Some(weights::ensure(&params.pretrained, None, artifacts, &SearchPaths::from_env())?)
+    };
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let classes_path = index_dir.join(maskflow_index::CLASSES_FILE);
+    let classes: Vec<String> = serde_json::from_slice(
+        &std::fs::read(&classes_path).with_context(|| format!("reading {}", classes_path.display()))?,
+    )?;
+    let inputs = maskflow_train::Inputs {
+        prep_dir: prep_dir.to_path_buf(),
+        classes,
+        pretrained: weights.map(|w| w.safetensors()),
+    };
+    let ckpt = out.join(".checkpoints");
+    let rt = maskflow_train::Runtime {
+        device: opts.device,
+        threads: opts.threads,
+        checkpoint_dir: ckpt.clone(),
+        stop_after_epochs: None,
+        progress: opts.progress,
+    };
+    let report = serde_json::to_value(maskflow_train::run(&inputs, params, &rt, out)?)?;
+    maskflow_core::fsutil::write_json_atomic(&out.join("report.json"), &report)?;
+    maskflow_train::clear_checkpoints(&ckpt);
+    if let Some(line) = summary_line(maskflow_train::STAGE, &report) {
+        println!("train   {line}");
+    }
+    println!("train   written to {}", out.display());
     Ok(())
 }
 

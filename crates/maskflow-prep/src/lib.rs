@@ -103,9 +103,21 @@ pub struct PrepReport {
     pub threads: usize,
 }
 
-/// Decode + orient + RGB + resize, exactly as training saw it; shared with `predict`.
+/// Decode + orient + RGB + resize, exactly as training saw it (the index stage has already refused
+/// oversized files, so no size limit here).
 pub fn prepare_pixels(bytes: &[u8], params: &PrepParams, resizer: &mut Resizer) -> Result<image::RgbImage, Rejection> {
-    let limits = Limits { max_pixels: u64::MAX, max_side: u32::MAX };
+    prepare_pixels_limited(bytes, params, resizer, &Limits { max_pixels: u64::MAX, max_side: u32::MAX })
+}
+
+/// As [`prepare_pixels`], refusing images whose header declares more than `limits` (for `predict`,
+/// whose inputs were never indexed).
+pub fn prepare_pixels_limited(
+    bytes: &[u8],
+    params: &PrepParams,
+    resizer: &mut Resizer,
+    limits: &Limits,
+) -> Result<image::RgbImage, Rejection> {
+    let limits = *limits;
     let d = if params.jpeg_draft {
         decode_reduced(bytes, &limits, |w, h| params.resize.needed_source(params.size, w, h))?
     } else {

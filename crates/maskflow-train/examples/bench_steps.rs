@@ -40,7 +40,7 @@ fn main() {
         })
     });
     let cfg = AdamConfig { beta2: 0.99, eps: 1e-8, weight_decay: 0.01 };
-    let mut step_rate = |model: &Classifier| {
+    let step_rate = |model: &Classifier| {
         let mut opt = Adam::new(cfg, model.params().iter().map(|p| (p.name.as_str(), &p.tensor, p.group)));
         timed(iters, || {
             let loss = model.forward_t(&x, true).cross_entropy_for_logits(&y);

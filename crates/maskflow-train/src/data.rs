@@ -48,19 +48,15 @@ pub fn load_splits(prep_dir: &Path, splits: &[&str], classes: usize) -> Result<S
     let text = std::fs::read(&listing).with_context(|| format!("reading {}", listing.display()))?;
     let infos: Vec<maskflow_prep::shard::ShardInfo> =
         serde_json::from_slice(&text).with_context(|| format!("parsing {}", listing.display()))?;
-    let mut pixels: Vec<u8> = Vec::new();
+    // One uint8 tensor for all rows, filled row by row: memory is the pixels once plus one shard's rows.
+    let total: usize = infos.iter().filter(|i| splits.contains(&i.split.as_str())).map(|i| i.rows).sum();
+    let mut images: Option<Tensor> = None;
     let (mut label_idx, mut hashes, mut paths) = (Vec::new(), Vec::new(), Vec::new());
     let mut size: Option<(u32, u32, u32)> = None;
     let wanted = |s: &str| splits.contains(&s);
     for info in infos.iter().filter(|i| wanted(&i.split)) {
         let file = prep_dir.join(&info.file);
         let rows = maskflow_prep::shard::read_shard(&file)?;
-        if pixels.is_empty() {
-            if let Some(r) = rows.first() {
-                pixels
-                    .reserve(r.pixels.len() * infos.iter().filter(|i| wanted(&i.split)).map(|i| i.rows).sum::<usize>());
-            }
-        }
         for r in rows {
             let dims = (r.height, r.width, r.channels);
             match size {
@@ -79,15 +75,27 @@ pub fn load_splits(prep_dir: &Path, splits: &[&str], classes: usize) -> Result<S
                     r.label_idx
                 );
             }
-            pixels.extend_from_slice(&r.pixels);
+            if label_idx.len() >= total {
+                bail!("{}: more rows than shards.json lists ({total})", file.display());
+            }
+            let side = dims.0 as i64;
+            let all = images
+                .get_or_insert_with(|| Tensor::zeros([total as i64, side, side, 3], (Kind::Uint8, tch::Device::Cpu)));
+            all.get(label_idx.len() as i64).copy_(&Tensor::from_data_size(&r.pixels, &[side, side, 3], Kind::Uint8));
             label_idx.push(r.label_idx as i64);
             hashes.push(r.content_hash);
             paths.push(r.path);
         }
     }
-    let (h, w, _) = size.unwrap_or((0, 0, 3));
-    let n = label_idx.len() as i64;
-    let images = Tensor::from_data_size(&pixels, &[n, h as i64, w as i64, 3], Kind::Uint8);
+    if label_idx.len() != total {
+        bail!(
+            "{}: shards.json lists {total} rows of {splits:?}, the shards hold {}",
+            listing.display(),
+            label_idx.len()
+        );
+    }
+    let (h, _, _) = size.unwrap_or((0, 0, 3));
+    let images = images.unwrap_or_else(|| Tensor::zeros([0, 0, 0, 3], (Kind::Uint8, tch::Device::Cpu)));
     let labels = Tensor::from_slice(&label_idx);
     Ok(SplitData { images, labels, label_idx, hashes, paths, size: h as i64 })
 }

@@ -21,7 +21,7 @@ use maskflow_core::fsutil::{write_atomic, write_json_atomic};
 use maskflow_core::rng::SplitMix64;
 use maskflow_models::classifier::{load_named, Classifier, GROUPS};
 use optim::{Adam, AdamConfig};
-pub use params::{Balance, FrozenMode, TrainParams};
+pub use params::{Balance, BodyBatchNorm, FrozenMode, TrainParams};
 use schedule::Lr;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -464,7 +464,7 @@ fn fit_one_cycle(
             let it = epoch * nb + batch.index;
             let (mult, mom) = ctx.params.one_cycle.at(it, total);
             let lrs: Vec<f64> = max_lrs.iter().map(|l| l * mult).collect();
-            let logits = model.forward_t(&batch.x, true);
+            let logits = train_forward(ctx, model, &batch.x);
             let loss = loss_fn(ctx, &logits, &batch.y);
             opt.zero_grad();
             loss.backward();
@@ -511,6 +511,13 @@ fn fit_one_cycle(
         }
     }
     Ok(())
+}
+
+/// The training-mode forward pass: the head always in train mode (dropout, BatchNorm1d); the body's
+/// BatchNorm per `body_batchnorm`.
+fn train_forward(ctx: &Ctx, model: &Classifier, x: &Tensor) -> Tensor {
+    let body_train = ctx.params.body_batchnorm == BodyBatchNorm::Update;
+    model.head_t(&model.features_t(x, body_train), true)
 }
 
 fn bar(ctx: &Ctx, len: usize, what: &str) -> indicatif::ProgressBar {
@@ -612,7 +619,8 @@ fn fit_fixed_body(
     let nb = if p.drop_last { ctx.train.len() / p.batch_size } else { ctx.train.len().div_ceil(p.batch_size) };
     let total = nb * epochs;
     let labels = ctx.train.labels.to_device(ctx.rt.device);
-    for epoch in progress.epochs_done..epochs {
+    let first_epoch = progress.epochs_done;
+    for epoch in first_epoch..epochs {
         let t0 = Instant::now();
         tch::manual_seed(derive_seed(p.seed, &[0xd50, 0, epoch as u64]));
         let feats = &views[epoch % views.len()];
@@ -649,7 +657,8 @@ fn fit_fixed_body(
             let acc = logits.argmax(-1, false).eq_tensor(&y).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
             (loss, acc)
         };
-        let seconds = t0.elapsed().as_secs_f64() + if epoch == progress.epochs_done { feature_seconds } else { 0.0 };
+        // The features' cost is counted in the first epoch run.
+        let seconds = t0.elapsed().as_secs_f64() + if epoch == first_epoch { feature_seconds } else { 0.0 };
         let m = EpochMetrics {
             stage: STAGE_NAMES[0].into(),
             epoch: epoch + 1,
@@ -701,7 +710,7 @@ fn run_lr_find(ctx: &mut Ctx, model: &mut Classifier) -> Result<LrFindResult> {
                 break 'outer;
             }
             let lr = lr_find::sweep_lr(lf.start, lf.end, it, lf.iterations);
-            let loss = loss_fn(ctx, &model.forward_t(&batch.x, true), &batch.y);
+            let loss = loss_fn(ctx, &train_forward(ctx, model, &batch.x), &batch.y);
             opt.zero_grad();
             loss.backward();
             opt.step(&[lr; GROUPS], 0.9);

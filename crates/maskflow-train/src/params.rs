@@ -18,6 +18,18 @@ pub enum FrozenMode {
     FixedBody,
 }
 
+/// What the body's BatchNorm layers do while the body trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyBatchNorm {
+    /// Batch statistics in the forward pass, running statistics updated (fastai: the model in train mode).
+    Update,
+    /// Running statistics used and kept (the layers' affine parameters still train). Pairs with
+    /// `frozen_mode = "fixed_body"`, whose head learned on features computed that way: updating the
+    /// statistics in stage 2 would shift every feature under the trained head.
+    Fixed,
+}
+
 /// Class-imbalance handling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -86,6 +98,8 @@ pub struct TrainParams {
     pub weight_decay: f64,
     pub augment: AugmentParams,
     pub frozen_mode: FrozenMode,
+    /// The body's BatchNorm while training (fastai: update).
+    pub body_batchnorm: BodyBatchNorm,
     /// Augmented copies of the training set whose features the fixed-body stage 1 also uses.
     pub fixed_body_copies: usize,
     pub balance: Balance,
@@ -116,6 +130,7 @@ impl Default for TrainParams {
             weight_decay: 1e-2,
             augment: AugmentParams::default(),
             frozen_mode: FrozenMode::Faithful,
+            body_batchnorm: BodyBatchNorm::Update,
             fixed_body_copies: 0,
             balance: Balance::None,
             lr_find: LrFindParams::default(),

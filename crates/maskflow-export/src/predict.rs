@@ -1,0 +1,184 @@
+//! `maskflow predict`: a bundle on files, folders (recursive) and globs, through exactly the prep
+//! stage's decode/resize code, batched across cores. A file that cannot be read or decoded is reported
+//! with its reason; the others go on.
+
+use crate::{ModelCard, CARD_FILE, MODULE_FILE};
+use anyhow::{Context, Result};
+use maskflow_imaging::Resizer;
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+pub struct Bundle {
+    pub module: tch::CModule,
+    pub card: ModelCard,
+    pub device: Device,
+}
+
+/// Loads `model.pt` and `model_card.json` from a bundle directory.
+pub fn load(dir: &Path, device: Device) -> Result<Bundle> {
+    let card_path = dir.join(CARD_FILE);
+    let card: ModelCard = serde_json::from_slice(
+        &std::fs::read(&card_path).with_context(|| format!("{}: not a maskflow bundle", card_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", card_path.display()))?;
+    let pt = dir.join(MODULE_FILE);
+    let mut module = tch::CModule::load_on_device(&pt, device).with_context(|| format!("loading {}", pt.display()))?;
+    module.set_eval();
+    Ok(Bundle { module, card, device })
+}
+
+/// One input's result.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Ok { path: String, label: String, probs: Vec<f32> },
+    Failed { path: String, reason: String },
+}
+
+impl Outcome {
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Outcome::Ok { .. })
+    }
+}
+
+/// Files named by `inputs`: files as given, folders walked recursively (hidden entries skipped, sorted),
+/// anything else read as a glob. Inputs that match nothing come back as failures.
+pub fn expand(inputs: &[String]) -> (Vec<PathBuf>, Vec<Outcome>) {
+    let mut files = Vec::new();
+    let mut failed = Vec::new();
+    for input in inputs {
+        let p = Path::new(input);
+        if p.is_file() {
+            files.push(p.to_path_buf());
+        } else if p.is_dir() {
+            match maskflow_core::fsutil::list_files_recursive(p) {
+                Ok(list) => files.extend(
+                    list.into_iter()
+                        .filter(|r| !r.components().any(|c| c.as_os_str().to_string_lossy().starts_with('.')))
+                        .map(|r| p.join(r)),
+                ),
+                Err(e) => failed.push(Outcome::Failed { path: input.clone(), reason: format!("cannot list: {e}") }),
+            }
+        } else if input.contains(['*', '?', '[']) {
+            match glob::glob(input) {
+                Ok(paths) => {
+                    let mut matched: Vec<PathBuf> = paths.flatten().filter(|p| p.is_file()).collect();
+                    matched.sort();
+                    if matched.is_empty() {
+                        failed.push(Outcome::Failed {
+                            path: input.clone(),
+                            reason: "no file matches this pattern".into(),
+                        });
+                    }
+                    files.extend(matched);
+                }
+                Err(e) => failed.push(Outcome::Failed { path: input.clone(), reason: format!("bad pattern: {e}") }),
+            }
+        } else {
+            failed.push(Outcome::Failed { path: input.clone(), reason: "no such file or folder".into() });
+        }
+    }
+    (files, failed)
+}
+
+/// The image as the model takes it (prep's path, then a centre crop if training used a smaller crop).
+pub fn prepare(path: &Path, card: &ModelCard, resizer: &mut Resizer) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    // The index stage's default header limits: a decompression bomb is refused, not decoded.
+    let limits = maskflow_imaging::Limits::default();
+    let img = maskflow_prep::prepare_pixels_limited(&bytes, &card.preprocessing, resizer, &limits)
+        .map_err(|e| e.to_string())?;
+    let (s, w) = (card.input.height as u32, img.width());
+    if w == s {
+        return Ok(img.into_raw());
+    }
+    let off = (w.saturating_sub(s)) / 2;
+    Ok(image::imageops::crop_imm(&img, off, off, s, s).to_image().into_raw())
+}
+
+/// A decision rule: `Some((class, threshold))` labels an image `class` when its probability is at least
+/// the threshold, else the most probable other class; `None` takes the most probable class.
+pub type Threshold = Option<(usize, f64)>;
+
+fn label_of(probs: &[f32], classes: &[String], threshold: Threshold) -> String {
+    let argmax = |skip: Option<usize>| {
+        probs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != skip)
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i)
+            .unwrap_or(0)
+    };
+    let i = match threshold {
+        Some((c, t)) if f64::from(probs[c]) >= t => c,
+        Some((c, _)) => argmax(Some(c)),
+        None => argmax(None),
+    };
+    classes[i].clone()
+}
+
+/// Runs the bundle on `paths` in batches of `batch`, decoding each batch in parallel; results in input
+/// order.
+pub fn predict(bundle: &Bundle, paths: &[PathBuf], batch: usize, threshold: Threshold) -> Result<Vec<Outcome>> {
+    let s = bundle.card.input.height;
+    let mut out = Vec::with_capacity(paths.len());
+    for chunk in paths.chunks(batch.max(1)) {
+        let prepared: Vec<Result<Vec<u8>, String>> =
+            chunk.par_iter().map_init(Resizer::default, |r, p| prepare(p, &bundle.card, r)).collect();
+        let good: Vec<&Vec<u8>> = prepared.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let mut probs: Vec<f32> = Vec::new();
+        if !good.is_empty() {
+            let mut flat = Vec::with_capacity(good.len() * (s * s * 3) as usize);
+            good.iter().for_each(|g| flat.extend_from_slice(g));
+            let x = Tensor::from_data_size(&flat, &[good.len() as i64, s, s, 3], Kind::Uint8).to_device(bundle.device);
+            let y = tch::no_grad(|| bundle.module.forward_ts(&[x])).context("running the TorchScript module")?;
+            probs = Vec::<f32>::try_from(y.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1))?;
+        }
+        let k = bundle.card.classes.len();
+        let mut next = 0;
+        for (p, r) in chunk.iter().zip(prepared) {
+            let path = p.display().to_string();
+            match r {
+                Ok(_) => {
+                    let pr = probs[next * k..(next + 1) * k].to_vec();
+                    next += 1;
+                    out.push(Outcome::Ok { label: label_of(&pr, &bundle.card.classes, threshold), probs: pr, path });
+                }
+                Err(reason) => out.push(Outcome::Failed { path, reason }),
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threshold_rule() {
+        let classes = vec!["with_mask".to_string(), "without_mask".to_string()];
+        assert_eq!(label_of(&[0.7, 0.3], &classes, None), "with_mask");
+        assert_eq!(label_of(&[0.7, 0.3], &classes, Some((1, 0.25))), "without_mask");
+        assert_eq!(label_of(&[0.7, 0.3], &classes, Some((1, 0.5))), "with_mask");
+    }
+
+    #[test]
+    fn expand_reports_what_matches_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("a/b")).unwrap();
+        std::fs::write(d.path().join("a/b/x.jpg"), b"x").unwrap();
+        std::fs::write(d.path().join("a/.hidden.jpg"), b"x").unwrap();
+        std::fs::write(d.path().join("y.png"), b"y").unwrap();
+        let inputs = vec![
+            d.path().join("a").display().to_string(),
+            d.path().join("*.png").display().to_string(),
+            d.path().join("*.gif").display().to_string(),
+            d.path().join("missing.jpg").display().to_string(),
+        ];
+        let (files, failed) = expand(&inputs);
+        assert_eq!(files, vec![d.path().join("a/b/x.jpg"), d.path().join("y.png")]);
+        assert_eq!(failed.len(), 2);
+    }
+}

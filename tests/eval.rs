@@ -1,0 +1,96 @@
+//! `maskflow eval`: the pipeline's evaluation outputs, and `--data` on folders the model never saw.
+
+mod common;
+use common::*;
+use std::fs;
+
+fn eval_dir(d: &std::path::Path) -> std::path::PathBuf {
+    let art = d.join("artifacts");
+    art.join("eval").join(&keys(&art, "eval")[0])
+}
+
+#[test]
+fn pipeline_eval_writes_every_output_and_the_matrix_counts_the_validation_rows() {
+    let d = tempfile::tempdir().unwrap();
+    small_pipeline(d.path(), "");
+    let out = ok(d.path(), &["run", "pipelines/p.toml", "--device", "cpu"]);
+    assert!(out.contains("train   built") && out.contains("eval    built"), "{out}");
+    let dir = eval_dir(d.path());
+    for f in [
+        "metrics.json",
+        "confusion_matrix.csv",
+        "confusion_matrix.json",
+        "confusion_matrix.png",
+        "confusion_matrix_normalized.png",
+        "most_confused.csv",
+        "top_losses.png",
+        "predictions.parquet",
+        "show_batch.png",
+        "summary.json",
+        "report.html",
+        "train_curves.png",
+    ] {
+        assert!(dir.join(f).is_file(), "{f} missing in {}", dir.display());
+    }
+    // The confusion matrix counts sum to the index's validation rows.
+    let art = d.path().join("artifacts");
+    let index: serde_json::Value = serde_json::from_slice(
+        &fs::read(art.join("index").join(&keys(&art, "index")[0]).join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let valid = index["report"]["valid"].as_u64().unwrap();
+    let cm: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("confusion_matrix.json")).unwrap()).unwrap();
+    let total: u64 =
+        cm["matrix"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap()).map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(total, valid);
+    assert_eq!(cm["orientation"], "[actual][predicted]");
+    // The report links only files that exist.
+    let html = fs::read_to_string(dir.join("report.html")).unwrap();
+    for src in html.split("src=\"").skip(1).map(|s| &s[..s.find('"').unwrap()]) {
+        assert!(dir.join(src).is_file(), "report links a missing {src}");
+    }
+    assert!(html.contains("Provenance") && html.contains("show_batch.png"));
+    // Top-losses grid: 4 tiles in 2 columns of 180 px.
+    let img = image::open(dir.join("top_losses.png")).unwrap();
+    assert_eq!(img.width(), 2 * (180 + 8) + 8);
+}
+
+#[test]
+fn eval_on_unseen_folders_missing_class_unknown_class_and_empty() {
+    let d = tempfile::tempdir().unwrap();
+    small_pipeline(d.path(), "");
+    // An unseen folder: another synthetic draw.
+    ok(d.path(), &["synth", "--out", "unseen", "--seed", "99", "--per-class", "6", "--no-bad-files"]);
+    let out = ok(d.path(), &["eval", "pipelines/p.toml", "--data", "unseen", "--device", "cpu"]);
+    assert!(out.contains("eval    built") && out.contains("report"), "{out}");
+    let again = ok(d.path(), &["eval", "pipelines/p.toml", "--data", "unseen", "--device", "cpu"]);
+    assert!(again.contains("eval    cached"), "{again}");
+
+    // Only one class present: metrics still computed, the other reported with support 0.
+    fs::create_dir_all(d.path().join("one")).unwrap();
+    fs::rename(d.path().join("unseen/with_mask"), d.path().join("one/with_mask")).unwrap();
+    let out = ok(d.path(), &["eval", "pipelines/p.toml", "--data", "one", "--device", "cpu"]);
+    assert!(out.contains("eval    built"), "{out}");
+    let art = d.path().join("artifacts");
+    let found = keys(&art, "eval").into_iter().any(|k| {
+        let m: serde_json::Value =
+            serde_json::from_slice(&fs::read(art.join("eval").join(&k).join("metrics.json")).unwrap()).unwrap();
+        m["classes_without_support"] == serde_json::json!(["without_mask"]) && m["per_class"][1]["support"] == 0
+    });
+    assert!(found, "no eval reported without_mask with support 0");
+
+    // A class the model does not know: refused, naming both lists.
+    fs::create_dir_all(d.path().join("other/cats")).unwrap();
+    fs::copy(
+        fs::read_dir(d.path().join("one/with_mask")).unwrap().next().unwrap().unwrap().path(),
+        d.path().join("other/cats/a.png"),
+    )
+    .ok();
+    let err = fails(d.path(), &["eval", "pipelines/p.toml", "--data", "other", "--device", "cpu"]);
+    assert!(err.contains("does not know") && err.contains("cats") && err.contains("with_mask"), "{err}");
+
+    // An empty folder.
+    fs::create_dir_all(d.path().join("empty")).unwrap();
+    let err = fails(d.path(), &["eval", "pipelines/p.toml", "--data", "empty", "--device", "cpu"]);
+    assert!(err.contains("empty"), "{err}");
+}
