@@ -19,7 +19,7 @@ torch.set_num_threads(int(sys.argv[4]) if len(sys.argv) > 4 else 2)
 card = json.loads((bundle / "model_card.json").read_text())
 size = card["input"]["height"]
 module = torch.jit.load(str(bundle / "model.pt"))
-files = sorted(p for p in folder.rglob("*") if p.is_file() and not any(x.startswith(".") for x in p.parts))[:n]
+files = sorted(p for p in folder.rglob("*") if p.is_file() and not any(x.startswith(".") for x in p.relative_to(folder).parts))[:n]
 
 
 def prepare(path):

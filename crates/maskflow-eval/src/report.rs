@@ -90,12 +90,14 @@ pub fn write(
     h.push_str("<h2>Training</h2>");
     write!(
         h,
-        "<p>{} with {} weights; stage 1 (body frozen, BatchNorm training) {} epochs at {:?}, stage 2 (unfrozen) {} \
-         epochs at {:?}; batch {}, Adam β2 {}, weight decay {}.</p>",
+        "<p>{} with {} weights; stage 1 (body frozen, mode {:?}) {} epochs at {:?}, stage 2 (unfrozen, body \
+         BatchNorm {:?}) {} epochs at {:?}; batch {}, Adam β2 {}, weight decay {}.</p>",
         cfg.params.arch,
         esc(&cfg.params.pretrained),
+        cfg.params.frozen_mode,
         cfg.params.frozen_epochs,
         cfg.params.frozen_lr,
+        cfg.params.body_batchnorm,
         cfg.params.unfrozen_epochs,
         cfg.params.unfrozen_lr,
         cfg.params.batch_size,
