@@ -176,8 +176,9 @@ pub fn run(inputs: &Inputs, params: &EvalParams, device: Device, threads: usize,
         csv.push_str(&format!("{a},{p},{c}\n"));
     }
     write_atomic(&out_dir.join("most_confused.csv"), csv.as_bytes())?;
-    write_predictions(&out_dir.join(PREDICTIONS_FILE), &data, &cfg.classes, &actual, &predicted, &rows, &losses)?;
-    top_losses(out_dir, &data, &cfg.classes, &actual, &predicted, &rows, &losses, params.top_losses)?;
+    let preds = Predictions { actual: &actual, predicted: &predicted, probs: &rows, losses: &losses };
+    write_predictions(&out_dir.join(PREDICTIONS_FILE), &data, &cfg.classes, &preds)?;
+    top_losses(out_dir, &data, &cfg.classes, &preds, params.top_losses)?;
     let show_batch_ok = match &inputs.train_prep_dir {
         Some(dir) if params.show_batch > 0 => {
             show_batch(&out_dir.join("show_batch.png"), dir, &cfg, params.show_batch)?;
@@ -244,16 +245,16 @@ fn write_confusion(out_dir: &Path, cm: &[Vec<u64>], names: &[String]) -> Result<
     )
 }
 
-#[allow(clippy::too_many_arguments)]
-fn write_predictions(
-    path: &Path,
-    data: &SplitData,
-    names: &[String],
-    actual: &[usize],
-    predicted: &[usize],
-    probs: &[Vec<f64>],
-    losses: &[f64],
-) -> Result<()> {
+/// Per image: actual and predicted class, probabilities, loss.
+struct Predictions<'a> {
+    actual: &'a [usize],
+    predicted: &'a [usize],
+    probs: &'a [Vec<f64>],
+    losses: &'a [f64],
+}
+
+fn write_predictions(path: &Path, data: &SplitData, names: &[String], p: &Predictions) -> Result<()> {
+    let Predictions { actual, predicted, probs, losses } = *p;
     let k = names.len() as i32;
     let flat: Vec<f32> = probs.iter().flatten().map(|&p| p as f32).collect();
     let item = Arc::new(Field::new("item", DataType::Float32, false));
@@ -288,17 +289,8 @@ fn write_predictions(
     write_atomic(path, &bytes).with_context(|| format!("writing {}", path.display()))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn top_losses(
-    out_dir: &Path,
-    data: &SplitData,
-    names: &[String],
-    actual: &[usize],
-    predicted: &[usize],
-    probs: &[Vec<f64>],
-    losses: &[f64],
-    k: usize,
-) -> Result<()> {
+fn top_losses(out_dir: &Path, data: &SplitData, names: &[String], p: &Predictions, k: usize) -> Result<()> {
+    let Predictions { actual, predicted, probs, losses } = *p;
     let mut order: Vec<usize> = (0..losses.len()).collect();
     order.sort_by(|&a, &b| losses[b].total_cmp(&losses[a]).then(a.cmp(&b)));
     let tiles: Vec<Tile> = order

@@ -174,16 +174,7 @@ pub fn run(inputs: &Inputs, params: &TrainParams, rt: &Runtime, out_dir: &Path) 
     let config_hash = maskflow_core::hash::hash_canonical(&(params, &inputs.classes, train.len(), valid.len()))?;
     let mut ctx = Ctx { params, rt, train, valid, out_size, classes, class_weights, config_hash, epochs_run: 0 };
 
-    // Model: seeded head init, pretrained body.
-    tch::manual_seed(derive_seed(params.seed, &[0x6d6f64656c]));
-    let mut model = Classifier::new(params.arch, classes as i64, &params.head, rt.device);
-    if let Some(w) = &inputs.pretrained {
-        let tensors = Tensor::read_safetensors(w).with_context(|| format!("reading {}", w.display()))?;
-        model.load_body(&tensors).with_context(|| format!("loading {} into {}", w.display(), params.arch))?;
-    }
-    if params.channels_last {
-        model.to_channels_last();
-    }
+    let mut model = build_model(inputs, params, rt)?;
 
     // Resume.
     std::fs::create_dir_all(&rt.checkpoint_dir).with_context(|| format!("creating {}", rt.checkpoint_dir.display()))?;
@@ -318,8 +309,18 @@ pub fn lr_find_only(inputs: &Inputs, params: &TrainParams, rt: &Runtime, out_dir
         config_hash: String::new(),
         epochs_run: 0,
     };
+    let mut model = build_model(inputs, params, rt)?;
+    model.freeze();
+    let r = run_lr_find(&mut ctx, &mut model)?;
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    write_lr_find(out_dir, &r)?;
+    Ok(r)
+}
+
+/// The model to train: the head initialised from the seed, the body from the pretrained weights.
+fn build_model(inputs: &Inputs, params: &TrainParams, rt: &Runtime) -> Result<Classifier> {
     tch::manual_seed(derive_seed(params.seed, &[0x6d6f64656c]));
-    let mut model = Classifier::new(params.arch, classes as i64, &params.head, rt.device);
+    let mut model = Classifier::new(params.arch, inputs.classes.len() as i64, &params.head, rt.device);
     if let Some(w) = &inputs.pretrained {
         let tensors = Tensor::read_safetensors(w).with_context(|| format!("reading {}", w.display()))?;
         model.load_body(&tensors).with_context(|| format!("loading {} into {}", w.display(), params.arch))?;
@@ -327,11 +328,7 @@ pub fn lr_find_only(inputs: &Inputs, params: &TrainParams, rt: &Runtime, out_dir
     if params.channels_last {
         model.to_channels_last();
     }
-    model.freeze();
-    let r = run_lr_find(&mut ctx, &mut model)?;
-    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    write_lr_find(out_dir, &r)?;
-    Ok(r)
+    Ok(model)
 }
 
 /// Removes a finished run's checkpoints.
