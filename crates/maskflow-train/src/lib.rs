@@ -497,15 +497,29 @@ fn fit_one_cycle(
             seconds: t0.elapsed().as_secs_f64(),
             images_per_second: images as f64 / train_seconds.max(1e-9),
         };
-        print_epoch(ctx, &m);
-        progress.metrics.push(m);
-        progress.stage = stage;
-        progress.epochs_done = epoch + 1;
-        write_checkpoint(ctx, model, &opt, progress)?;
-        ctx.epochs_run += 1;
-        if ctx.rt.stop_after_epochs.is_some_and(|n| ctx.epochs_run >= n) {
-            return Err(Interrupted.into());
-        }
+        end_epoch(ctx, model, &opt, progress, stage, epoch, m)?;
+    }
+    Ok(())
+}
+
+/// Records an epoch's metrics, writes the checkpoint, and stops here when asked to (tests of resume).
+fn end_epoch(
+    ctx: &mut Ctx,
+    model: &Classifier,
+    opt: &Adam,
+    progress: &mut Progress,
+    stage: usize,
+    epoch: usize,
+    m: EpochMetrics,
+) -> Result<()> {
+    print_epoch(ctx, &m);
+    progress.metrics.push(m);
+    progress.stage = stage;
+    progress.epochs_done = epoch + 1;
+    write_checkpoint(ctx, model, opt, progress)?;
+    ctx.epochs_run += 1;
+    if ctx.rt.stop_after_epochs.is_some_and(|n| ctx.epochs_run >= n) {
+        return Err(Interrupted.into());
     }
     Ok(())
 }
@@ -668,15 +682,7 @@ fn fit_fixed_body(
             seconds,
             images_per_second: (nb * p.batch_size) as f64 / seconds.max(1e-9),
         };
-        print_epoch(ctx, &m);
-        progress.metrics.push(m);
-        progress.stage = 0;
-        progress.epochs_done = epoch + 1;
-        write_checkpoint(ctx, model, &opt, progress)?;
-        ctx.epochs_run += 1;
-        if ctx.rt.stop_after_epochs.is_some_and(|n| ctx.epochs_run >= n) {
-            return Err(Interrupted.into());
-        }
+        end_epoch(ctx, model, &opt, progress, 0, epoch, m)?;
     }
     model.freeze();
     Ok(())

@@ -147,3 +147,37 @@ fn lr_finder_sweeps_restores_weights_and_plots() {
     assert_eq!(csv.lines().count(), r.lrs.len() + 1);
     assert!(out.join(maskflow_train::LR_FIND_PNG).is_file());
 }
+
+#[test]
+fn fixed_body_stage_one_resumes_to_the_same_weights() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let d = tempfile::tempdir().unwrap();
+    let (prep_dir, classes) = prepared(d.path());
+    let inputs = Inputs { prep_dir, classes, pretrained: None };
+    let params = TrainParams {
+        frozen_mode: maskflow_train::FrozenMode::FixedBody,
+        fixed_body_copies: 1,
+        body_batchnorm: maskflow_train::BodyBatchNorm::Fixed,
+        ..small_params()
+    };
+    let out_a = d.path().join("a");
+    std::fs::create_dir_all(&out_a).unwrap();
+    let ra = maskflow_train::run(&inputs, &params, &runtime(&d.path().join("ck-a"), None), &out_a).unwrap();
+    assert_eq!(ra.epochs.iter().filter(|m| m.stage == "frozen").count(), 2);
+    let ck = d.path().join("ck-b");
+    let out_b = d.path().join("b");
+    std::fs::create_dir_all(&out_b).unwrap();
+    let err = maskflow_train::run(&inputs, &params, &runtime(&ck, Some(1)), &out_b).unwrap_err();
+    assert!(err.downcast_ref::<Interrupted>().is_some(), "{err}");
+    maskflow_train::run(&inputs, &params, &runtime(&ck, None), &out_b).unwrap();
+    assert_identical(&weights(&out_a), &weights(&out_b));
+    // The fixed body's BatchNorm statistics are never updated (body in eval mode, stage 2 with
+    // body_batchnorm = fixed): a randomly initialised body keeps its zero running means.
+    let only_head = TrainParams { unfrozen_epochs: 0, ..params.clone() };
+    let out_c = d.path().join("c");
+    std::fs::create_dir_all(&out_c).unwrap();
+    maskflow_train::run(&inputs, &only_head, &runtime(&d.path().join("ck-c"), None), &out_c).unwrap();
+    let wc = weights(&out_c);
+    let body_bn_mean = wc.iter().find(|(n, _)| n == "bn1.running_mean").unwrap();
+    assert_eq!(body_bn_mean.1.abs().sum(tch::Kind::Float).double_value(&[]), 0.0, "running stats untouched");
+}
