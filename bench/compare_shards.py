@@ -23,5 +23,6 @@ mse = np.array([((a[k] - b[k]).astype(np.float64) ** 2).mean() for k in a])
 same = int((mse == 0).sum())
 psnr = 10 * np.log10(255**2 / max(mse.mean(), 1e-12))
 worst = 10 * np.log10(255**2 / max(mse.max(), 1e-12))
-print(f"draft vs full: {len(a)} images, {same} identical, mean |diff| {diffs.mean():.3f} levels, "
+label = sys.argv[3] if len(sys.argv) > 3 else f"{sys.argv[1]} vs {sys.argv[2]}"
+print(f"{label}: {len(a)} images, {same} identical, mean |diff| {diffs.mean():.3f} levels, "
       f"PSNR {psnr:.1f} dB overall, worst image {worst:.1f} dB")

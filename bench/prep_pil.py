@@ -3,11 +3,11 @@
 Per image: read, decode (PIL, libjpeg-turbo), EXIF transpose, to RGB (alpha composited on white, as
 maskflow does), one bilinear resample of the centre square to SIZE x SIZE (PIL's resize with a box,
 the same single pass as maskflow's `crop`), tobytes; rows written to Parquet shards of 256 rows (small
-jobs keep both workers busy to the end), row groups of 64, snappy, pixels as fixed_size_binary. WORKERS processes, each preparing and writing whole
+jobs keep both workers busy to the end), row groups of 64, COMPRESSION (maskflow's default: none), pixels as fixed_size_binary. WORKERS processes, each preparing and writing whole
 shards. `--draft` lets PIL decode JPEGs at a reduced DCT scale (Image.draft), as maskflow's
 `jpeg_draft` does.
 
-usage: prep_pil.py INDEX_PARQUET DATASET_ROOT OUT_DIR [--workers 2] [--size 224] [--draft]
+usage: prep_pil.py INDEX_PARQUET DATASET_ROOT OUT_DIR [--workers 2] [--size 224] [--draft] [--compression none]
 prints one JSON line: {"images": N, "seconds": S, "images_per_second": R}
 """
 import argparse
@@ -27,6 +27,7 @@ ap.add_argument("out")
 ap.add_argument("--workers", type=int, default=2)
 ap.add_argument("--size", type=int, default=224)
 ap.add_argument("--draft", action="store_true")
+ap.add_argument("--compression", default="none", choices=["none", "snappy", "lz4", "zstd"])
 args = ap.parse_args()
 SIZE = args.size
 
@@ -57,7 +58,7 @@ def shard(job):
         ("channels", pa.uint32()), ("pixels", pa.binary(SIZE * SIZE * 3)), ("path", pa.string()),
     ])
     with pq.ParquetWriter(os.path.join(args.out, f"{rows[0]['split']}-{n:05d}.parquet"), schema,
-                          compression="snappy", use_dictionary=["content_hash", "label", "split", "path"],
+                          compression=args.compression, use_dictionary=["content_hash", "label", "split", "path"],
                           write_statistics=False) as w:
         for g in range(0, len(rows), 64):
             part = rows[g:g + 64]

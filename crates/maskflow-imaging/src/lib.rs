@@ -168,7 +168,10 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Decoded, Rejection> {
     };
     let fname = format.name();
     if format == Format::Jpeg && !jpeg_has_end(bytes) {
-        return Err(Rejection::Truncated { format: fname, detail: "no end-of-image marker after the last scan".into() });
+        return Err(Rejection::Truncated {
+            format: fname,
+            detail: "no end-of-image marker after the last scan".into(),
+        });
     }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format.image_format());
     let mut lim = image::Limits::default();
@@ -204,11 +207,11 @@ pub(crate) fn check_size(w: u32, h: u32, limits: &Limits) -> Result<(), Rejectio
 /// A JPEG is complete when an EOI marker (FF D9) follows its last start-of-scan (FF DA); an embedded
 /// EXIF thumbnail's markers come before the main scan, so they do not count.
 pub(crate) fn jpeg_has_end(b: &[u8]) -> bool {
-    let last_sos = b.windows(2).rposition(|w| w == [0xFF, 0xDA]);
-    match last_sos {
-        Some(p) => b[p..].windows(2).any(|w| w == [0xFF, 0xD9]),
-        None => false,
-    }
+    // "The last start-of-scan is followed by an end-of-image", checked from both ends so that only
+    // the header and the tail are scanned: the last EOI (normally in the last bytes) must have a
+    // SOS before it (found in the header) and none after it.
+    let Some(eoi) = b.windows(2).rposition(|w| w == [0xFF, 0xD9]) else { return false };
+    b[..eoi].windows(2).any(|w| w == [0xFF, 0xDA]) && !b[eoi..].windows(2).any(|w| w == [0xFF, 0xDA])
 }
 
 fn classify(e: image::ImageError, format: &'static str, limits: &Limits) -> Rejection {
@@ -230,8 +233,12 @@ fn classify(e: image::ImageError, format: &'static str, limits: &Limits) -> Reje
         other => {
             let text = other.to_string();
             let lower = text.to_lowercase();
-            if lower.contains("eof") || lower.contains("end of file") || lower.contains("unexpected end")
-                || lower.contains("not enough") || lower.contains("no more bytes") || lower.contains("truncat")
+            if lower.contains("eof")
+                || lower.contains("end of file")
+                || lower.contains("unexpected end")
+                || lower.contains("not enough")
+                || lower.contains("no more bytes")
+                || lower.contains("truncat")
             {
                 Rejection::Truncated { format, detail: text }
             } else {
@@ -381,7 +388,8 @@ impl Resizer {
 pub fn dhash(rgb: &RgbImage, resizer: &mut Resizer) -> Result<u64, ResizeError> {
     let gray = DynamicImage::ImageRgb8(rgb.clone()).to_luma8();
     let (w, h) = gray.dimensions();
-    let src = fr::images::ImageRef::new(w, h, gray.as_raw(), fr::PixelType::U8).map_err(|e| ResizeError(e.to_string()))?;
+    let src =
+        fr::images::ImageRef::new(w, h, gray.as_raw(), fr::PixelType::U8).map_err(|e| ResizeError(e.to_string()))?;
     let mut dst = fr::images::Image::new(9, 8, fr::PixelType::U8);
     // A triangle (bilinear) filter scaled to the reduction smooths more than a box, which keeps the
     // hash stable when small pictures are rescaled.

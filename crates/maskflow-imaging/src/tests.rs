@@ -99,7 +99,11 @@ fn exif_orientation_is_applied() {
 #[test]
 fn alpha_is_composited_on_the_background() {
     let rgba = image::RgbaImage::from_fn(2, 1, |x, _| {
-        if x == 0 { image::Rgba([200, 100, 0, 0]) } else { image::Rgba([200, 100, 0, 128]) }
+        if x == 0 {
+            image::Rgba([200, 100, 0, 0])
+        } else {
+            image::Rgba([200, 100, 0, 128])
+        }
     });
     let mut png = Vec::new();
     image::codecs::png::PngEncoder::new(&mut png)
@@ -142,9 +146,7 @@ fn sixteen_bit_gray_and_palette_pngs_become_rgb8() {
 
     // Gray.
     let mut gray = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut gray)
-        .write_image(&[77u8], 1, 1, image::ExtendedColorType::L8)
-        .unwrap();
+    image::codecs::png::PngEncoder::new(&mut gray).write_image(&[77u8], 1, 1, image::ExtendedColorType::L8).unwrap();
     let rgb = to_rgb8(decode(&gray, &Limits::default()).unwrap().image, [0, 0, 0]);
     assert_eq!(rgb.get_pixel(0, 0).0, [77, 77, 77]);
 }
@@ -219,4 +221,51 @@ fn reduced_jpeg_decode_covers_the_needed_size_and_keeps_orientation() {
     // Other formats and truncated JPEGs take the validating path (and its rejection).
     assert_eq!(decode_reduced(&bytes[..bytes.len() / 2], &Limits::default(), needed).unwrap_err().code(), "truncated");
     assert_eq!(ResizeMode::Pad.needed_source(64, 400, 300), (64, 48));
+}
+
+#[test]
+fn dct_denominator_is_the_largest_that_still_covers() {
+    use crate::draft::dct_denominator;
+    assert_eq!(dct_denominator(1600, 1200, 299, 224), 4); // 400×300 ≥ 299×224; 1/8 → 200×150 too small
+    assert_eq!(dct_denominator(1800, 1800, 224, 224), 8); // 225×225
+    assert_eq!(dct_denominator(1785, 1785, 224, 224), 8); // 1/8 rounds up to 224, as libjpeg does
+    assert_eq!(dct_denominator(1784, 1784, 224, 224), 4); // 1/8 would give 223
+    assert_eq!(dct_denominator(300, 300, 224, 224), 1);
+}
+
+#[test]
+fn reduced_jpeg_decode_of_gray_and_damaged_files_agrees_with_the_full_decode() {
+    // A grayscale JPEG decodes reduced, as luma.
+    let gray = image::GrayImage::from_fn(320, 320, |x, y| image::Luma([((x / 40 + y / 40) % 2 * 200 + 20) as u8]));
+    let mut bytes = Vec::new();
+    JpegEncoder::new_with_quality(&mut bytes, 90).encode_image(&gray).unwrap();
+    let d = decode_reduced(&bytes, &Limits::default(), |_, _| (80, 80)).unwrap();
+    assert_eq!((d.width, d.height), (80, 80));
+    assert!(matches!(d.image, DynamicImage::ImageLuma8(_)));
+    // Damaged entropy data (libjpeg would paper over it with a warning): the result is whatever the
+    // validating full decode says, never libjpeg's guess.
+    let img = RgbImage::from_fn(320, 240, |x, y| Rgb([(x % 256) as u8, (y % 256) as u8, 90]));
+    let good = jpeg(&img);
+    let mut fell_back = 0;
+    for at in [good.len() / 3, good.len() / 2, good.len() * 3 / 4] {
+        let mut bad = good.clone();
+        bad[at] = 0xFF;
+        bad[at + 1] = 0xD4; // a stray marker inside the scan
+        let reduced = decode_reduced(&bad, &Limits::default(), |_, _| (80, 60));
+        let full = decode(&bad, &Limits::default());
+        match (reduced, full) {
+            (Ok(r), Ok(f)) => {
+                if (r.width, r.height) == (f.width, f.height) {
+                    fell_back += 1;
+                    assert_eq!(to_rgb8(r.image, [0; 3]), to_rgb8(f.image, [0; 3]));
+                }
+            }
+            (Err(r), Err(f)) => {
+                fell_back += 1;
+                assert_eq!(r.code(), f.code());
+            }
+            (r, f) => panic!("damage at {at}: reduced {:?} vs full {:?}", r.map(|_| ()), f.map(|_| ())),
+        }
+    }
+    assert_eq!(fell_back, 3, "libjpeg's warnings on damaged scans must send the file to the full decode");
 }

@@ -134,7 +134,11 @@ fn to_batch(rows: &[ShardRow], value_len: i32) -> anyhow::Result<RecordBatch> {
     let s = |f: fn(&ShardRow) -> &str| Arc::new(StringArray::from_iter_values(rows.iter().map(f))) as ArrayRef;
     let u = |f: fn(&ShardRow) -> u32| Arc::new(UInt32Array::from_iter_values(rows.iter().map(f))) as ArrayRef;
     let pixels = FixedSizeBinaryArray::try_from_iter(rows.iter().map(|r| r.pixels.as_slice()))?;
-    anyhow::ensure!(pixels.value_length() == value_len, "pixel buffer of {} bytes, expected {value_len}", pixels.value_length());
+    anyhow::ensure!(
+        pixels.value_length() == value_len,
+        "pixel buffer of {} bytes, expected {value_len}",
+        pixels.value_length()
+    );
     let columns: Vec<ArrayRef> = vec![
         s(|r| &r.content_hash),
         Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.label_idx))),
