@@ -1,15 +1,14 @@
 //! maskflow: a folder of labelled images → a deployable CNN classifier, as a chain of reproducible,
 //! cached pipeline stages. See README.md.
 
-
 mod pipeline;
-mod runner;
 mod predict_cmd;
+mod runner;
 mod weights_cmd;
 
 use anyhow::{Context, Result};
-use maskflow_core::alloc;
 use clap::{Parser, Subcommand};
+use maskflow_core::alloc;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -229,7 +228,9 @@ fn main() {
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { pipeline, artifacts, force, until, compute } => runner::run(&pipeline, &artifacts, force.as_deref(), until.as_deref(), &compute.options()?).map(|_| ()),
+        Command::Run { pipeline, artifacts, force, until, compute } => {
+            runner::run(&pipeline, &artifacts, force.as_deref(), until.as_deref(), &compute.options()?).map(|_| ())
+        }
         Command::Predict { bundle, inputs, format, threshold, positive, batch, compute } => {
             let c = compute.options()?;
             let bad = predict_cmd::run(&predict_cmd::Options {
@@ -253,24 +254,11 @@ fn real_main() -> Result<()> {
         Command::LrFind { pipeline, artifacts, out, compute } => {
             runner::lr_find(&pipeline, &artifacts, &compute.options()?, &out)
         }
-        Command::Status {
-            pipeline,
-            artifacts,
-        } => runner::status(&pipeline, &artifacts),
-        Command::Synth {
-            out,
-            seed,
-            per_class,
-            no_bad_files,
-        } => {
-            let params = maskflow_synth::SynthParams {
-                seed,
-                per_class,
-                bad_files: !no_bad_files,
-                ..Default::default()
-            };
-            let s = maskflow_synth::generate(&params, &out)
-                .with_context(|| format!("writing {}", out.display()))?;
+        Command::Status { pipeline, artifacts } => runner::status(&pipeline, &artifacts),
+        Command::Synth { out, seed, per_class, no_bad_files } => {
+            let params =
+                maskflow_synth::SynthParams { seed, per_class, bad_files: !no_bad_files, ..Default::default() };
+            let s = maskflow_synth::generate(&params, &out).with_context(|| format!("writing {}", out.display()))?;
             println!(
                 "synth: {} files in {} ({} drawn, {} exact copies, {} near copies, {} bad files)",
                 s.files,
@@ -282,13 +270,7 @@ fn real_main() -> Result<()> {
             );
             Ok(())
         }
-        Command::Index {
-            root,
-            out,
-            pipeline,
-            valid_pct,
-            seed,
-        } => {
+        Command::Index { root, out, pipeline, valid_pct, seed } => {
             let mut params = match pipeline {
                 Some(p) => pipeline::Pipeline::load(&p)?.file.index,
                 None => Default::default(),
@@ -301,13 +283,7 @@ fn real_main() -> Result<()> {
             }
             runner::index_alone(&root, &params, &out)
         }
-        Command::Prep {
-            index,
-            root,
-            out,
-            pipeline,
-            size,
-        } => {
+        Command::Prep { index, root, out, pipeline, size } => {
             let mut params = match pipeline {
                 Some(p) => pipeline::Pipeline::load(&p)?.file.prep,
                 None => Default::default(),
@@ -326,9 +302,7 @@ fn real_main() -> Result<()> {
         }
         Command::Weights { action, artifacts } => match action {
             WeightsAction::List => weights_cmd::list(&artifacts),
-            WeightsAction::Import { name, from } => {
-                weights_cmd::import(&name, from.as_deref(), &artifacts)
-            }
+            WeightsAction::Import { name, from } => weights_cmd::import(&name, from.as_deref(), &artifacts),
             WeightsAction::Verify => weights_cmd::verify(&artifacts),
         },
         Command::Info => {
@@ -341,31 +315,23 @@ fn real_main() -> Result<()> {
 fn info() {
     println!("{}", maskflow_core::TOOL_VERSION);
     println!("libtorch: torch 2.13.0 via tch 0.26 (linked from the project venv)");
-    println!(
-        "torch threads: {} intra-op, {} inter-op",
-        tch::get_num_threads(),
-        tch::get_num_interop_threads()
-    );
+    println!("torch threads: {} intra-op, {} inter-op", tch::get_num_threads(), tch::get_num_interop_threads());
     println!("rayon threads: {}", rayon_threads());
+    let backend = maskflow_core::cuda::load_backend();
     let cuda = tch::Cuda::is_available();
     println!(
         "cuda: {}",
-        if cuda {
-            format!("available, {} device(s)", tch::Cuda::device_count())
-        } else {
-            "not available".into()
+        match (&backend, cuda) {
+            (_, true) => format!("available, {} device(s)", tch::Cuda::device_count()),
+            (Ok(()), false) => "not available (backend loaded, no device)".into(),
+            (Err(e), false) => format!("not available ({e})"),
         }
     );
     println!("malloc: {}", alloc::describe());
     let t = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
-    println!(
-        "self-check: sum([1, 2, 3]) = {}",
-        t.sum(tch::Kind::Float).double_value(&[])
-    );
+    println!("self-check: sum([1, 2, 3]) = {}", t.sum(tch::Kind::Float).double_value(&[]));
 }
 
 fn rayon_threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }

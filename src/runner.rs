@@ -95,9 +95,19 @@ pub struct RunOptions {
 
 /// Parses `--device cpu|cuda|cuda:N|auto`.
 pub fn parse_device(s: &str) -> Result<tch::Device> {
+    if s == "cpu" {
+        return Ok(tch::Device::Cpu);
+    }
+    let backend = maskflow_core::cuda::load_backend();
+    if s == "auto" {
+        return Ok(tch::Device::cuda_if_available());
+    }
+    if let Err(e) = &backend {
+        if s == "cuda" || s.starts_with("cuda:") {
+            bail!("--device {s}: libtorch's CUDA backend could not be loaded ({e}); use cpu or auto");
+        }
+    }
     Ok(match s {
-        "cpu" => tch::Device::Cpu,
-        "auto" => tch::Device::cuda_if_available(),
         "cuda" => {
             if !tch::Cuda::is_available() {
                 bail!("--device cuda: no CUDA device is available here (use cpu or auto)");
@@ -264,7 +274,10 @@ pub fn lr_find(pipeline: &Path, artifacts: &Path, opts: &RunOptions, out: &Path)
         out.join(maskflow_train::LR_FIND_PNG).display()
     );
     if let Some(s) = r.suggestions {
-        println!("suggestions: valley {:.2e} (used by lr = \"find\"), steep {:.2e}, minimum/10 {:.2e}", s.valley, s.steep, s.minimum_div_10);
+        println!(
+            "suggestions: valley {:.2e} (used by lr = \"find\"), steep {:.2e}, minimum/10 {:.2e}",
+            s.valley, s.steep, s.minimum_div_10
+        );
     }
     Ok(())
 }
@@ -301,7 +314,8 @@ pub fn eval_folder(pipeline: &Path, artifacts: &Path, folder: &Path, opts: &RunO
     )?;
     let prep = store.ensure(&prep_spec, false, |tmp| build_prep(folder, &rows, &p.file.prep, tmp))?;
     print_outcome(&prep);
-    let train_key = record.stages.iter().find(|s| s.stage == maskflow_train::STAGE).map(|s| s.key.clone()).unwrap_or_default();
+    let train_key =
+        record.stages.iter().find(|s| s.stage == maskflow_train::STAGE).map(|s| s.key.clone()).unwrap_or_default();
     let eval_spec = StageSpec::new(
         maskflow_eval::STAGE,
         maskflow_eval::VERSION,
@@ -323,7 +337,18 @@ pub fn eval_folder(pipeline: &Path, artifacts: &Path, folder: &Path, opts: &RunO
     });
     let name = format!("folder {}", folder.display());
     let eval = store.ensure(&eval_spec, false, |tmp| {
-        build_eval(&p, &index, &prep.dir, &train_dir, &train_prep_dir, &["train", "valid"], name.clone(), prov.clone(), opts, tmp)
+        build_eval(
+            &p,
+            &index,
+            &prep.dir,
+            &train_dir,
+            &train_prep_dir,
+            &["train", "valid"],
+            name.clone(),
+            prov.clone(),
+            opts,
+            tmp,
+        )
     })?;
     print_outcome(&eval);
     println!("report  {}", eval.dir.join(maskflow_eval::REPORT_FILE).display());
@@ -373,7 +398,9 @@ pub fn run(
     if let Some(u) = until {
         check_stage_name(u, "--until")?;
     }
-    let needs_train = until.is_none_or(|u| u == "all" || STAGES.iter().position(|s| *s == u) >= STAGES.iter().position(|s| *s == maskflow_train::STAGE));
+    let needs_train = until.is_none_or(|u| {
+        u == "all" || STAGES.iter().position(|s| *s == u) >= STAGES.iter().position(|s| *s == maskflow_train::STAGE)
+    });
     let weights = if needs_train { train_weights(&p, artifacts)? } else { None };
     ensure_synth(&p)?;
     let (fp, files) = fingerprint(&p, artifacts)?;
@@ -679,8 +706,7 @@ fn dataset_change(store: &Store, spec: &StageSpec, old_fp: &str) -> String {
         let Ok(listing) = dataset::walk(&root) else { continue };
         let (_, hashes) = dataset::fingerprint(&listing, &mut HashCache::load(&hash_cache_path(store.root())));
         let old: BTreeMap<Vec<u8>, String> = old_rows.into_iter().map(|r| (r.path_raw, r.content_hash)).collect();
-        let new: BTreeMap<Vec<u8>, String> =
-            listing.files.iter().map(|f| f.rel_bytes().to_vec()).zip(hashes).collect();
+        let new: BTreeMap<Vec<u8>, String> = listing.files.iter().map(|f| f.rel_bytes().to_vec()).zip(hashes).collect();
         let added = new.keys().filter(|k| !old.contains_key(*k)).count();
         let removed = old.keys().filter(|k| !new.contains_key(*k)).count();
         let modified = new.iter().filter(|(k, h)| old.get(*k).is_some_and(|o| o != *h)).count();
@@ -726,7 +752,8 @@ pub fn index_alone(root: &Path, params: &IndexParams, out: &Path) -> Result<()> 
 pub fn prep_alone(index_dir: &Path, root: Option<&Path>, params: &PrepParams, out: &Path) -> Result<()> {
     params.validate()?;
     let index_file = index_dir.join(maskflow_index::INDEX_FILE);
-    let rows = read_index(&index_file).with_context(|| format!("reading the index artifact {}", index_dir.display()))?;
+    let rows =
+        read_index(&index_file).with_context(|| format!("reading the index artifact {}", index_dir.display()))?;
     let root = match root {
         Some(r) => r.to_path_buf(),
         None => {

@@ -5,6 +5,7 @@
 //! - [`store`]: the content-addressed artifact store (`artifacts/<stage>/<key>/` + `manifest.json`).
 //! - [`runs`]: run records (`artifacts/runs/<pipeline>/<timestamp>.json`, `latest.json`).
 //! - [`alloc`]: glibc malloc tuning for libtorch (no mmap churn), applied at start-up.
+//! - [`cuda`]: loading libtorch's CUDA backend on demand (`--device cuda` / `auto`).
 //! - [`config`]: typed TOML loading whose errors name `file:line:column` and the key.
 //! - [`dataset`]: walking a `root/<class>/…` folder and its content fingerprint.
 //! - [`rng`]: a tiny, version-stable seeded generator (SplitMix64) for reproducible draws.
@@ -12,6 +13,7 @@
 
 pub mod alloc;
 pub mod config;
+pub mod cuda;
 pub mod dataset;
 pub mod fsutil;
 pub mod hash;

@@ -124,8 +124,9 @@ pub fn class_mapping(data_classes: &[String], model_classes: &[String]) -> Resul
     Ok(data_classes.iter().map(|c| model_classes.iter().position(|m| m == c).unwrap_or(0)).collect())
 }
 
-fn to_rgb(images: &Tensor, i: i64) -> image::RgbImage {
-    let t = images.get(i).contiguous();
+/// An (H, W, 3) uint8 tensor as an image.
+fn to_rgb(image: &Tensor) -> image::RgbImage {
+    let t = image.to_device(Device::Cpu).contiguous();
     let (h, w) = (t.size()[0] as u32, t.size()[1] as u32);
     let len = (h * w * 3) as usize;
     let mut buf = vec![0u8; len];
@@ -140,7 +141,8 @@ pub fn run(inputs: &Inputs, params: &EvalParams, device: Device, threads: usize,
     let (model, cfg) = load_model(&inputs.train_dir, device)?;
     let mapping = class_mapping(&inputs.data_classes, &cfg.classes)?;
     let splits: Vec<&str> = inputs.splits.iter().map(String::as_str).collect();
-    let mut data = data::load_splits(&inputs.prep_dir, &splits, inputs.data_classes.len())?;
+    let limit = cfg.params.memory_limit_mb.saturating_mul(1 << 20);
+    let mut data = data::open_splits(&inputs.prep_dir, &splits, inputs.data_classes.len(), cfg.params.data, limit)?;
     if data.is_empty() {
         bail!("nothing to evaluate: {} has no images in {:?}", inputs.data_name, inputs.splits);
     }
@@ -296,14 +298,16 @@ fn top_losses(out_dir: &Path, data: &SplitData, names: &[String], p: &Prediction
     let tiles: Vec<Tile> = order
         .iter()
         .take(k)
-        .map(|&i| Tile {
-            image: to_rgb(&data.images, i as i64),
-            title: vec![
-                format!("{} / {}", names[predicted[i]], names[actual[i]]),
-                format!("loss {:.2} / p {:.2}", losses[i], probs[i][actual[i]]),
-            ],
+        .map(|&i| {
+            Ok(Tile {
+                image: to_rgb(&data.image(i)?),
+                title: vec![
+                    format!("{} / {}", names[predicted[i]], names[actual[i]]),
+                    format!("loss {:.2} / p {:.2}", losses[i], probs[i][actual[i]]),
+                ],
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let cols = (tiles.len() as f64).sqrt().ceil().max(1.0) as usize;
     maskflow_plot::image_grid(
         &out_dir.join("top_losses.png"),
@@ -317,7 +321,8 @@ fn top_losses(out_dir: &Path, data: &SplitData, names: &[String], p: &Prediction
 
 /// fastai's `show_batch`: augmented training images with their class.
 fn show_batch(path: &Path, train_prep: &Path, cfg: &TrainConfig, n: usize) -> Result<()> {
-    let train = data::load_split(train_prep, "train", cfg.classes.len())?;
+    // Streamed: only the row groups of the n images shown are read.
+    let train = data::open_splits(train_prep, &["train"], cfg.classes.len(), data::DataMode::Stream, 0)?;
     if train.is_empty() {
         return Ok(());
     }
@@ -332,14 +337,16 @@ fn show_batch(path: &Path, train_prep: &Path, cfg: &TrainConfig, n: usize) -> Re
         device: Device::Cpu,
         channels_last: false,
     };
-    let batch = data::make_batch(&train.images, &train.labels, &plan, 0);
+    let batch = data::spawn_producer(&train, plan, n)
+        .recv()
+        .map_err(|_| anyhow::anyhow!("show_batch: no batch was produced"))??;
     let mean = Tensor::from_slice(&augment::MEAN.map(|v| v as f32)).view([1, 3, 1, 1]);
     let std = Tensor::from_slice(&augment::STD.map(|v| v as f32)).view([1, 3, 1, 1]);
     let pixels =
         ((batch.x * std + mean).clamp(0.0, 1.0) * 255.0).round().to_kind(tch::Kind::Uint8).permute([0, 2, 3, 1]);
     let labels: Vec<i64> = Vec::<i64>::try_from(&batch.y)?;
     let tiles: Vec<Tile> = (0..labels.len())
-        .map(|i| Tile { image: to_rgb(&pixels, i as i64), title: vec![cfg.classes[labels[i] as usize].clone()] })
+        .map(|i| Tile { image: to_rgb(&pixels.get(i as i64)), title: vec![cfg.classes[labels[i] as usize].clone()] })
         .collect();
     let cols = (tiles.len() as f64).sqrt().ceil().max(1.0) as usize;
     maskflow_plot::image_grid(path, &tiles, cols, 180, "show_batch — augmented training images")?;

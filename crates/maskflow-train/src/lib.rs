@@ -21,7 +21,7 @@ use maskflow_core::fsutil::{write_atomic, write_json_atomic};
 use maskflow_core::rng::SplitMix64;
 use maskflow_models::classifier::{load_named, Classifier, GROUPS};
 use optim::{Adam, AdamConfig};
-pub use params::{Balance, BodyBatchNorm, FrozenMode, TrainParams};
+pub use params::{Balance, BodyBatchNorm, DataMode, FrozenMode, TrainParams};
 use schedule::Lr;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -136,6 +136,20 @@ struct Ctx<'a> {
     epochs_run: usize,
 }
 
+/// Opens the training and validation splits as `[train] data` says (in memory or streamed).
+fn open_data(inputs: &Inputs, params: &TrainParams, classes: usize) -> Result<(SplitData, SplitData)> {
+    let limit = params.memory_limit_mb.saturating_mul(1 << 20);
+    let train = data::open_splits(&inputs.prep_dir, &["train"], classes, params.data, limit)?;
+    let valid = data::open_splits(&inputs.prep_dir, &["valid"], classes, params.data, limit)?;
+    if train.is_streamed() && params.balance == Balance::Oversample {
+        bail!(
+            "train: balance = \"oversample\" draws rows at random, which a streamed training split cannot \
+             serve; use balance = \"loss_weights\", or data = \"memory\" (or raise memory_limit_mb)"
+        );
+    }
+    Ok((train, valid))
+}
+
 /// Runs the stage; writes its files into `out_dir`.
 pub fn run(inputs: &Inputs, params: &TrainParams, rt: &Runtime, out_dir: &Path) -> Result<TrainReport> {
     params.validate().map_err(anyhow::Error::msg)?;
@@ -145,8 +159,7 @@ pub fn run(inputs: &Inputs, params: &TrainParams, rt: &Runtime, out_dir: &Path) 
     if classes < 2 {
         bail!("train: need at least 2 classes, the index has {}", classes);
     }
-    let train = data::load_split(&inputs.prep_dir, "train", classes)?;
-    let valid = data::load_split(&inputs.prep_dir, "valid", classes)?;
+    let (train, valid) = open_data(inputs, params, classes)?;
     if train.len() < params.batch_size && params.drop_last {
         bail!(
             "train: {} training images is fewer than one batch of {} (drop_last); lower batch_size",
@@ -295,8 +308,7 @@ pub fn lr_find_only(inputs: &Inputs, params: &TrainParams, rt: &Runtime, out_dir
     params.validate().map_err(anyhow::Error::msg)?;
     tch::set_num_threads(rt.threads.max(1) as i32);
     let classes = inputs.classes.len();
-    let train = data::load_split(&inputs.prep_dir, "train", classes)?;
-    let valid = data::load_split(&inputs.prep_dir, "valid", classes)?;
+    let (train, valid) = open_data(inputs, params, classes)?;
     let out_size = params.size.map(i64::from).unwrap_or(train.size);
     let mut ctx = Ctx {
         params,
@@ -418,14 +430,17 @@ fn new_optimizer(ctx: &Ctx, model: &Classifier, state: Option<Vec<(String, Tenso
 
 fn train_plan(ctx: &Ctx, stage: usize, epoch: usize) -> EpochPlan {
     let p = ctx.params;
-    let order = data::epoch_order(
-        &ctx.train.label_idx,
-        ctx.classes,
-        p.seed,
-        stage as u64,
-        epoch as u64,
-        p.balance == Balance::Oversample,
-    );
+    let order = match &ctx.train.pixels {
+        data::Pixels::Stream(src) => data::stream_order(src, p.shuffle_buffer, p.seed, stage as u64, epoch as u64),
+        data::Pixels::Memory(_) => data::epoch_order(
+            &ctx.train.label_idx,
+            ctx.classes,
+            p.seed,
+            stage as u64,
+            epoch as u64,
+            p.balance == Balance::Oversample,
+        ),
+    };
     EpochPlan {
         order,
         batch_size: p.batch_size,
@@ -454,10 +469,11 @@ fn fit_one_cycle(
         let t0 = Instant::now();
         tch::manual_seed(derive_seed(ctx.params.seed, &[0xd50, stage as u64, epoch as u64]));
         let plan = train_plan(ctx, stage, epoch);
-        let rx = data::spawn_producer(&ctx.train.images, &ctx.train.labels, plan);
+        let rx = data::spawn_producer(&ctx.train, plan, ctx.params.shuffle_buffer);
         let pb = bar(ctx, nb, &format!("{} {}/{}", STAGE_NAMES[stage], epoch + 1, epochs));
         let (mut sum, mut seen, mut images) = (0.0, 0usize, 0usize);
         for batch in rx {
+            let batch = batch?;
             let it = epoch * nb + batch.index;
             let (mult, mom) = ctx.params.one_cycle.at(it, total);
             let lrs: Vec<f64> = max_lrs.iter().map(|l| l * mult).collect();
@@ -569,7 +585,8 @@ pub fn evaluate_split(
     };
     let mut probs = Vec::new();
     let (mut loss_sum, mut correct) = (0.0, 0i64);
-    for batch in data::spawn_producer(&split.images, &split.labels, plan) {
+    for batch in data::spawn_producer(split, plan, 0) {
+        let batch = batch?;
         let logits = model.forward_t(&batch.x, false);
         loss_sum +=
             logits.cross_entropy_loss::<Tensor>(&batch.y, None, tch::Reduction::Sum, -100, 0.0).double_value(&[]);
@@ -586,7 +603,7 @@ fn evaluate(ctx: &Ctx, model: &Classifier, split: &SplitData) -> Result<(f64, f6
 
 /// Pooled body features (N, F) of `split` with the body in eval mode, for `copies` views: view 0 is
 /// the centre view, views 1.. are augmented draws.
-fn pooled_features(ctx: &Ctx, model: &Classifier, split: &SplitData, view: usize) -> Tensor {
+fn pooled_features(ctx: &Ctx, model: &Classifier, split: &SplitData, view: usize) -> Result<Tensor> {
     let _g = tch::no_grad_guard();
     let plan = EpochPlan {
         order: (0..split.len()).collect(),
@@ -599,12 +616,12 @@ fn pooled_features(ctx: &Ctx, model: &Classifier, split: &SplitData, view: usize
     };
     let pb = bar(ctx, plan.batches(), &format!("features {view}"));
     let mut out = Vec::new();
-    for batch in data::spawn_producer(&split.images, &split.labels, plan) {
-        out.push(model.pool(&model.features_t(&batch.x, false)));
+    for batch in data::spawn_producer(split, plan, 0) {
+        out.push(model.pool(&model.features_t(&batch?.x, false)));
         pb.inc(1);
     }
     pb.finish_and_clear();
-    Tensor::cat(&out, 0)
+    Ok(Tensor::cat(&out, 0))
 }
 
 /// Stage 1 on a fixed body: features once, then the head alone.
@@ -617,9 +634,10 @@ fn fit_fixed_body(
     opt_state: Option<Vec<(String, Tensor)>>,
 ) -> Result<()> {
     let t_feat = Instant::now();
-    let views: Vec<Tensor> =
-        (0..=ctx.params.fixed_body_copies).map(|v| pooled_features(ctx, model, &ctx.train, v)).collect();
-    let valid_feats = pooled_features(ctx, model, &ctx.valid, 0);
+    let views: Vec<Tensor> = (0..=ctx.params.fixed_body_copies)
+        .map(|v| pooled_features(ctx, model, &ctx.train, v))
+        .collect::<Result<_>>()?;
+    let valid_feats = pooled_features(ctx, model, &ctx.valid, 0)?;
     let feature_seconds = t_feat.elapsed().as_secs_f64();
     // Only the head trains: body parameters (BatchNorm included) are left out of the optimizer.
     for p in model.params() {
@@ -708,7 +726,8 @@ fn run_lr_find(ctx: &mut Ctx, model: &mut Classifier) -> Result<LrFindResult> {
         tch::manual_seed(derive_seed(ctx.params.seed, &[0x1f, pass as u64]));
         let mut plan = train_plan(ctx, 7, pass);
         plan.augment = Some((ctx.params.augment.clone(), ctx.params.seed, (800_000 + pass) as u64));
-        for batch in data::spawn_producer(&ctx.train.images, &ctx.train.labels, plan) {
+        for batch in data::spawn_producer(&ctx.train, plan, ctx.params.shuffle_buffer) {
+            let batch = batch?;
             if it >= lf.iterations {
                 break 'outer;
             }

@@ -1,6 +1,7 @@
 //! `[train]` of a pipeline file. Every default is the notebook's (fastai v1) value.
 
 use crate::augment::AugmentParams;
+pub use crate::data::DataMode;
 use crate::schedule::{Lr, OneCycle};
 use maskflow_models::{Arch, HeadConfig};
 use serde::{Deserialize, Serialize};
@@ -108,6 +109,15 @@ pub struct TrainParams {
     pub seed: u64,
     /// Channels-last memory format (faster on CPU for these convnets; results equal up to rounding).
     pub channels_last: bool,
+    /// How a split's pixels are held: `auto` (in memory when they fit in `memory_limit_mb`, else
+    /// streamed), `memory` (one uint8 tensor), `stream` (read from the shards row group by row
+    /// group; training order from a shuffle buffer).
+    pub data: DataMode,
+    /// The most pixel bytes (MiB) per split that `data = "auto"` holds in memory.
+    pub memory_limit_mb: u64,
+    /// Rows in the shuffle buffer of a streamed training split (memory: this many images plus two
+    /// row groups; more rows, better mixing).
+    pub shuffle_buffer: usize,
 }
 
 impl Default for TrainParams {
@@ -136,6 +146,9 @@ impl Default for TrainParams {
             lr_find: LrFindParams::default(),
             seed: 42,
             channels_last: true,
+            data: DataMode::Auto,
+            memory_limit_mb: 8192,
+            shuffle_buffer: 2048,
         }
     }
 }
@@ -144,6 +157,9 @@ impl TrainParams {
     pub fn validate(&self) -> Result<(), String> {
         if self.batch_size == 0 || self.valid_batch_size == 0 {
             return Err("train: batch sizes must be at least 1".into());
+        }
+        if self.shuffle_buffer == 0 {
+            return Err("train.shuffle_buffer must be at least 1".into());
         }
         self.frozen_lr.validate("train.frozen_lr")?;
         self.unfrozen_lr.validate("train.unfrozen_lr")?;

@@ -183,3 +183,40 @@ fn fixed_body_stage_one_resumes_to_the_same_weights() {
     let body_bn_mean = wc.iter().find(|(n, _)| n == "bn1.running_mean").unwrap();
     assert_eq!(body_bn_mean.1.abs().sum(tch::Kind::Float).double_value(&[]), 0.0, "running stats untouched");
 }
+
+#[test]
+fn a_streamed_training_split_trains_deterministically_and_refuses_oversampling() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let d = tempfile::tempdir().unwrap();
+    let (prep_dir, classes) = prepared(d.path());
+    let inputs = Inputs { prep_dir, classes, pretrained: None };
+    let params = TrainParams {
+        data: maskflow_train::DataMode::Stream,
+        shuffle_buffer: 24,
+        frozen_epochs: 1,
+        unfrozen_epochs: 1,
+        ..small_params()
+    };
+    let mut runs = Vec::new();
+    for name in ["a", "b"] {
+        let out = d.path().join(name);
+        std::fs::create_dir_all(&out).unwrap();
+        let r =
+            maskflow_train::run(&inputs, &params, &runtime(&d.path().join(format!("ck-{name}")), None), &out).unwrap();
+        assert_eq!(r.epochs.len(), 2);
+        assert!(r.epochs.iter().all(|m| m.train_loss_mean.is_finite() && m.valid_loss.is_finite()));
+        runs.push(weights(&out));
+    }
+    assert_identical(&runs[0], &runs[1]);
+    // The streamed order is not the in-memory one: the same run in memory trains differently.
+    let in_memory = TrainParams { data: maskflow_train::DataMode::Memory, ..params.clone() };
+    let out = d.path().join("m");
+    std::fs::create_dir_all(&out).unwrap();
+    maskflow_train::run(&inputs, &in_memory, &runtime(&d.path().join("ck-m"), None), &out).unwrap();
+    let m = weights(&out);
+    assert!(m.iter().zip(&runs[0]).any(|((_, a), (_, b))| !a.equal(b)));
+
+    let oversample = TrainParams { balance: maskflow_train::Balance::Oversample, ..params };
+    let err = maskflow_train::run(&inputs, &oversample, &runtime(&d.path().join("ck-o"), None), &out).unwrap_err();
+    assert!(err.to_string().contains("oversample"), "{err}");
+}
