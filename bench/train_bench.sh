@@ -17,5 +17,8 @@ echo "pytorch:  $peer"
 import json, sys
 a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 for k in ["inference", "frozen_step", "full_step"]:
-    print(f"{k:<12} maskflow {a[k]:7.1f} img/s   pytorch {b[k]:7.1f} img/s   ratio {a[k] / b[k]:.2f}x")
+    print(f"{k:<14} maskflow {a[k]:7.1f} img/s   pytorch {b[k]:7.1f} img/s   ratio {a[k] / b[k]:.2f}x")
+k = "inference_bf16"
+print(f"{k:<14} maskflow {a[k]:7.1f} img/s   pytorch {b[k]:7.1f} img/s   ratio {a[k] / b[k]:.2f}x  "
+      f"(maskflow bf16 / pytorch fp32: {a[k] / b['inference']:.2f}x; max |p_bf16 - p_fp32| {a['bf16_max_prob_diff']:.4f})")
 PY

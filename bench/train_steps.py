@@ -1,6 +1,6 @@
 """PyTorch eager peer of `maskflow-train`'s bench_steps: MobileNetV2 body + fastai head, 224², batch 64.
 
-Prints one JSON line: images/s for inference, a frozen step (body frozen except BatchNorm, train mode)
+Prints one JSON line: images/s for inference (fp32, and bf16 autocast), a frozen step (body frozen except BatchNorm, train mode)
 and a full fine-tuning step. Run it with the tuned allocator (bench/train_bench.sh sets
 GLIBC_TUNABLES) and the same thread count as maskflow.
 """
@@ -64,9 +64,12 @@ def make_step():
 model.eval()
 with torch.no_grad():
     inference = timed(lambda: model(x))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inference_bf16 = timed(lambda: model(x))
 model.train()
 set_frozen(True)
 frozen = timed(make_step())
 set_frozen(False)
 full = timed(make_step())
-print(json.dumps({"inference": inference, "frozen_step": frozen, "full_step": full, "threads": threads}))
+print(json.dumps({"inference": inference, "inference_bf16": inference_bf16, "frozen_step": frozen, "full_step": full,
+                  "threads": threads}))

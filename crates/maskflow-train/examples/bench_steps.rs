@@ -39,6 +39,27 @@ fn main() {
             let _ = model.forward_t(&x, false);
         })
     });
+    // bf16 inference: a bf16 copy of the weights and input (tch exposes autocast for CUDA only).
+    let inference_bf16 = {
+        let mut m16 = Classifier::new(Arch::MobilenetV2, 2, &HeadConfig::default(), Device::Cpu);
+        m16.vs.copy(&model.vs).expect("same architecture");
+        if channels_last {
+            m16.to_channels_last();
+        }
+        m16.vs.bfloat16();
+        let x16 = x.to_kind(Kind::BFloat16);
+        let err = tch::no_grad(|| {
+            let a = model.forward_t(&x, false);
+            let b = m16.forward_t(&x16, false).to_kind(Kind::Float);
+            ((a.softmax(-1, Kind::Float) - b.softmax(-1, Kind::Float)).abs().max()).double_value(&[])
+        });
+        let rate = tch::no_grad(|| {
+            timed(iters, || {
+                let _ = m16.forward_t(&x16, false);
+            })
+        });
+        (rate, err)
+    };
     let cfg = AdamConfig { beta2: 0.99, eps: 1e-8, weight_decay: 0.01 };
     let step_rate = |model: &Classifier| {
         let mut opt = Adam::new(cfg, model.params().iter().map(|p| (p.name.as_str(), &p.tensor, p.group)));
@@ -54,6 +75,7 @@ fn main() {
     model.unfreeze();
     let full = step_rate(&model);
     println!(
-        "{{\"inference\": {inference:.2}, \"frozen_step\": {frozen:.2}, \"full_step\": {full:.2}, \"threads\": {threads}, \"channels_last\": {channels_last}}}"
+        "{{\"inference\": {inference:.2}, \"inference_bf16\": {:.2}, \"bf16_max_prob_diff\": {:.4}, \"frozen_step\": {frozen:.2}, \"full_step\": {full:.2}, \"threads\": {threads}, \"channels_last\": {channels_last}}}",
+        inference_bf16.0, inference_bf16.1
     );
 }
