@@ -159,6 +159,7 @@ pub fn run(inputs: &Inputs, params: &EvalParams, device: Device, threads: usize,
         cfg.params.valid_batch_size,
         device,
         cfg.params.channels_last,
+        cfg.params.inference_precision,
     )?;
     let probs = probs.to_kind(tch::Kind::Double);
     let k = cfg.classes.len();

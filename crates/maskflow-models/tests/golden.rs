@@ -239,3 +239,31 @@ fn head_init_is_fastai_s() {
     let std = get("head.4.weight").std(true).double_value(&[]);
     assert!((std - (2.0f64 / 1024.0).sqrt()).abs() < 0.002, "std {std}");
 }
+
+#[test]
+fn a_bf16_copy_gives_the_same_features_within_bf16_rounding_and_leaves_the_original_alone() {
+    let store = tempfile::tempdir().unwrap();
+    let imported = weights::import(weights::spec("mobilenet_v2").unwrap(), &mobilenet_weights(), store.path()).unwrap();
+    let tensors = Tensor::read_safetensors(imported.safetensors()).unwrap();
+    let (input, _) = reference("mobilenet_v2");
+    tch::manual_seed(0);
+    let mut m = Classifier::new(Arch::MobilenetV2, 2, &HeadConfig::default(), Device::Cpu);
+    m.load_body(&tensors).unwrap();
+    m.to_channels_last();
+    let m16 = m.bf16_copy(true).unwrap();
+    let x = to_channels_last(&input);
+    let (full, half) = tch::no_grad(|| {
+        let full = m.pool(&m.features_t(&x, false));
+        let half = m16.pool(&m16.features_t(&x.to_kind(Kind::BFloat16), false));
+        (full, half)
+    });
+    assert_eq!(half.kind(), Kind::BFloat16);
+    let err = relative_error(&half.to_kind(Kind::Float), &full);
+    let (h, f) = (half.to_kind(Kind::Float).flatten(0, -1), full.flatten(0, -1));
+    let cosine = (h.dot(&f) / (h.norm() * f.norm())).double_value(&[]);
+    println!("mobilenet_v2 pooled features, bf16 copy vs fp32: max relative error {err:.2e}, cosine {cosine:.6}");
+    assert!(err < 1e-1 && cosine > 0.995, "relative error {err}, cosine {cosine}");
+    assert!(err > 0.0, "the copy must really compute in bf16");
+    let vars = m.vs.variables();
+    assert!(vars.values().all(|t| t.kind() == Kind::Float), "the original stays fp32");
+}

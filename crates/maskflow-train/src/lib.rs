@@ -21,7 +21,7 @@ use maskflow_core::fsutil::{write_atomic, write_json_atomic};
 use maskflow_core::rng::SplitMix64;
 use maskflow_models::classifier::{load_named, Classifier, GROUPS};
 use optim::{Adam, AdamConfig};
-pub use params::{Balance, BodyBatchNorm, DataMode, FrozenMode, TrainParams};
+pub use params::{Balance, BodyBatchNorm, DataMode, FrozenMode, Precision, TrainParams};
 use schedule::Lr;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -564,6 +564,22 @@ fn print_epoch(ctx: &Ctx, m: &EpochMetrics) {
     }
 }
 
+/// The model an inference pass runs: the model itself, or its bf16 copy.
+fn inference_model(model: &Classifier, precision: Precision, channels_last: bool) -> Result<Option<Classifier>> {
+    Ok(match precision {
+        Precision::Fp32 => None,
+        Precision::Bf16 => Some(model.bf16_copy(channels_last)?),
+    })
+}
+
+fn as_precision(x: &Tensor, m16: &Option<Classifier>) -> Tensor {
+    if m16.is_some() {
+        x.to_kind(Kind::BFloat16)
+    } else {
+        x.shallow_clone()
+    }
+}
+
 /// Mean cross-entropy, accuracy and the per-class probabilities (N, C) on `split` (centre view).
 pub fn evaluate_split(
     model: &Classifier,
@@ -572,8 +588,10 @@ pub fn evaluate_split(
     batch_size: usize,
     device: Device,
     channels_last: bool,
+    precision: Precision,
 ) -> Result<(f64, f64, Tensor)> {
     let _g = tch::no_grad_guard();
+    let m16 = inference_model(model, precision, channels_last)?;
     let plan = EpochPlan {
         order: (0..split.len()).collect(),
         batch_size,
@@ -587,7 +605,7 @@ pub fn evaluate_split(
     let (mut loss_sum, mut correct) = (0.0, 0i64);
     for batch in data::spawn_producer(split, plan, 0) {
         let batch = batch?;
-        let logits = model.forward_t(&batch.x, false);
+        let logits = m16.as_ref().unwrap_or(model).forward_t(&as_precision(&batch.x, &m16), false).to_kind(Kind::Float);
         loss_sum +=
             logits.cross_entropy_loss::<Tensor>(&batch.y, None, tch::Reduction::Sum, -100, 0.0).double_value(&[]);
         correct += logits.argmax(-1, false).eq_tensor(&batch.y).sum(Kind::Int64).int64_value(&[]);
@@ -598,7 +616,15 @@ pub fn evaluate_split(
 }
 
 fn evaluate(ctx: &Ctx, model: &Classifier, split: &SplitData) -> Result<(f64, f64, Tensor)> {
-    evaluate_split(model, split, ctx.out_size, ctx.params.valid_batch_size, ctx.rt.device, ctx.params.channels_last)
+    evaluate_split(
+        model,
+        split,
+        ctx.out_size,
+        ctx.params.valid_batch_size,
+        ctx.rt.device,
+        ctx.params.channels_last,
+        ctx.params.inference_precision,
+    )
 }
 
 /// Pooled body features (N, F) of `split` with the body in eval mode, for `copies` views: view 0 is
@@ -615,9 +641,11 @@ fn pooled_features(ctx: &Ctx, model: &Classifier, split: &SplitData, view: usize
         channels_last: ctx.params.channels_last,
     };
     let pb = bar(ctx, plan.batches(), &format!("features {view}"));
+    let m16 = inference_model(model, ctx.params.inference_precision, ctx.params.channels_last)?;
     let mut out = Vec::new();
     for batch in data::spawn_producer(split, plan, 0) {
-        out.push(model.pool(&model.features_t(&batch?.x, false)));
+        let m = m16.as_ref().unwrap_or(model);
+        out.push(m.pool(&m.features_t(&as_precision(&batch?.x, &m16), false)).to_kind(Kind::Float));
         pb.inc(1);
     }
     pb.finish_and_clear();

@@ -43,6 +43,16 @@ pub enum Balance {
     Oversample,
 }
 
+/// Number format of inference passes (validation, fixed-body features, the eval stage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    /// A bf16 copy of the weights on bf16 inputs (tch has no CPU autocast); logits back in fp32.
+    Bf16,
+}
+
 /// fastai's `lr_find()` sweep.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -118,6 +128,8 @@ pub struct TrainParams {
     /// Rows in the shuffle buffer of a streamed training split (memory: this many images plus two
     /// row groups; more rows, better mixing).
     pub shuffle_buffer: usize,
+    /// Inference passes in `fp32` or `bf16` (training steps stay fp32).
+    pub inference_precision: Precision,
 }
 
 impl Default for TrainParams {
@@ -149,6 +161,7 @@ impl Default for TrainParams {
             data: DataMode::Auto,
             memory_limit_mb: 8192,
             shuffle_buffer: 2048,
+            inference_precision: Precision::Fp32,
         }
     }
 }
