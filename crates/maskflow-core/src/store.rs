@@ -26,7 +26,8 @@ pub enum StoreError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("cannot encode the parameters of stage {stage}: {source}")]
     Encode { stage: String, source: serde_json::Error },
-    #[error("stage {stage} failed: {source:#}")]
+    /// Displays as "stage S failed"; the reason is its `source` (shown by `{:#}` and error chains).
+    #[error("stage {stage} failed")]
     Build { stage: String, source: anyhow::Error },
 }
 
