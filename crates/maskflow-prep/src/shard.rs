@@ -168,31 +168,37 @@ pub fn read_shard(path: &Path) -> anyhow::Result<Vec<ShardRow>> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)?.build()?;
     let mut out = Vec::new();
     for b in reader {
-        let b = b?;
-        let ch = col::<StringArray>(&b, "content_hash", path)?;
-        let li = col::<Int32Array>(&b, "label_idx", path)?;
-        let lb = col::<StringArray>(&b, "label", path)?;
-        let sp = col::<StringArray>(&b, "split", path)?;
-        let h = col::<UInt32Array>(&b, "height", path)?;
-        let w = col::<UInt32Array>(&b, "width", path)?;
-        let c = col::<UInt32Array>(&b, "channels", path)?;
-        let px = col::<FixedSizeBinaryArray>(&b, "pixels", path)?;
-        let p = col::<StringArray>(&b, "path", path)?;
-        for i in 0..b.num_rows() {
-            out.push(ShardRow {
-                content_hash: ch.value(i).to_string(),
-                label_idx: li.value(i),
-                label: lb.value(i).to_string(),
-                split: sp.value(i).to_string(),
-                height: h.value(i),
-                width: w.value(i),
-                channels: c.value(i),
-                pixels: px.value(i).to_vec(),
-                path: p.value(i).to_string(),
-            });
-        }
+        push_rows(&b?, path, true, &mut out)?;
     }
     Ok(out)
+}
+
+/// Appends the rows of `b` to `out`, with their pixels or (`with_pixels` false, the column not
+/// read) without.
+fn push_rows(b: &RecordBatch, path: &Path, with_pixels: bool, out: &mut Vec<ShardRow>) -> anyhow::Result<()> {
+    let ch = col::<StringArray>(b, "content_hash", path)?;
+    let li = col::<Int32Array>(b, "label_idx", path)?;
+    let lb = col::<StringArray>(b, "label", path)?;
+    let sp = col::<StringArray>(b, "split", path)?;
+    let h = col::<UInt32Array>(b, "height", path)?;
+    let w = col::<UInt32Array>(b, "width", path)?;
+    let c = col::<UInt32Array>(b, "channels", path)?;
+    let px = if with_pixels { Some(col::<FixedSizeBinaryArray>(b, "pixels", path)?) } else { None };
+    let p = col::<StringArray>(b, "path", path)?;
+    for i in 0..b.num_rows() {
+        out.push(ShardRow {
+            content_hash: ch.value(i).to_string(),
+            label_idx: li.value(i),
+            label: lb.value(i).to_string(),
+            split: sp.value(i).to_string(),
+            height: h.value(i),
+            width: w.value(i),
+            channels: c.value(i),
+            pixels: px.map(|px| px.value(i).to_vec()).unwrap_or_default(),
+            path: p.value(i).to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// A shard's rows without their pixels, and how many rows each row group holds: what a streaming
@@ -216,28 +222,7 @@ pub fn read_shard_meta(path: &Path) -> anyhow::Result<ShardMeta> {
     let reader = builder.with_projection(mask).build()?;
     let mut rows = Vec::new();
     for b in reader {
-        let b = b.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let ch = col::<StringArray>(&b, "content_hash", path)?;
-        let li = col::<Int32Array>(&b, "label_idx", path)?;
-        let lb = col::<StringArray>(&b, "label", path)?;
-        let sp = col::<StringArray>(&b, "split", path)?;
-        let h = col::<UInt32Array>(&b, "height", path)?;
-        let w = col::<UInt32Array>(&b, "width", path)?;
-        let c = col::<UInt32Array>(&b, "channels", path)?;
-        let p = col::<StringArray>(&b, "path", path)?;
-        for i in 0..b.num_rows() {
-            rows.push(ShardRow {
-                content_hash: ch.value(i).to_string(),
-                label_idx: li.value(i),
-                label: lb.value(i).to_string(),
-                split: sp.value(i).to_string(),
-                height: h.value(i),
-                width: w.value(i),
-                channels: c.value(i),
-                pixels: Vec::new(),
-                path: p.value(i).to_string(),
-            });
-        }
+        push_rows(&b.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?, path, false, &mut rows)?;
     }
     anyhow::ensure!(
         rows.len() == row_groups.iter().sum::<usize>(),
