@@ -4,6 +4,8 @@
 //! - [`sniff`]: the format from the bytes, never the extension.
 //! - [`decode`]: a validating full decode with the header checked against [`Limits`] before any
 //!   pixel buffer is allocated, EXIF orientation applied; failures are [`Rejection`]s with a reason.
+//! - [`decode_reduced`]: JPEGs through libjpeg-turbo, at a reduced DCT scale when the result still
+//!   covers the needed size (PIL's draft mode); anything it cannot or will not vouch for goes to [`decode`].
 //! - [`to_rgb8`]: alpha composited on a background, gray and palette expanded, 16-bit reduced.
 //! - [`resize`]: `squish` | `crop` | `pad` to a square, with fast_image_resize (SIMD convolution,
 //!   the same filters as Pillow).
