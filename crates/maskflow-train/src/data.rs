@@ -111,16 +111,6 @@ impl SplitData {
     }
 }
 
-/// Reads every shard of `split` listed in the prep artifact's `shards.json`, in order, into memory.
-pub fn load_split(prep_dir: &Path, split: &str, classes: usize) -> Result<SplitData> {
-    open_splits(prep_dir, &[split], classes, DataMode::Memory, u64::MAX)
-}
-
-/// Reads the shards of several splits into one in-memory set (e.g. a labelled folder to evaluate).
-pub fn load_splits(prep_dir: &Path, splits: &[&str], classes: usize) -> Result<SplitData> {
-    open_splits(prep_dir, splits, classes, DataMode::Memory, u64::MAX)
-}
-
 /// Opens the shards of `splits`: rows (without pixels) are read and checked first; then the pixels
 /// are read into one tensor (`memory`, or `auto` when they take at most `memory_limit` bytes) or
 /// left in the shards to be streamed.
