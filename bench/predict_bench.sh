@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUNDLE="$1"; FOLDER="$2"; N="${3:-256}"; THREADS="${4:-2}"
 . scripts/env.sh
-cargo build --release --quiet -p maskflow-export --example bench_predict
+cargo build --release --quiet -p maskflow-predict --example bench_predict
 ours=$(./target/release/examples/bench_predict "$BUNDLE" "$FOLDER" "$N" "$THREADS")
 peer=$(GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736 \
   .venv/bin/python bench/predict_py.py "$BUNDLE" "$FOLDER" "$N" "$THREADS")

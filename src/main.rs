@@ -1,7 +1,6 @@
 //! maskflow: a folder of labelled images → a deployable CNN classifier, as a chain of reproducible,
 //! cached pipeline stages. See README.md.
 
-mod pipeline;
 mod predict_cmd;
 mod runner;
 mod weights_cmd;
@@ -16,12 +15,14 @@ use std::path::PathBuf;
     name = "maskflow",
     version,
     about = "Folder of labelled images → deployable CNN classifier, as reproducible cached pipeline stages",
-    long_about = "maskflow runs the stages of an image-classification pipeline (index → prep → …) declared \
-in a TOML pipeline file. Each stage's output is stored under artifacts/<stage>/<key>/, where the key is a \
+    long_about = "maskflow runs the stages of an image-classification pipeline (index → prep → train → eval → export, or any \
+graph of named instances of them) declared in a TOML pipeline file. Each stage's output is stored under artifacts/<stage>/<key>/, where the key is a \
 hash of the stage's parameters, its version and its inputs: a stage whose key exists and verifies is \
 skipped (\"cached\"), so nothing is recomputed unless its inputs changed.\n\n\
 Typical use:\n  maskflow run pipelines/demo.toml       run every stage (cached ones are skipped)\n  \
 maskflow status pipelines/demo.toml    which stages are cached, stale (and why) or missing\n  \
+maskflow graph pipelines/demo.toml     the declared graph with keys and states (--dot for Graphviz)\n  \
+maskflow stage eval --input model=DIR --input data=DIR --out DIR   one stage kind alone\n  \
 maskflow synth --out data/synth        write the synthetic demo dataset"
 )]
 struct Cli {
@@ -31,25 +32,61 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a pipeline file's stages in order, reusing cached artifacts.
+    /// Run a pipeline file's stages (its graph, upstream first), reusing cached artifacts.
     Run {
         /// The pipeline file (TOML).
         pipeline: PathBuf,
         /// The artifact store.
         #[arg(long, default_value = "artifacts")]
         artifacts: PathBuf,
-        /// Rebuild even when cached: every stage, or only the named one (`--force prep`).
+        /// Rebuild even when cached: every stage (no value or `all`), an instance (`train.resnet`) or
+        /// every instance of a kind (`prep`).
         #[arg(long, num_args = 0..=1, default_missing_value = "all", value_name = "STAGE")]
         force: Option<String>,
-        /// Stop after this stage.
+        /// Run only this instance (or every instance of this kind) and what it needs.
         #[arg(long, value_name = "STAGE")]
         until: Option<String>,
         #[command(flatten)]
         compute: ComputeArgs,
     },
-    /// Evaluate the pipeline's model (trained first if needed) on a labelled folder it never saw:
-    /// the folder is indexed and prepped with the pipeline's parameters, then metrics, confusion
-    /// matrices, top losses and report.html are written (all cached like stages).
+    /// Print the pipeline's graph: every instance with its kind, key, state (cached / stale /
+    /// missing / corrupt) and inputs. Runs nothing (but generates a [dataset.synth] folder).
+    Graph {
+        pipeline: PathBuf,
+        #[arg(long, default_value = "artifacts")]
+        artifacts: PathBuf,
+        /// Graphviz DOT instead of text (`maskflow graph FILE --dot | dot -Tpng > graph.png`).
+        #[arg(long)]
+        dot: bool,
+    },
+    /// Run one stage kind on artifact folders, outside any pipeline: e.g.
+    /// `maskflow stage eval --input model=DIR --input data=DIR --out DIR`. Its params come from
+    /// --params (a TOML file holding the kind's table, without the [KIND] header) or the defaults.
+    Stage {
+        /// The stage kind (index, prep, train, eval, export).
+        kind: String,
+        /// An input artifact: SLOT=DIR (repeat for each slot).
+        #[arg(long = "input", value_name = "SLOT=DIR")]
+        inputs: Vec<String>,
+        /// The labelled folder, for kinds that read one (index).
+        #[arg(long)]
+        dataset: Option<PathBuf>,
+        /// The kind's params as a TOML file.
+        #[arg(long)]
+        params: Option<PathBuf>,
+        /// Output folder (created; must not exist or be empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// Where imported pretrained weights are kept.
+        #[arg(long, default_value = "artifacts")]
+        artifacts: PathBuf,
+        #[command(flatten)]
+        compute: ComputeArgs,
+    },
+    /// Evaluate the pipeline's model (trained first if needed) on every good image of a labelled
+    /// folder: the same as adding `[eval.NAME] data = "FOLDER"` to the file. The folder is indexed
+    /// and prepped with the pipeline's parameters; metrics, confusion matrices, top losses and
+    /// report.html are written (all cached like stages).
     Eval {
         pipeline: PathBuf,
         /// A labelled folder (one sub-folder per class; class names must be among the model's).
@@ -116,58 +153,6 @@ enum Command {
         #[arg(long)]
         no_bad_files: bool,
     },
-    /// Run the index stage alone: dataset folder → index.parquet in --out.
-    Index {
-        /// Dataset root (one sub-folder per class).
-        #[arg(long)]
-        root: PathBuf,
-        /// Output folder (created; must not exist or be empty).
-        #[arg(long)]
-        out: PathBuf,
-        /// Take the [index] parameters from this pipeline file.
-        #[arg(long)]
-        pipeline: Option<PathBuf>,
-        #[arg(long)]
-        valid_pct: Option<f64>,
-        #[arg(long)]
-        seed: Option<u64>,
-    },
-    /// Run the prep stage alone on an index artifact: → Parquet shards in --out.
-    Prep {
-        /// An index artifact directory (holds index.parquet).
-        #[arg(long)]
-        index: PathBuf,
-        /// Dataset root; default: the root recorded in the index artifact's manifest.
-        #[arg(long)]
-        root: Option<PathBuf>,
-        #[arg(long)]
-        out: PathBuf,
-        /// Take the [prep] parameters from this pipeline file.
-        #[arg(long)]
-        pipeline: Option<PathBuf>,
-        #[arg(long)]
-        size: Option<u32>,
-    },
-    /// Run the train stage alone on an index and a prep artifact → model.safetensors, metrics.jsonl,
-    /// curves.png in --out. Repeating a killed command resumes from its last epoch.
-    Train {
-        /// An index artifact directory (its classes.json names the classes).
-        #[arg(long)]
-        index: PathBuf,
-        /// A prep artifact directory (the shards).
-        #[arg(long)]
-        prep: PathBuf,
-        #[arg(long)]
-        out: PathBuf,
-        /// Take the [train] parameters from this pipeline file (default: the notebook's).
-        #[arg(long)]
-        pipeline: Option<PathBuf>,
-        /// Where imported pretrained weights are kept.
-        #[arg(long, default_value = "artifacts")]
-        artifacts: PathBuf,
-        #[command(flatten)]
-        compute: ComputeArgs,
-    },
     /// Pretrained weights: list the registry, import a checkpoint into safetensors, verify imports.
     Weights {
         #[command(subcommand)]
@@ -192,10 +177,10 @@ struct ComputeArgs {
 }
 
 impl ComputeArgs {
-    fn options(&self) -> Result<runner::RunOptions> {
+    fn options(&self) -> Result<runner::Compute> {
         let threads = self.threads.unwrap_or_else(rayon_threads);
         anyhow::ensure!(threads >= 1, "--threads must be at least 1");
-        Ok(runner::RunOptions { device: runner::parse_device(&self.device)?, threads, progress: true })
+        Ok(runner::Compute { device: runner::parse_device(&self.device)?, threads })
     }
 }
 
@@ -229,8 +214,20 @@ fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { pipeline, artifacts, force, until, compute } => {
-            runner::run(&pipeline, &artifacts, force.as_deref(), until.as_deref(), &compute.options()?).map(|_| ())
+            runner::run(&pipeline, &artifacts, force.as_deref(), until.as_deref(), &compute.options()?)
         }
+        Command::Graph { pipeline, artifacts, dot } => runner::graph(&pipeline, &artifacts, dot),
+        Command::Stage { kind, inputs, dataset, params, out, artifacts, compute } => runner::stage_alone(
+            &runner::StageArgs {
+                kind: &kind,
+                inputs: &inputs,
+                dataset: dataset.as_deref(),
+                params: params.as_deref(),
+                artifacts: &artifacts,
+                out: &out,
+            },
+            &compute.options()?,
+        ),
         Command::Predict { bundle, inputs, format, threshold, positive, batch, compute } => {
             let c = compute.options()?;
             let bad = predict_cmd::run(&predict_cmd::Options {
@@ -269,36 +266,6 @@ fn real_main() -> Result<()> {
                 s.bad_files.len()
             );
             Ok(())
-        }
-        Command::Index { root, out, pipeline, valid_pct, seed } => {
-            let mut params = match pipeline {
-                Some(p) => pipeline::Pipeline::load(&p)?.file.index,
-                None => Default::default(),
-            };
-            if let Some(v) = valid_pct {
-                params.valid_pct = v;
-            }
-            if let Some(s) = seed {
-                params.seed = s;
-            }
-            runner::index_alone(&root, &params, &out)
-        }
-        Command::Prep { index, root, out, pipeline, size } => {
-            let mut params = match pipeline {
-                Some(p) => pipeline::Pipeline::load(&p)?.file.prep,
-                None => Default::default(),
-            };
-            if let Some(s) = size {
-                params.size = s;
-            }
-            runner::prep_alone(&index, root.as_deref(), &params, &out)
-        }
-        Command::Train { index, prep, out, pipeline, artifacts, compute } => {
-            let params = match pipeline {
-                Some(p) => pipeline::Pipeline::load(&p)?.file.train,
-                None => Default::default(),
-            };
-            runner::train_alone(&index, &prep, &params, &artifacts, &compute.options()?, &out)
         }
         Command::Weights { action, artifacts } => match action {
             WeightsAction::List => weights_cmd::list(&artifacts),

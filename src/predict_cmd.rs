@@ -1,7 +1,7 @@
 //! `maskflow predict --bundle DIR PATH...`: the output formats and the exit code.
 
 use anyhow::{bail, Result};
-use maskflow_export::predict::{self, Outcome};
+use maskflow_predict::{self as predict, Outcome};
 use std::io::Write;
 use std::path::Path;
 

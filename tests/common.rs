@@ -36,7 +36,7 @@ pub fn small_pipeline(dir: &Path, extra: &str) -> PathBuf {
         format!(
             "name = \"p\"\n\n[dataset]\nroot = \"../data/synth\"\n\n[dataset.synth]\nseed = 3\nper_class = 12\n\n\
              [train]\narch = \"resnet18\"\npretrained = \"none\"\nbatch_size = 8\nfrozen_epochs = 1\n\
-             unfrozen_epochs = 1\n\n[eval]\ntop_losses = 4\nshow_batch = 4\n\n\
+             unfrozen_epochs = 1\n\n[eval]\ntop_losses = 4\n\n[export]\n\n\
              [index]\nvalid_pct = 0.25\n\n[prep]\nsize = 32\nshard_rows = 8\nrow_group_rows = 4\n{extra}"
         ),
     )

@@ -25,7 +25,7 @@ fn pipeline_eval_writes_every_output_and_the_matrix_counts_the_validation_rows()
         "most_confused.csv",
         "top_losses.png",
         "predictions.parquet",
-        "show_batch.png",
+        "train_show_batch.png",
         "summary.json",
         "report.html",
         "train_curves.png",
@@ -49,7 +49,12 @@ fn pipeline_eval_writes_every_output_and_the_matrix_counts_the_validation_rows()
     for src in html.split("src=\"").skip(1).map(|s| &s[..s.find('"').unwrap()]) {
         assert!(dir.join(src).is_file(), "report links a missing {src}");
     }
-    assert!(html.contains("Provenance") && html.contains("show_batch.png"));
+    assert!(html.contains("Provenance") && html.contains("train_show_batch.png"));
+    // Recipe values as the pipeline file writes them, never Rust's Debug forms.
+    assert!(html.contains("frozen_mode") && html.contains("&quot;faithful&quot;"), "recipe table missing");
+    for debug in ["FixedBody", "Faithful", "One(", "Slice("] {
+        assert!(!html.contains(debug), "report shows a Debug form {debug}");
+    }
     // Top-losses grid: 4 tiles in 2 columns of 180 px.
     let img = image::open(dir.join("top_losses.png")).unwrap();
     assert_eq!(img.width(), 2 * (180 + 8) + 8);
@@ -62,15 +67,16 @@ fn eval_on_unseen_folders_missing_class_unknown_class_and_empty() {
     // An unseen folder: another synthetic draw.
     ok(d.path(), &["synth", "--out", "unseen", "--seed", "99", "--per-class", "6", "--no-bad-files"]);
     let out = ok(d.path(), &["eval", "pipelines/p.toml", "--data", "unseen", "--device", "cpu"]);
-    assert!(out.contains("eval    built") && out.contains("report"), "{out}");
+    assert!(out.contains("eval.unseen built") && out.contains("report"), "{out}");
+    assert!(out.contains("14 images of") && out.contains("(train + valid)"), "every good image of the folder: {out}");
     let again = ok(d.path(), &["eval", "pipelines/p.toml", "--data", "unseen", "--device", "cpu"]);
-    assert!(again.contains("eval    cached"), "{again}");
+    assert!(again.contains("eval.unseen cached"), "{again}");
 
     // Only one class present: metrics still computed, the other reported with support 0.
     fs::create_dir_all(d.path().join("one")).unwrap();
     fs::rename(d.path().join("unseen/with_mask"), d.path().join("one/with_mask")).unwrap();
     let out = ok(d.path(), &["eval", "pipelines/p.toml", "--data", "one", "--device", "cpu"]);
-    assert!(out.contains("eval    built"), "{out}");
+    assert!(out.contains("eval.one built"), "{out}");
     let art = d.path().join("artifacts");
     let found = keys(&art, "eval").into_iter().any(|k| {
         let m: serde_json::Value =
@@ -93,4 +99,23 @@ fn eval_on_unseen_folders_missing_class_unknown_class_and_empty() {
     fs::create_dir_all(d.path().join("empty")).unwrap();
     let err = fails(d.path(), &["eval", "pipelines/p.toml", "--data", "empty", "--device", "cpu"]);
     assert!(err.contains("empty"), "{err}");
+}
+
+#[test]
+fn eval_on_the_pipelines_own_training_folder_reports_every_good_image_not_the_cached_validation_result() {
+    let d = tempfile::tempdir().unwrap();
+    small_pipeline(d.path(), "\n[eval.everything]\ndata = \"../data/synth\"\n");
+    let out = ok(d.path(), &["run", "pipelines/p.toml", "--device", "cpu"]);
+    // 33 files, 28 good: the validation split has fewer; [eval.everything] sees all 28.
+    let line = |name: &str, out: &str| out.lines().skip_while(|l| !l.starts_with(name)).nth(1).unwrap_or_default().to_string();
+    let valid = line("eval    ", &out);
+    let all = line("eval.everything", &out);
+    assert!(all.starts_with("        28 images of") && all.contains("(train + valid)"), "{all}\n{out}");
+    assert!(!valid.contains("28 images") && valid.contains("the validation split"), "{valid}");
+    // The same question through `maskflow eval --data` on the training folder: every good image too,
+    // sharing the index and prep artifacts of the pipeline's own data (same content, same keys).
+    let out = ok(d.path(), &["eval", "pipelines/p.toml", "--data", "data/synth", "--device", "cpu"]);
+    assert!(out.contains("index.synth cached") && out.contains("prep.synth cached"), "{out}");
+    assert!(out.contains("eval.synth cached") || out.contains("eval.synth built"), "{out}");
+    assert!(out.contains("28 images of"), "{out}");
 }

@@ -24,7 +24,7 @@ fn python_torchscript_matches_maskflow_predict_and_bad_files_are_reported() {
     let card: serde_json::Value = serde_json::from_slice(&fs::read(bundle.join("model_card.json")).unwrap()).unwrap();
     assert_eq!(card["classes"], serde_json::json!(["with_mask", "without_mask"]));
     assert_eq!(card["input"]["height"], 32);
-    for k in ["train", "eval", "prep", "index"] {
+    for k in ["model", "metrics"] {
         assert!(card["upstream"][k].is_string(), "upstream {k} missing: {}", card["upstream"]);
     }
 

@@ -2,6 +2,7 @@
 //! maskflow's own decode + resize gives for the same files.
 
 use maskflow_index::{read_index, IndexParams, INDEX_FILE};
+
 use maskflow_prep::{prepare_pixels, PrepParams};
 use std::path::PathBuf;
 
@@ -19,7 +20,7 @@ fn pyarrow_reads_the_same_pixels_as_maskflow_decodes() {
         std::fs::create_dir_all(p).unwrap();
     }
     maskflow_synth::generate(&maskflow_synth::SynthParams { per_class: 10, ..Default::default() }, &data).unwrap();
-    maskflow_index::run(&data, &IndexParams::default(), &idx, &|_| {}).unwrap();
+    maskflow_index::run(&data, "test", &IndexParams::default(), &idx, &|_| {}).unwrap();
     let rows = read_index(&idx.join(INDEX_FILE)).unwrap();
     let params = PrepParams { size: 40, shard_rows: 7, row_group_rows: 3, ..Default::default() };
     maskflow_prep::run(&data, &rows, &params, &shards, &|_| {}).unwrap();

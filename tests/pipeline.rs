@@ -221,15 +221,40 @@ fn synth_same_seed_identical_bytes() {
 }
 
 #[test]
-fn stages_run_alone_on_upstream_artifacts() {
+fn every_stage_runs_alone_on_artifact_folders() {
     let d = tempfile::tempdir().unwrap();
     ok(d.path(), &["synth", "--out", "data", "--per-class", "8"]);
-    let out = ok(d.path(), &["index", "--root", "data", "--out", "idx", "--valid-pct", "0.5"]);
+    fs::write(d.path().join("index.toml"), "valid_pct = 0.5\n").unwrap();
+    let out = ok(d.path(), &["stage", "index", "--dataset", "data", "--params", "index.toml", "--out", "idx"]);
     assert!(out.contains("5 rejected"), "{out}");
-    let out = ok(d.path(), &["prep", "--index", "idx", "--out", "shards", "--size", "24"]);
+    fs::write(d.path().join("prep.toml"), "size = 24\n").unwrap();
+    let out = ok(d.path(), &["stage", "prep", "--input", "index=idx", "--params", "prep.toml", "--out", "shards"]);
     assert!(out.contains("images into"), "{out}");
     assert!(d.path().join("shards/train-00000.parquet").exists());
-    // Refuses to write into a non-empty folder.
-    let err = fails(d.path(), &["prep", "--index", "idx", "--out", "shards"]);
+    // Refuses to write into a non-empty folder, and names a missing input.
+    let err = fails(d.path(), &["stage", "prep", "--input", "index=idx", "--out", "shards"]);
     assert!(err.contains("not empty"), "{err}");
+    let err = fails(d.path(), &["stage", "eval", "--input", "data=shards", "--out", "ev0"]);
+    assert!(err.contains("--input model=DIR"), "{err}");
+    let err = fails(d.path(), &["stage", "eval", "--input", "modle=shards", "--out", "ev0"]);
+    assert!(err.contains("modle") && err.contains("slots: model, data, index"), "{err}");
+    // A wrong params field names the file, line and column.
+    fs::write(d.path().join("bad.toml"), "top_losses = 3\ntop_loses = 3\n").unwrap();
+    let err = fails(d.path(), &["stage", "eval", "--params", "bad.toml", "--input", "model=x", "--out", "ev0"]);
+    assert!(err.contains("bad.toml:2:1") && err.contains("top_loses"), "{err}");
+
+    fs::write(
+        d.path().join("train.toml"),
+        "arch = \"resnet18\"\npretrained = \"none\"\nbatch_size = 4\nfrozen_epochs = 1\nunfrozen_epochs = 0\n",
+    )
+    .unwrap();
+    let out = ok(d.path(), &["stage", "train", "--input", "shards=shards", "--params", "train.toml", "--out", "model", "--device", "cpu"]);
+    assert!(out.contains("resnet18 1 epochs"), "{out}");
+    let out = ok(d.path(), &["stage", "eval", "--input", "model=model", "--input", "data=shards", "--input", "index=idx", "--out", "ev", "--device", "cpu"]);
+    assert!(out.contains("images of the validation split"), "{out}");
+    assert!(d.path().join("ev/report.html").is_file() && d.path().join("ev/report.json").is_file());
+    let out = ok(d.path(), &["stage", "export", "--input", "model=model", "--input", "metrics=ev", "--out", "bundle"]);
+    assert!(out.contains("bundle: model.pt"), "{out}");
+    let card: serde_json::Value = serde_json::from_slice(&fs::read(d.path().join("bundle/model_card.json")).unwrap()).unwrap();
+    assert!(card["metrics"]["accuracy"].is_number(), "{card}");
 }

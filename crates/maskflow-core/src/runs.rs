@@ -7,7 +7,11 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageRun {
+    /// The instance's name in the pipeline (`train`, `eval.street`).
     pub stage: String,
+    /// Its stage kind (`train`).
+    #[serde(default)]
+    pub kind: String,
     pub key: String,
     pub dir: PathBuf,
     pub cached: bool,

@@ -1,6 +1,5 @@
 //! Classification metrics from (actual, predicted, probabilities): pure functions, tested by hand.
 
-use serde::{Deserialize, Serialize};
 
 /// `matrix[actual][predicted]` counts (fastai's orientation).
 pub fn confusion_matrix(actual: &[usize], predicted: &[usize], classes: usize) -> Vec<Vec<u64>> {
@@ -13,33 +12,7 @@ pub fn confusion_matrix(actual: &[usize], predicted: &[usize], classes: usize) -
     m
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ClassMetrics {
-    pub class: String,
-    pub precision: f64,
-    pub recall: f64,
-    pub f1: f64,
-    pub support: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Metrics {
-    pub images: u64,
-    pub accuracy: f64,
-    pub error_rate: f64,
-    pub per_class: Vec<ClassMetrics>,
-    pub macro_precision: f64,
-    pub macro_recall: f64,
-    pub macro_f1: f64,
-    /// Mean recall over the classes that have support.
-    pub balanced_accuracy: f64,
-    /// Mean −ln p(actual class), probabilities clipped to [1e-15, 1].
-    pub log_loss: f64,
-    /// For two classes: ROC AUC of the second class's probability (ties count one half).
-    pub roc_auc: Option<f64>,
-    /// Classes with no image in the evaluated data (their recall is undefined, reported as 0).
-    pub classes_without_support: Vec<String>,
-}
+pub use maskflow_contracts::eval::{ClassMetrics, Metrics};
 
 fn ratio(n: u64, d: u64) -> f64 {
     if d == 0 {

@@ -3,11 +3,20 @@
 //! browser check can tell a broken picture from a good one.
 
 use crate::metrics::Metrics;
-use crate::{Inputs, TrainConfig, REPORT_FILE};
+use crate::{Provenance, REPORT_FILE};
 use anyhow::Result;
-use serde_json::Value;
+use maskflow_contracts::index::IndexSummary;
+use maskflow_contracts::model::TrainConfig;
 use std::fmt::Write;
 use std::path::Path;
+
+/// What the page shows besides the metrics.
+pub struct Page<'a> {
+    pub title_data: &'a str,
+    pub index: Option<&'a IndexSummary>,
+    pub cfg: &'a TrainConfig,
+    pub provenance: &'a Provenance,
+}
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
@@ -21,17 +30,10 @@ fn img(out_dir: &Path, file: &str, alt: &str) -> String {
     }
 }
 
-pub fn write(
-    out_dir: &Path,
-    inputs: &Inputs,
-    cfg: &TrainConfig,
-    m: &Metrics,
-    cm: &[Vec<u64>],
-    most_confused: &[(String, String, u64)],
-    show_batch: bool,
-) -> Result<()> {
+pub fn write(out_dir: &Path, page: &Page, m: &Metrics, cm: &[Vec<u64>], most_confused: &[(String, String, u64)]) -> Result<()> {
     let mut h = String::new();
-    let title = format!("maskflow report — {} on {}", cfg.params.arch, inputs.data_name);
+    let cfg = page.cfg;
+    let title = format!("maskflow report — {} on {}", cfg.arch, page.title_data);
     write!(
         h,
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>\
@@ -44,94 +46,85 @@ pub fn write(
     write!(h, "<h1>{}</h1>", esc(&title))?;
 
     // Data summary.
-    let r = &inputs.index_report;
-    let n = |k: &str| r.get(k).and_then(Value::as_u64).unwrap_or(0);
-    h.push_str("<h2>Data</h2><table><tr><th class=l>class</th><th>files</th><th>accepted</th><th>train</th><th>valid</th></tr>");
-    if let Some(per) = r.get("per_class").and_then(Value::as_object) {
-        for (c, v) in per {
-            let g = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+    h.push_str("<h2>Data</h2>");
+    match page.index {
+        Some(r) => {
+            h.push_str("<table><tr><th class=l>class</th><th>files</th><th>accepted</th><th>train</th><th>valid</th></tr>");
+            for (c, v) in &r.per_class {
+                write!(
+                    h,
+                    "<tr><td class=l>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    esc(c),
+                    v.files,
+                    v.accepted,
+                    v.train,
+                    v.valid
+                )?;
+            }
+            h.push_str("</table>");
+            let reasons: Vec<String> = r.rejected_by_reason.iter().map(|(k, v)| format!("{k}: {v}")).collect();
             write!(
                 h,
-                "<tr><td class=l>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(c),
-                g("files"),
-                g("accepted"),
-                g("train"),
-                g("valid")
+                "<p>{} files, {} accepted, {} rejected{}. {} exact-duplicate groups ({} files), {} near-duplicate groups \
+                 ({} files), {} groups across the split (0 by construction), {} groups spanning classes.</p>",
+                r.files,
+                r.accepted,
+                r.rejected,
+                if reasons.is_empty() { String::new() } else { format!(" ({})", esc(&reasons.join(", "))) },
+                r.exact_duplicate_groups,
+                r.exact_duplicate_files,
+                r.near_duplicate_groups,
+                r.near_duplicate_files,
+                r.groups_across_sides,
+                r.groups_across_classes
             )?;
         }
+        None => h.push_str("<p class=note>(no index summary was given to this eval)</p>"),
     }
-    h.push_str("</table>");
-    let reasons = r
-        .get("rejected_by_reason")
-        .and_then(Value::as_object)
-        .map(|o| o.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "))
-        .unwrap_or_default();
-    write!(
-        h,
-        "<p>{} files, {} accepted, {} rejected{}. {} exact-duplicate groups ({} files), {} near-duplicate groups \
-         ({} files), {} groups across the split (0 by construction), {} groups spanning classes.</p>",
-        n("files"),
-        n("accepted"),
-        n("rejected"),
-        if reasons.is_empty() { String::new() } else { format!(" ({})", esc(&reasons)) },
-        n("exact_duplicate_groups"),
-        n("exact_duplicate_files"),
-        n("near_duplicate_groups"),
-        n("near_duplicate_files"),
-        n("groups_across_sides"),
-        n("groups_across_classes")
-    )?;
-    if show_batch {
-        write!(h, "<h2>show_batch</h2>{}", img(out_dir, "show_batch.png", "augmented training batch"))?;
+    if out_dir.join("train_show_batch.png").is_file() {
+        write!(h, "<h2>show_batch</h2>{}", img(out_dir, "train_show_batch.png", "augmented training batch"))?;
     }
 
     // Training.
-    h.push_str("<h2>Training</h2>");
     write!(
         h,
-        "<p>{} with {} weights; stage 1 (body frozen, mode {:?}) {} epochs at {:?}, stage 2 (unfrozen, body \
-         BatchNorm {:?}) {} epochs at {:?}; batch {}, Adam β2 {}, weight decay {}.</p>",
-        cfg.params.arch,
-        esc(&cfg.params.pretrained),
-        cfg.params.frozen_mode,
-        cfg.params.frozen_epochs,
-        cfg.params.frozen_lr,
-        cfg.params.body_batchnorm,
-        cfg.params.unfrozen_epochs,
-        cfg.params.unfrozen_lr,
-        cfg.params.batch_size,
-        cfg.params.beta2,
-        cfg.params.weight_decay
+        "<h2>Training</h2><p>{} body with {} weights, {} classes, trained at {}²; the recipe:</p>\
+         <table><tr><th class=l>parameter</th><th class=l>value</th></tr>",
+        cfg.arch,
+        esc(&cfg.pretrained),
+        cfg.classes.len(),
+        cfg.image_size
     )?;
+    for (k, v) in &cfg.recipe {
+        write!(h, "<tr><td class=l>{}</td><td class=l>{}</td></tr>", esc(k), esc(v))?;
+    }
+    h.push_str("</table>");
     if out_dir.join("train_lr_find.png").is_file() {
         h.push_str(&img(out_dir, "train_lr_find.png", "lr finder"));
     }
     h.push_str(&img(out_dir, "train_curves.png", "training curves"));
-    if let Ok(text) = std::fs::read_to_string(out_dir.join("train_metrics.jsonl")) {
-        h.push_str("<table><tr><th class=l>stage</th><th>epoch</th><th>train loss</th><th>train loss (mean)</th><th>valid loss</th><th>accuracy</th><th>error rate</th><th>seconds</th><th>img/s</th></tr>");
-        for line in text.lines() {
-            let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
-            let f = |k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    if let Ok(metrics) = maskflow_contracts::model::read_epoch_metrics_file(&out_dir.join("train_metrics.jsonl")) {
+        h.push_str("<table><tr><th class=l>phase</th><th>epoch</th><th>train loss</th><th>train loss (mean)</th><th>valid loss</th><th>accuracy</th><th>error rate</th><th>seconds</th><th>img/s</th></tr>");
+        for e in metrics {
             write!(
                 h,
                 "<tr><td class=l>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{:.0}</td><td>{:.1}</td></tr>",
-                esc(v.get("stage").and_then(Value::as_str).unwrap_or("")),
-                v.get("epoch").and_then(Value::as_u64).unwrap_or(0),
-                f("train_loss_ema"),
-                f("train_loss_mean"),
-                f("valid_loss"),
-                f("accuracy"),
-                f("error_rate"),
-                f("seconds"),
-                f("images_per_second")
+                esc(&e.phase),
+                e.epoch,
+                e.train_loss_ema,
+                e.train_loss_mean,
+                e.valid_loss,
+                e.accuracy,
+                e.error_rate,
+                e.seconds,
+                e.images_per_second
             )?;
         }
         h.push_str("</table>");
     }
 
     // Evaluation.
-    write!(h, "<h2>Evaluation on {}</h2>", esc(&inputs.data_name))?;
+    write!(h, "<h2>Evaluation on {}</h2>", esc(page.title_data))?;
     write!(
         h,
         "<table><tr><th class=l>metric</th><th>value</th></tr>\
@@ -183,11 +176,11 @@ pub fn write(
     // Provenance.
     write!(
         h,
-        "<h2>Provenance</h2><pre>{}</pre><p class=note>{}</p><script>window.addEventListener('load',function(){{\
+        "<h2>Provenance</h2><p class=note>This result's key, its parameters and the keys of its inputs: exactly what the key covers.</p><pre>{}</pre><p class=note>{}</p><script>window.addEventListener('load',function(){{\
          var n=0,b=0;document.querySelectorAll('img').forEach(function(i){{n++;if(!i.complete||i.naturalWidth===0)b++;}});\
          document.body.setAttribute('data-images',n);document.body.setAttribute('data-broken-images',b);}});</script>\
          </body></html>\n",
-        esc(&serde_json::to_string_pretty(&inputs.provenance)?),
+        esc(&serde_json::to_string_pretty(page.provenance)?),
         esc(maskflow_core::TOOL_VERSION)
     )?;
     maskflow_core::fsutil::write_atomic(&out_dir.join(REPORT_FILE), h.as_bytes())?;

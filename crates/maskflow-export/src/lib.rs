@@ -1,30 +1,27 @@
-//! maskflow-export: the export stage and `predict`.
-//!
-//! The bundle is a directory a deployment can use without maskflow's training code:
+//! maskflow-export: the export stage. A `trained_model` (and optionally the `eval_result` whose
+//! metrics go into the card) → a `bundle` a deployment can use without maskflow's training code:
 //! - `model.pt`: a TorchScript module traced from the Rust model, normalisation and softmax inside.
 //!   Input: uint8 RGB images (N, H, W, 3) at the training size, as `predict` and the prep stage make
 //!   them; output: float32 per-class probabilities (N, classes).
 //! - `model.safetensors`: the weights, torchvision + fastai-head names.
 //! - `model_card.json`: classes, input, preprocessing, normalisation, architecture, training recipe,
-//!   final metrics, dataset fingerprint, every upstream stage key, maskflow version, creation time.
-//! - `README.md`: how to load it from Python and from Rust.
-
-pub mod predict;
+//!   metrics, dataset fingerprint, the input artifacts' keys, maskflow version.
+//! - `README.md`: how to load it from Python (preprocessing as the card says) and from Rust.
+//!
+//! `maskflow predict` (crate `maskflow-predict`) runs a bundle.
 
 use anyhow::{Context, Result};
-use maskflow_core::fsutil::{write_atomic, write_json_atomic};
-use maskflow_prep::PrepParams;
-use maskflow_train::augment::{MEAN, STD};
+use maskflow_contracts::bundle::{InputSpec, ModelCard, Normalization, MODULE_FILE, README_FILE, WEIGHTS_FILE};
+use maskflow_contracts::eval::{read_metrics, Metrics};
+use maskflow_contracts::model::{TrainConfig, MODEL_FILE};
+use maskflow_contracts::{kinds, Filter, JsonFile, ResizeMode};
+use maskflow_core::fsutil::write_atomic;
+use maskflow_models::normalize::{MEAN, STD};
+use maskflow_pipeline::{RunCtx, Slot, Stage};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
-
-pub const STAGE: &str = "export";
-pub const VERSION: u32 = 1;
-pub const MODULE_FILE: &str = "model.pt";
-pub const CARD_FILE: &str = "model_card.json";
 
 /// `[export]` of a pipeline file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,46 +37,56 @@ impl Default for ExportParams {
     }
 }
 
-/// `model_card.json`.
+/// What the stage reports.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ModelCard {
-    pub name: String,
+pub struct ExportReport {
     pub classes: Vec<String>,
     pub input: InputSpec,
-    /// The prep stage's parameters: how files become the input (decode, EXIF, RGB, resize).
-    pub preprocessing: PrepParams,
-    pub normalization: Value,
     pub architecture: String,
-    pub training: Value,
-    pub metrics: Value,
-    pub dataset_fingerprint: String,
-    pub upstream: BTreeMap<String, String>,
-    pub maskflow_version: String,
-    pub created_unix: u64,
+    pub files: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct InputSpec {
-    pub layout: String,
-    pub dtype: String,
-    pub height: i64,
-    pub width: i64,
-    pub channels: i64,
-    pub output: String,
+/// The export stage kind.
+pub struct ExportStage;
+
+impl Stage for ExportStage {
+    const KIND: &'static str = "export";
+    const VERSION: u32 = 2;
+    const OUTPUT: &'static str = kinds::BUNDLE;
+    type Params = ExportParams;
+    type Report = ExportReport;
+
+    fn inputs(_: &ExportParams) -> Vec<Slot> {
+        vec![Slot::new("model", kinds::TRAINED_MODEL), Slot::new("metrics", kinds::EVAL_RESULT).optional()]
+    }
+    fn run(p: &ExportParams, ctx: &RunCtx) -> Result<ExportReport> {
+        let inputs = Inputs { model_dir: ctx.input("model")?, eval_dir: ctx.optional_input("metrics"), upstream: ctx.input_keys() };
+        run(&inputs, p, ctx.out)
+    }
+    fn summary(r: &ExportReport) -> String {
+        format!(
+            "bundle: {} (TorchScript, uint8 NHWC {}² → probabilities of {:?}), {}",
+            MODULE_FILE,
+            r.input.height,
+            r.classes,
+            r.files[1..].join(", ")
+        )
+    }
 }
 
 /// What the export stage reads.
 pub struct Inputs<'a> {
-    pub train_dir: &'a Path,
+    /// A `trained_model` artifact.
+    pub model_dir: &'a Path,
+    /// An `eval_result` artifact whose metrics go into the card.
     pub eval_dir: Option<&'a Path>,
-    pub prep: &'a PrepParams,
-    pub dataset_fingerprint: String,
+    /// Slot → key of the inputs (recorded in the card).
     pub upstream: BTreeMap<String, String>,
 }
 
 /// Traces the trained model with its preprocessing tail (uint8 NHWC → normalised NCHW) and softmax.
-pub fn trace(train_dir: &Path) -> Result<(tch::CModule, maskflow_eval::TrainConfig)> {
-    let (mut model, cfg) = maskflow_eval::load_model(train_dir, Device::Cpu)?;
+pub fn trace(model_dir: &Path) -> Result<(tch::CModule, TrainConfig)> {
+    let (mut model, cfg) = maskflow_models::load_trained(model_dir, Device::Cpu)?;
     // Parameters become constants of the traced graph: they must not require gradients.
     model.vs.freeze();
     let s = cfg.image_size;
@@ -98,17 +105,16 @@ pub fn trace(train_dir: &Path) -> Result<(tch::CModule, maskflow_eval::TrainConf
 }
 
 /// Writes the bundle into `out_dir`.
-pub fn run(inputs: &Inputs, params: &ExportParams, out_dir: &Path) -> Result<Value> {
-    let (module, cfg) = trace(inputs.train_dir)?;
+pub fn run(inputs: &Inputs, params: &ExportParams, out_dir: &Path) -> Result<ExportReport> {
+    let (module, cfg) = trace(inputs.model_dir)?;
     let pt = out_dir.join(MODULE_FILE);
     module.save(&pt).with_context(|| format!("saving {}", pt.display()))?;
-    let st = std::fs::read(inputs.train_dir.join(maskflow_train::MODEL_FILE))?;
-    write_atomic(&out_dir.join(maskflow_train::MODEL_FILE), &st)?;
-    let metrics = match inputs.eval_dir {
-        Some(d) => serde_json::from_slice(&std::fs::read(d.join(maskflow_eval::METRICS_FILE))?)?,
-        None => Value::Null,
-    };
+    let src = inputs.model_dir.join(MODEL_FILE);
+    let st = std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
+    write_atomic(&out_dir.join(WEIGHTS_FILE), &st)?;
+    let metrics: Option<Metrics> = inputs.eval_dir.map(read_metrics).transpose()?;
     let card = ModelCard {
+        schema: ModelCard::SCHEMA,
         name: params.name.clone(),
         classes: cfg.classes.clone(),
         input: InputSpec {
@@ -119,43 +125,93 @@ pub fn run(inputs: &Inputs, params: &ExportParams, out_dir: &Path) -> Result<Val
             channels: 3,
             output: "float32 (batch, classes): softmax probabilities in the order of `classes`".into(),
         },
-        preprocessing: inputs.prep.clone(),
-        normalization: serde_json::json!({"inside_module": true, "scale": "1/255", "mean": MEAN, "std": STD}),
-        architecture: format!("{} body + fastai head ({:?})", cfg.params.arch, cfg.params.head),
-        training: serde_json::to_value(&cfg.params)?,
+        preprocessing: cfg.preprocess.clone(),
+        normalization: Normalization { inside_module: true, scale: "1/255".into(), mean: MEAN, std: STD },
+        arch: cfg.arch,
+        architecture: format!(
+            "{} body + fastai head (hidden {}, dropout {}, {} pooling)",
+            cfg.arch,
+            cfg.head.width,
+            cfg.head.dropout,
+            match cfg.head.pool {
+                maskflow_models::Pool::Concat => "concat",
+                maskflow_models::Pool::Avg => "average",
+                maskflow_models::Pool::Max => "max",
+            }
+        ),
+        training: cfg.recipe.clone(),
         metrics,
-        dataset_fingerprint: inputs.dataset_fingerprint.clone(),
+        dataset_fingerprint: cfg.dataset_fingerprint.clone(),
         upstream: inputs.upstream.clone(),
         maskflow_version: maskflow_core::TOOL_VERSION.into(),
-        created_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
     };
-    write_json_atomic(&out_dir.join(CARD_FILE), &card)?;
-    write_atomic(&out_dir.join("README.md"), readme(&card).as_bytes())?;
-    Ok(serde_json::json!({
-        "classes": card.classes,
-        "input": card.input,
-        "architecture": card.architecture,
-        "files": [MODULE_FILE, maskflow_train::MODEL_FILE, CARD_FILE, "README.md"],
-    }))
+    card.write(out_dir)?;
+    write_atomic(&out_dir.join(README_FILE), readme(&card).as_bytes())?;
+    Ok(ExportReport {
+        classes: card.classes.clone(),
+        input: card.input.clone(),
+        architecture: card.architecture.clone(),
+        files: [MODULE_FILE, WEIGHTS_FILE, ModelCard::FILE, README_FILE].map(String::from).to_vec(),
+    })
+}
+
+/// The Python lines that turn `img` (a PIL image, RGB) into the model's input, as the card says.
+fn python_preprocessing(card: &ModelCard) -> String {
+    let p = &card.preprocessing;
+    let s = p.size;
+    let filter = match p.filter {
+        Filter::Bilinear => "Image.BILINEAR",
+        Filter::Bicubic => "Image.BICUBIC",
+        Filter::Lanczos3 => "Image.LANCZOS",
+        Filter::Box => "Image.BOX",
+        Filter::Nearest => "Image.NEAREST",
+    };
+    let [r, g, b] = p.background;
+    let resize = match p.resize {
+        ResizeMode::Crop => format!(
+            "w, h = img.size; r = {s} / min(w, h)\nimg = img.resize((round(w * r), round(h * r)), {filter})\n\
+             l, t = (img.width - {s}) // 2, (img.height - {s}) // 2\nimg = img.crop((l, t, l + {s}, t + {s}))\n"
+        ),
+        ResizeMode::Squish => format!("img = img.resize(({s}, {s}), {filter})\n"),
+        ResizeMode::Pad => format!(
+            "w, h = img.size; r = {s} / max(w, h)\nimg = img.resize((round(w * r), round(h * r)), {filter})\n\
+             canvas = Image.new(\"RGB\", ({s}, {s}), ({r}, {g}, {b}))\n\
+             canvas.paste(img, (({s} - img.width) // 2, ({s} - img.height) // 2)); img = canvas\n"
+        ),
+    };
+    let crop = if card.input.height as u32 == s {
+        String::new()
+    } else {
+        let c = card.input.height;
+        format!("o = ({s} - {c}) // 2; img = img.crop((o, o, o + {c}, o + {c}))   # the model's input size\n")
+    };
+    let alpha = format!(
+        "img = ImageOps.exif_transpose(Image.open(\"face.jpg\"))\n\
+         if img.mode in (\"RGBA\", \"LA\", \"P\"):                      # transparency onto the background\n    \
+         img = img.convert(\"RGBA\"); bg = Image.new(\"RGBA\", img.size, ({r}, {g}, {b}, 255)); img = Image.alpha_composite(bg, img)\n\
+         img = img.convert(\"RGB\")\n"
+    );
+    format!("{alpha}{resize}{crop}")
 }
 
 fn readme(card: &ModelCard) -> String {
     let s = card.input.height;
+    let p = &card.preprocessing;
+    let resize = match p.resize {
+        ResizeMode::Crop => "shorter side to the size, centre crop",
+        ResizeMode::Squish => "stretched to the square",
+        ResizeMode::Pad => "longer side to the size, padded with the background colour",
+    };
     format!(
         "# {name}\n\nA {arch} image classifier exported by {ver}. Classes, in output order: {classes:?}.\n\n\
 ## Input and output\n\n`model.pt` is TorchScript. Input: a uint8 tensor (N, {s}, {s}, 3), RGB, 0..255 — images \
-prepared as in training: decoded, EXIF-oriented, converted to RGB (alpha on white), resized with `{resize:?}` to \
-{s}×{s} with the `{filter:?}` filter (see `model_card.json`, `preprocessing`). Normalisation (1/255, ImageNet \
-mean/std) happens inside. Output: float32 (N, {k}) softmax probabilities.\n\n\
-`maskflow predict --bundle DIR IMAGES...` does all of this for files, folders and globs.\n\n\
+prepared as in training: decoded, EXIF-oriented, converted to RGB (transparency composited on {bg:?}), resized to \
+{size}×{size} ({resize}) with the `{filter}` filter (`model_card.json`, `preprocessing`). Normalisation (1/255, \
+ImageNet mean/std) happens inside. Output: float32 (N, {k}) softmax probabilities.\n\n\
+`maskflow predict --bundle DIR IMAGES...` does all of this for files, folders and globs, with maskflow's own \
+decoder and resizer (the snippet below uses Pillow's, which agree to rounding).\n\n\
 ## Python\n\n```python\nimport numpy as np, torch\nfrom PIL import Image, ImageOps\n\nmodule = torch.jit.load(\"model.pt\")\n\
-img = ImageOps.exif_transpose(Image.open(\"face.jpg\")).convert(\"RGB\")\n\
-w, h = img.size; r = {s} / min(w, h)\nimg = img.resize((round(w * r), round(h * r)), Image.BILINEAR)\n\
-l, t = (img.width - {s}) // 2, (img.height - {s}) // 2\nimg = img.crop((l, t, l + {s}, t + {s}))\n\
-x = torch.from_numpy(np.asarray(img)).unsqueeze(0)          # (1, {s}, {s}, 3) uint8\n\
+{pre}x = torch.from_numpy(np.asarray(img)).unsqueeze(0)          # (1, {s}, {s}, 3) uint8\n\
 probs = module(x)[0]\nprint(dict(zip({classes:?}, probs.tolist())))\n```\n\n\
 The weights alone: `safetensors.torch.load_file(\"model.safetensors\")` (torchvision names for the body, \
 `head.N.*` for fastai's head).\n\n\
@@ -166,8 +222,45 @@ let probs = module.forward_ts(&[x])?;            // (1, {k})\n```\n",
         arch = card.architecture,
         ver = card.maskflow_version,
         classes = card.classes,
-        resize = card.preprocessing.resize,
-        filter = card.preprocessing.filter,
+        bg = p.background,
+        size = p.size,
+        filter = serde_json::to_value(p.filter).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+        pre = python_preprocessing(card),
         k = card.classes.len(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use maskflow_contracts::Preprocess;
+
+    fn card(resize: ResizeMode, filter: Filter) -> ModelCard {
+        ModelCard {
+            schema: ModelCard::SCHEMA,
+            name: "m".into(),
+            classes: vec!["a".into(), "b".into()],
+            input: InputSpec { layout: String::new(), dtype: String::new(), height: 64, width: 64, channels: 3, output: String::new() },
+            preprocessing: Preprocess { size: 64, resize, filter, background: [1, 2, 3], jpeg_draft: true },
+            normalization: Normalization { inside_module: true, scale: "1/255".into(), mean: MEAN, std: STD },
+            arch: maskflow_models::Arch::Resnet18,
+            architecture: String::new(),
+            training: BTreeMap::new(),
+            metrics: None,
+            dataset_fingerprint: String::new(),
+            upstream: BTreeMap::new(),
+            maskflow_version: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_readme_snippet_follows_the_bundles_resize_and_filter() {
+        let crop = readme(&card(ResizeMode::Crop, Filter::Bilinear));
+        assert!(crop.contains("min(w, h)") && crop.contains("Image.BILINEAR") && crop.contains("img.crop"), "{crop}");
+        let squish = readme(&card(ResizeMode::Squish, Filter::Lanczos3));
+        assert!(squish.contains("img.resize((64, 64), Image.LANCZOS)") && !squish.contains("min(w, h)"), "{squish}");
+        assert!(squish.contains("`lanczos3` filter"), "{squish}");
+        let pad = readme(&card(ResizeMode::Pad, Filter::Nearest));
+        assert!(pad.contains("max(w, h)") && pad.contains("(1, 2, 3)") && pad.contains("Image.NEAREST"), "{pad}");
+    }
 }

@@ -410,5 +410,31 @@ pub fn dhash(rgb: &RgbImage, resizer: &mut Resizer) -> Result<u64, ResizeError> 
     Ok(bits)
 }
 
+
+/// How an image file becomes the model's input: decode, EXIF-orient, RGB, resize to `size`×`size`.
+/// The prep stage applies it to the dataset, `predict` to new files; a bundle records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preprocess {
+    /// Output side in pixels.
+    pub size: u32,
+    pub resize: ResizeMode,
+    pub filter: Filter,
+    /// Colour that transparent pixels are composited onto, and the `pad` fill.
+    pub background: [u8; 3],
+    /// JPEGs decoded at a reduced DCT scale when the output still covers `size` (PIL's draft mode).
+    pub jpeg_draft: bool,
+}
+
+/// Decode + orient + RGB + resize as `p` says, refusing images whose header declares more than
+/// `limits`.
+pub fn prepare_pixels(bytes: &[u8], p: &Preprocess, resizer: &mut Resizer, limits: &Limits) -> Result<RgbImage, Rejection> {
+    let d = decode_reduced(bytes, limits, |w, h| if p.jpeg_draft { p.resize.needed_source(p.size, w, h) } else { (w, h) })?;
+    let rgb = to_rgb8(d.image, p.background);
+    resizer
+        .square(&rgb, p.size, p.resize, p.filter, p.background)
+        .map_err(|e| Rejection::Corrupt { format: d.format.name(), detail: e.to_string() })
+}
+
 #[cfg(test)]
 mod tests;

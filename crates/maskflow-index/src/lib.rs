@@ -12,24 +12,51 @@
 //! split is the same on every machine.
 
 mod groups;
-mod table;
 
-pub use table::{read_index, IndexRow};
+pub use maskflow_contracts::index::{
+    read_index, ClassCounts, IndexDataset, IndexRow, IndexSummary, CLASSES_FILE, DUPLICATES_FILE, INDEX_FILE,
+};
 
-use maskflow_core::dataset::{self, DatasetFile, Listing, WalkNote};
+use maskflow_core::dataset::{self, DatasetFile, Listing};
 use maskflow_core::hash::{blake3_hex, unit_interval};
 use maskflow_imaging::{decode, dhash, to_rgb8, Limits, Rejection, Resizer};
 use rayon::prelude::*;
+use maskflow_contracts::{index, kinds, JsonFile};
+use maskflow_pipeline::{RunCtx, Slot, Stage};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-pub const STAGE: &str = "index";
-/// Bump when the stage's output for the same inputs and params changes.
-pub const VERSION: u32 = 1;
-pub const INDEX_FILE: &str = "index.parquet";
-pub const CLASSES_FILE: &str = "classes.json";
-pub const DUPLICATES_FILE: &str = "duplicates.json";
+/// The index stage kind.
+pub struct IndexStage;
+
+impl Stage for IndexStage {
+    const KIND: &'static str = "index";
+    const VERSION: u32 = 2;
+    const OUTPUT: &'static str = kinds::INDEX_TABLE;
+    const READS_DATASET: bool = true;
+    type Params = IndexParams;
+    type Report = IndexSummary;
+
+    fn validate(p: &IndexParams) -> Result<(), String> {
+        p.validate().map_err(|e| e.to_string())
+    }
+    fn inputs(_: &IndexParams) -> Vec<Slot> {
+        Vec::new()
+    }
+    fn run(p: &IndexParams, ctx: &RunCtx) -> anyhow::Result<IndexSummary> {
+        let ds = ctx.external(maskflow_pipeline::runner::DATASET)?;
+        let files = ds.files.as_ref().map(|f| f.len()).unwrap_or(0);
+        let pb = maskflow_core::progress::bar(files as u64, "index", "files");
+        let r = run(&ds.path, &ds.key, p, ctx.out, &|n| pb.inc(n));
+        pb.finish_and_clear();
+        r
+    }
+    fn summary(r: &IndexSummary) -> String {
+        r.summary_line()
+    }
+}
+
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -79,41 +106,6 @@ impl IndexParams {
     }
 }
 
-/// What the stage reports (stored in the manifest, printed by the CLI).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct IndexReport {
-    /// The dataset root this artifact was made from (informational: the key depends on the
-    /// content, not on where it lives).
-    pub root: String,
-    pub files: usize,
-    pub accepted: usize,
-    pub rejected: usize,
-    pub rejected_by_reason: BTreeMap<String, usize>,
-    pub classes: Vec<String>,
-    pub per_class: BTreeMap<String, ClassCounts>,
-    pub train: usize,
-    pub valid: usize,
-    pub exact_duplicate_groups: usize,
-    pub exact_duplicate_files: usize,
-    pub near_duplicate_groups: usize,
-    pub near_duplicate_files: usize,
-    /// Groups whose members landed on both sides: 0 by construction; reported as a check.
-    pub groups_across_sides: usize,
-    /// Groups (exact or near) whose members carry different labels: worth a look.
-    pub groups_across_classes: usize,
-    pub walk_notes: Vec<WalkNote>,
-    pub seconds: f64,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ClassCounts {
-    pub files: usize,
-    pub accepted: usize,
-    pub train: usize,
-    pub valid: usize,
-    pub valid_fraction: f64,
-}
-
 /// One file examined (before splitting).
 #[derive(Debug, Clone)]
 pub(crate) struct Examined {
@@ -155,10 +147,11 @@ fn examine(root: &Path, f: &DatasetFile, limits: &Limits, resizer: &mut Resizer)
 /// `progress` is told about each file examined.
 pub fn run(
     root: &Path,
+    fingerprint: &str,
     params: &IndexParams,
     out_dir: &Path,
     progress: &(dyn Fn(u64) + Sync),
-) -> anyhow::Result<IndexReport> {
+) -> anyhow::Result<IndexSummary> {
     params.validate()?;
     let started = std::time::Instant::now();
     let listing = dataset::walk(root)?;
@@ -175,9 +168,12 @@ pub fn run(
     let rows = assemble(&listing, &examined, params);
     let report = summarize(&listing, &rows, started.elapsed().as_secs_f64());
 
-    table::write_index(&out_dir.join(INDEX_FILE), &rows)?;
-    maskflow_core::fsutil::write_json_atomic(&out_dir.join(CLASSES_FILE), &listing.classes)?;
+    index::write_index(&out_dir.join(INDEX_FILE), &rows)?;
+    index::write_classes(out_dir, &listing.classes)?;
     maskflow_core::fsutil::write_json_atomic(&out_dir.join(DUPLICATES_FILE), &groups::describe(&rows))?;
+    IndexDataset { schema: IndexDataset::SCHEMA, root: listing.root.clone(), fingerprint: fingerprint.to_string() }
+        .write(out_dir)?;
+    report.write(out_dir)?;
     Ok(report)
 }
 
@@ -221,8 +217,9 @@ pub(crate) fn assemble(listing: &Listing, examined: &[Examined], params: &IndexP
         .collect()
 }
 
-fn summarize(listing: &Listing, rows: &[IndexRow], seconds: f64) -> IndexReport {
-    let mut r = IndexReport {
+fn summarize(listing: &Listing, rows: &[IndexRow], seconds: f64) -> IndexSummary {
+    let mut r = IndexSummary {
+        schema: IndexSummary::SCHEMA,
         root: listing.root.display().to_string(),
         files: rows.len(),
         classes: listing.classes.clone(), seconds, ..Default::default() };

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 
 fn no_progress(_: u64) {}
 
-fn index_dir(root: &Path, params: &IndexParams) -> (Vec<IndexRow>, IndexReport) {
+fn index_dir(root: &Path, params: &IndexParams) -> (Vec<IndexRow>, IndexSummary) {
     let out = tempfile::tempdir().unwrap();
-    let report = run(root, params, out.path(), &no_progress).unwrap();
+    let report = run(root, "test", params, out.path(), &no_progress).unwrap();
     (read_index(&out.path().join(INDEX_FILE)).unwrap(), report)
 }
 
@@ -150,7 +150,7 @@ fn output_is_identical_across_thread_counts() {
             .num_threads(threads)
             .build()
             .unwrap()
-            .install(|| run(d.path(), &IndexParams::default(), out.path(), &no_progress).unwrap());
+            .install(|| run(d.path(), "test", &IndexParams::default(), out.path(), &no_progress).unwrap());
         std::fs::read(out.path().join(INDEX_FILE)).unwrap()
     };
     assert_eq!(run_with(1), run_with(2));

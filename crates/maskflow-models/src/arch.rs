@@ -3,76 +3,23 @@
 //! Each backbone is built as its *body* — the network up to its last feature map, without pooling —
 //! and, for checking against torchvision, optionally with torchvision's own ImageNet classifier.
 
-use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-/// The architectures maskflow can build.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Arch {
-    /// torchvision `mobilenet_v2`: body = `features` (1280 × 7 × 7 at 224²).
-    MobilenetV2,
-    /// torchvision `resnet18`: body = conv1 … layer4 (512 × 7 × 7).
-    Resnet18,
-    /// torchvision `resnet34`: body = conv1 … layer4 (512 × 7 × 7).
-    Resnet34,
-    /// torchvision `resnet50`: body = conv1 … layer4 (2048 × 7 × 7); the notebook's choice.
-    Resnet50,
+pub use maskflow_contracts::model::Arch;
+
+/// Building the networks an [`Arch`] names.
+pub trait ArchNet {
+    /// Builds the body under `p` (parameters named as torchvision names them).
+    fn body(self, p: &nn::Path) -> nn::SequentialT;
+    /// The whole torchvision ImageNet model (body + its own 1000-way classifier), for checking weights
+    /// against torchvision's outputs.
+    fn imagenet_model(self, p: &nn::Path) -> nn::SequentialT;
 }
 
-impl Arch {
-    pub const ALL: [Arch; 4] = [Arch::MobilenetV2, Arch::Resnet18, Arch::Resnet34, Arch::Resnet50];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::MobilenetV2 => "mobilenet_v2",
-            Arch::Resnet18 => "resnet18",
-            Arch::Resnet34 => "resnet34",
-            Arch::Resnet50 => "resnet50",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Arch> {
-        Arch::ALL.into_iter().find(|a| a.name() == name)
-    }
-
-    /// Channels of the body's last feature map.
-    pub fn feature_width(self) -> i64 {
-        match self {
-            Arch::MobilenetV2 => 1280,
-            Arch::Resnet18 | Arch::Resnet34 => 512,
-            Arch::Resnet50 => 2048,
-        }
-    }
-
-    /// Prefixes of torchvision's ImageNet classifier, which the body does not contain.
-    pub fn classifier_prefixes(self) -> &'static [&'static str] {
-        match self {
-            Arch::MobilenetV2 => &["classifier."],
-            _ => &["fc."],
-        }
-    }
-
-    /// The layer group (0 or 1) of a body parameter, as fastai splits the body in two halves:
-    /// resnet: [conv1, bn1, layer1, layer2] | [layer3, layer4]; mobilenet_v2: features.0–9 | features.10–18.
-    /// (Group 2 is the head.)
-    pub fn body_group(self, name: &str) -> usize {
-        match self {
-            Arch::MobilenetV2 => {
-                let idx = name
-                    .strip_prefix("features.")
-                    .and_then(|r| r.split('.').next())
-                    .and_then(|i| i.parse::<usize>().ok())
-                    .unwrap_or(0);
-                usize::from(idx >= 10)
-            }
-            _ => usize::from(name.starts_with("layer3.") || name.starts_with("layer4.")),
-        }
-    }
-
+impl ArchNet for Arch {
     /// Builds the body under `p` (parameters named as torchvision names them).
-    pub fn body(self, p: &nn::Path) -> nn::SequentialT {
+    fn body(self, p: &nn::Path) -> nn::SequentialT {
         match self {
             Arch::MobilenetV2 => mobilenet_v2_features(&(p / "features")),
             Arch::Resnet18 => resnet_body(p, Block::Basic, [2, 2, 2, 2]),
@@ -81,9 +28,7 @@ impl Arch {
         }
     }
 
-    /// The whole torchvision ImageNet model (body + its own 1000-way classifier), for checking weights
-    /// against torchvision's outputs.
-    pub fn imagenet_model(self, p: &nn::Path) -> nn::SequentialT {
+    fn imagenet_model(self, p: &nn::Path) -> nn::SequentialT {
         let body = self.body(p);
         let width = self.feature_width();
         match self {
@@ -100,11 +45,6 @@ impl Arch {
     }
 }
 
-impl std::fmt::Display for Arch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// BatchNorm as torchvision initialises it: weight 1, bias 0 (tch's default weight init is U(0, 1)).
 pub fn batch_norm2d(p: nn::Path, c: i64) -> nn::BatchNorm {

@@ -1,38 +1,12 @@
 //! The transfer-learning model: a backbone's body + fastai's head, with freezing and layer groups.
 
-use crate::arch::{bn_config, to_channels_last, Arch};
-use serde::{Deserialize, Serialize};
+use crate::arch::{bn_config, to_channels_last, Arch, ArchNet};
+use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Tensor};
 
-/// How the head pools the body's feature map.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Pool {
-    /// fastai's `AdaptiveConcatPool2d`: max ‖ avg → 2·C features (fastai default).
-    Concat,
-    Avg,
-    Max,
-}
-
-/// The head's shape. Defaults are fastai v1 `create_head(nf, nc, lin_ftrs=None, ps=0.5, concat_pool=True)`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HeadConfig {
-    /// Hidden width (fastai `lin_ftrs=[512]`).
-    pub width: i64,
-    /// Dropout `ps`: the first dropout is ps/2, the last ps (fastai `ps=0.5` → 0.25, 0.5).
-    pub dropout: f64,
-    /// Pooling (fastai `concat_pool=True`).
-    pub pool: Pool,
-}
-
-impl Default for HeadConfig {
-    fn default() -> Self {
-        HeadConfig { width: 512, dropout: 0.5, pool: Pool::Concat }
-    }
-}
+pub use maskflow_contracts::model::{HeadConfig, Pool};
 
 /// One trainable parameter with what freezing and per-group learning rates need to know.
 #[derive(Debug)]

@@ -6,13 +6,18 @@
 //!   loading named tensors with missing / unexpected / mismatched tensors listed by name.
 //! - [`pickle`] and [`checkpoint`]: reading `torch.save` state dicts (legacy and zip format) without
 //!   Python; the pickle is treated as data, never executed.
+//! - [`normalize`]: the ImageNet input statistics.
+//! - [`trained`]: a `trained_model` artifact → a runnable model (and a fixture of one for tests).
 //! - [`weights`]: the registry of pretrained weights and the cached import into safetensors.
 
 pub mod arch;
 pub mod checkpoint;
 pub mod classifier;
+pub mod normalize;
+pub mod trained;
 pub mod pickle;
 pub mod weights;
 
-pub use arch::Arch;
+pub use arch::{Arch, ArchNet};
+pub use trained::{load_trained, parse_device};
 pub use classifier::{Classifier, HeadConfig, Pool};

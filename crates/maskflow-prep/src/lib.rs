@@ -12,31 +12,19 @@
 //! Rows keep the index's order (sorted by path bytes), so the same inputs and params give
 //! byte-identical shards whatever the thread count.
 
-pub mod shard;
-
-pub use shard::{read_shard, ShardRow};
+pub use maskflow_contracts::shards::{read_shard, ShardCompression, ShardInfo, ShardRow, SHARDS_FILE};
 
 use anyhow::Context;
 use maskflow_core::dataset::path_from_bytes;
 use maskflow_core::hash::blake3_hex;
-use maskflow_imaging::{decode_reduced, to_rgb8, Filter, Limits, Rejection, ResizeMode, Resizer};
-use maskflow_index::IndexRow;
+use maskflow_contracts::index::{read_index, IndexDataset, IndexRow, INDEX_FILE};
+use maskflow_contracts::shards::{self, ShardLayout, ShardSetMeta, ShardSetWriter};
+use maskflow_contracts::{kinds, JsonFile};
+use maskflow_imaging::{Filter, Limits, Preprocess, Rejection, ResizeMode, Resizer};
+use maskflow_pipeline::{RunCtx, Slot, Stage};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
-
-pub const STAGE: &str = "prep";
-pub const VERSION: u32 = 1;
-pub const SHARDS_FILE: &str = "shards.json";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ShardCompression {
-    None,
-    Snappy,
-    Lz4,
-    Zstd,
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -79,6 +67,26 @@ impl Default for PrepParams {
 }
 
 impl PrepParams {
+    /// How a file becomes pixels (what a bundle records for `predict`).
+    pub fn preprocess(&self) -> Preprocess {
+        Preprocess {
+            size: self.size,
+            resize: self.resize,
+            filter: self.filter,
+            background: self.background,
+            jpeg_draft: self.jpeg_draft,
+        }
+    }
+
+    pub fn layout(&self) -> ShardLayout {
+        ShardLayout {
+            size: self.size,
+            shard_rows: self.shard_rows,
+            row_group_rows: self.row_group_rows,
+            compression: self.compression,
+        }
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!((8..=2048).contains(&self.size), "prep.size must be 8..=2048, got {}", self.size);
         anyhow::ensure!(self.shard_rows >= 1, "prep.shard_rows must be at least 1");
@@ -91,11 +99,60 @@ impl PrepParams {
     }
 }
 
+/// The prep stage kind.
+pub struct PrepStage;
+
+impl Stage for PrepStage {
+    const KIND: &'static str = "prep";
+    const VERSION: u32 = 2;
+    const OUTPUT: &'static str = kinds::SHARD_SET;
+    type Params = PrepParams;
+    type Report = PrepReport;
+
+    fn validate(p: &PrepParams) -> Result<(), String> {
+        p.validate().map_err(|e| e.to_string())
+    }
+    fn inputs(_: &PrepParams) -> Vec<Slot> {
+        vec![Slot::new("index", kinds::INDEX_TABLE)]
+    }
+    fn run(p: &PrepParams, ctx: &RunCtx) -> anyhow::Result<PrepReport> {
+        let index_dir = ctx.input("index")?;
+        run_on_index(index_dir, None, p, ctx.out, true)
+    }
+    fn summary(r: &PrepReport) -> String {
+        format!(
+            "{} images into {} shards ({:.1} MB), {:.0} images/s on {} threads",
+            r.images,
+            r.shards.len(),
+            r.bytes_written as f64 / 1e6,
+            r.images_per_second,
+            r.threads
+        )
+    }
+}
+
+/// Prep on an `index_table` artifact: its rows, read from its dataset folder (or `root`), into a
+/// `shard_set` in `out`.
+pub fn run_on_index(index_dir: &Path, root: Option<&Path>, p: &PrepParams, out: &Path, progress: bool) -> anyhow::Result<PrepReport> {
+    let dataset = IndexDataset::read(index_dir)?;
+    let rows = read_index(&index_dir.join(INDEX_FILE)).with_context(|| format!("reading the index artifact {}", index_dir.display()))?;
+    let classes = maskflow_contracts::index::read_classes(index_dir)?;
+    let root = root.unwrap_or(&dataset.root);
+    let n = rows.iter().filter(|r| r.status == "ok").count();
+    let pb = if progress { maskflow_core::progress::bar(n as u64, "prep", "images") } else { indicatif::ProgressBar::hidden() };
+    let report = run(root, &rows, p, out, &|k| pb.inc(k));
+    pb.finish_and_clear();
+    let report = report?;
+    ShardSetMeta { schema: ShardSetMeta::SCHEMA, preprocess: p.preprocess(), classes, dataset_fingerprint: dataset.fingerprint }
+        .write(out)?;
+    Ok(report)
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PrepReport {
     pub images: usize,
     pub per_split: BTreeMap<String, usize>,
-    pub shards: Vec<shard::ShardInfo>,
+    pub shards: Vec<ShardInfo>,
     pub bytes_written: u64,
     pub seconds: f64,
     pub images_per_second: f64,
@@ -105,29 +162,7 @@ pub struct PrepReport {
 /// Decode + orient + RGB + resize, exactly as training saw it (the index stage has already refused
 /// oversized files, so no size limit here).
 pub fn prepare_pixels(bytes: &[u8], params: &PrepParams, resizer: &mut Resizer) -> Result<image::RgbImage, Rejection> {
-    prepare_pixels_limited(bytes, params, resizer, &Limits { max_pixels: u64::MAX, max_side: u32::MAX })
-}
-
-/// As [`prepare_pixels`], refusing images whose header declares more than `limits` (for `predict`,
-/// whose inputs were never indexed).
-pub fn prepare_pixels_limited(
-    bytes: &[u8],
-    params: &PrepParams,
-    resizer: &mut Resizer,
-    limits: &Limits,
-) -> Result<image::RgbImage, Rejection> {
-    let limits = *limits;
-    let d = decode_reduced(bytes, &limits, |w, h| {
-        if params.jpeg_draft {
-            params.resize.needed_source(params.size, w, h)
-        } else {
-            (w, h)
-        }
-    })?;
-    let rgb = to_rgb8(d.image, params.background);
-    resizer
-        .square(&rgb, params.size, params.resize, params.filter, params.background)
-        .map_err(|e| Rejection::Corrupt { format: d.format.name(), detail: e.to_string() })
+    maskflow_imaging::prepare_pixels(bytes, &params.preprocess(), resizer, &Limits { max_pixels: u64::MAX, max_side: u32::MAX })
 }
 
 fn prepare_row(root: &Path, row: &IndexRow, params: &PrepParams, resizer: &mut Resizer) -> anyhow::Result<ShardRow> {
@@ -176,13 +211,13 @@ pub fn run(
     }
     report.shards = prepare_rows(root, &jobs, params, out_dir, progress)?;
     report.bytes_written = report.shards.iter().map(|s| s.bytes).sum();
-    maskflow_core::fsutil::write_json_atomic(&out_dir.join(SHARDS_FILE), &report.shards)?;
+    shards::write_shard_list(out_dir, &report.shards)?;
     report.seconds = started.elapsed().as_secs_f64();
     report.images_per_second = report.images as f64 / report.seconds.max(1e-9);
     Ok(report)
 }
 
-const SPLITS: [&str; 2] = ["train", "valid"];
+use shards::SPLITS;
 
 /// Prepares `jobs` (split number, row) on the rayon pool's threads while a writer thread encodes
 /// finished rows into each split's shards, in job order. Workers take the next job as soon as they
@@ -194,7 +229,7 @@ fn prepare_rows(
     params: &PrepParams,
     out_dir: &Path,
     progress: &(dyn Fn(u64) + Sync),
-) -> anyhow::Result<Vec<shard::ShardInfo>> {
+) -> anyhow::Result<Vec<ShardInfo>> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::{Condvar, Mutex};
 
@@ -207,10 +242,10 @@ fn prepare_rows(
 
     std::thread::scope(|scope| {
         let (stop_w, consumed_w) = (&stop, &consumed);
-        let writer = scope.spawn(move || -> anyhow::Result<Vec<shard::ShardInfo>> {
+        let writer = scope.spawn(move || -> anyhow::Result<Vec<ShardInfo>> {
             let result = (|| {
-                let mut writers: Vec<_> =
-                    SPLITS.iter().map(|s| shard::ShardSetWriter::new(out_dir, s, params)).collect();
+                let layout = params.layout();
+                let mut writers: Vec<_> = SPLITS.iter().map(|s| ShardSetWriter::new(out_dir, s, &layout)).collect();
                 let mut waiting: BTreeMap<usize, ShardRow> = BTreeMap::new();
                 let mut next = 0usize;
                 while next < jobs.len() {

@@ -1,5 +1,4 @@
 use super::*;
-use maskflow_index::{read_index, IndexParams, INDEX_FILE};
 use maskflow_synth::{generate, SynthParams};
 
 fn no_progress(_: u64) {}
@@ -7,10 +6,8 @@ fn no_progress(_: u64) {}
 /// A synthetic dataset and its index, in temp dirs.
 fn indexed(per_class: usize) -> (tempfile::TempDir, Vec<IndexRow>) {
     let data = tempfile::tempdir().unwrap();
-    generate(&SynthParams { per_class, ..SynthParams::default() }, data.path()).unwrap();
-    let idx = tempfile::tempdir().unwrap();
-    maskflow_index::run(data.path(), &IndexParams::default(), idx.path(), &no_progress).unwrap();
-    let rows = read_index(&idx.path().join(INDEX_FILE)).unwrap();
+    generate(&SynthParams { per_class, bad_files: false, ..SynthParams::default() }, data.path()).unwrap();
+    let rows = maskflow_contracts::fixtures::index_rows_of_folder(data.path()).unwrap();
     (data, rows)
 }
 

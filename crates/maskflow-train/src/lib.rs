@@ -7,8 +7,7 @@
 //! `lr_find.csv` + `lr_find.png`. After every epoch a checkpoint (weights, optimizer moments, schedule
 //! position) is written atomically to the checkpoint directory; running again resumes from it.
 
-pub mod augment;
-pub mod data;
+pub use maskflow_data::{augment, data};
 pub mod lr_find;
 pub mod optim;
 pub mod params;
@@ -28,15 +27,72 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-pub const STAGE: &str = "train";
-/// Bump when the stage's output for the same inputs changes.
-pub const VERSION: u32 = 1;
-pub const MODEL_FILE: &str = "model.safetensors";
-pub const METRICS_FILE: &str = "metrics.jsonl";
-pub const CONFIG_FILE: &str = "train_config.json";
-pub const CURVES_FILE: &str = "curves.png";
-pub const LR_FIND_CSV: &str = "lr_find.csv";
-pub const LR_FIND_PNG: &str = "lr_find.png";
+pub use maskflow_contracts::model::{
+    EpochMetrics, TrainConfig, CURVES_FILE, LR_FIND_CSV, LR_FIND_PNG, METRICS_FILE, MODEL_FILE, SHOW_BATCH_FILE,
+};
+use maskflow_contracts::shards::ShardSetMeta;
+use maskflow_contracts::{kinds, JsonFile};
+use maskflow_data::infer::{self, InferOptions};
+use maskflow_pipeline::{External, RunCtx, Slot, Stage};
+
+/// The train stage kind.
+pub struct TrainStage;
+
+impl Stage for TrainStage {
+    const KIND: &'static str = "train";
+    const VERSION: u32 = 2;
+    const OUTPUT: &'static str = kinds::TRAINED_MODEL;
+    type Params = TrainParams;
+    type Report = TrainReport;
+
+    fn validate(p: &TrainParams) -> Result<(), String> {
+        p.validate()
+    }
+    fn inputs(_: &TrainParams) -> Vec<Slot> {
+        vec![Slot::new("shards", kinds::SHARD_SET)]
+    }
+    /// The pretrained weights, imported into the store, keyed by their sha256.
+    fn externals(p: &TrainParams, rt: &maskflow_pipeline::Runtime) -> Result<std::collections::BTreeMap<String, External>> {
+        let mut out = std::collections::BTreeMap::new();
+        if p.pretrained != "none" {
+            let w = maskflow_models::weights::ensure(&p.pretrained, None, &rt.artifacts, &maskflow_models::weights::SearchPaths::from_env())
+                .with_context(|| format!("pretrained = {:?}", p.pretrained))?;
+            out.insert("weights".to_string(), External { path: w.safetensors(), key: format!("sha256:{}", w.sha256), files: None });
+        }
+        Ok(out)
+    }
+    fn run(p: &TrainParams, ctx: &RunCtx) -> Result<TrainReport> {
+        let shards = ctx.input("shards")?;
+        let meta = ShardSetMeta::read(shards)?;
+        let inputs = Inputs {
+            prep_dir: shards.to_path_buf(),
+            classes: meta.classes,
+            pretrained: ctx.externals.get("weights").map(|w| w.path.clone()),
+        };
+        let rt = Runtime {
+            device: maskflow_models::parse_device(&ctx.runtime.device)?,
+            threads: ctx.runtime.threads,
+            checkpoint_dir: ctx.scratch.to_path_buf(),
+            stop_after_epochs: None,
+            progress: ctx.runtime.progress,
+        };
+        run(&inputs, p, &rt, ctx.out)
+    }
+    fn summary(r: &TrainReport) -> String {
+        format!(
+            "{} {} epochs on {} images: accuracy {:.4}, valid loss {:.4} on {} images; {:.0}s on {}{}",
+            r.arch,
+            r.epochs.len(),
+            r.train_images,
+            r.accuracy,
+            r.valid_loss,
+            r.valid_images,
+            r.seconds,
+            r.device,
+            r.resumed_from.as_ref().map(|s| format!(" (resumed from {s})")).unwrap_or_default(),
+        )
+    }
+}
 
 const STAGE_NAMES: [&str; 2] = ["frozen", "unfrozen"];
 
@@ -62,26 +118,7 @@ pub struct Inputs {
     pub pretrained: Option<PathBuf>,
 }
 
-/// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct EpochMetrics {
-    pub stage: String,
-    /// 1-based within the stage.
-    pub epoch: usize,
-    /// fastai's printed train loss: the smoothed (β = 0.98, bias-corrected) value at the epoch's end.
-    pub train_loss_ema: f64,
-    /// The true mean of the epoch's batch losses.
-    pub train_loss_mean: f64,
-    pub valid_loss: f64,
-    pub accuracy: f64,
-    pub error_rate: f64,
-    /// The epoch's peak learning rate per layer group (one-cycle's max times the group's rate).
-    pub lrs: Vec<f64>,
-    pub seconds: f64,
-    pub images_per_second: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainReport {
     pub classes: Vec<String>,
     pub train_images: usize,
@@ -269,19 +306,27 @@ pub fn run(inputs: &Inputs, params: &TrainParams, rt: &Runtime, out_dir: &Path) 
         lines.push('\n');
     }
     write_atomic(&out_dir.join(METRICS_FILE), lines.as_bytes())?;
-    write_json_atomic(
-        &out_dir.join(CONFIG_FILE),
-        &serde_json::json!({
-            "params": params,
-            "classes": inputs.classes,
-            "image_size": out_size,
-            "normalize": {"mean": augment::MEAN, "std": augment::STD, "input": "RGB, 0..1 (uint8 / 255)"},
-            "frozen_lrs": params.frozen_lr.per_group(GROUPS, progress.lr_found),
-            "unfrozen_lrs": params.unfrozen_lr.per_group(GROUPS, None),
-            "train_images": ctx.train.len(),
-            "valid_images": ctx.valid.len(),
-        }),
-    )?;
+    let meta = ShardSetMeta::read(&inputs.prep_dir)?;
+    TrainConfig {
+        schema: TrainConfig::SCHEMA,
+        arch: params.arch,
+        head: params.head.clone(),
+        classes: inputs.classes.clone(),
+        image_size: out_size,
+        channels_last: params.channels_last,
+        inference_precision: params.inference_precision,
+        inference_batch_size: params.valid_batch_size,
+        data: params.data,
+        memory_limit_mb: params.memory_limit_mb,
+        preprocess: meta.preprocess,
+        pretrained: params.pretrained.clone(),
+        dataset_fingerprint: meta.dataset_fingerprint,
+        recipe: maskflow_contracts::model::flatten_recipe(params),
+    }
+    .write(out_dir)?;
+    if ctx.train.len() > 0 {
+        show_batch(&out_dir.join(SHOW_BATCH_FILE), &inputs.prep_dir, &inputs.classes, params, out_size)?;
+    }
     plot_curves(&out_dir.join(CURVES_FILE), &progress.metrics)?;
     let report = TrainReport {
         classes: inputs.classes.clone(),
@@ -296,7 +341,10 @@ pub fn run(inputs: &Inputs, params: &TrainParams, rt: &Runtime, out_dir: &Path) 
         lr_find: progress.lr_find.as_ref().and_then(|r| r.suggestions.clone()),
         resumed_from,
         seconds: started.elapsed().as_secs_f64(),
-        device: format!("{:?}", rt.device),
+        device: match rt.device {
+            Device::Cuda(n) => format!("cuda:{n}"),
+            _ => "cpu".to_string(),
+        },
         threads: rt.threads,
     };
     Ok(report)
@@ -502,7 +550,7 @@ fn fit_one_cycle(
         let train_seconds = t0.elapsed().as_secs_f64();
         let (valid_loss, accuracy, _) = evaluate(ctx, model, &ctx.valid)?;
         let m = EpochMetrics {
-            stage: STAGE_NAMES[stage].into(),
+            phase: STAGE_NAMES[stage].into(),
             epoch: epoch + 1,
             train_loss_ema: progress.ema.value(),
             train_loss_mean: sum / seen.max(1) as f64,
@@ -559,71 +607,22 @@ fn print_epoch(ctx: &Ctx, m: &EpochMetrics) {
     if ctx.rt.progress {
         eprintln!(
             "train   {:<8} epoch {:>2}  train_loss {:.4} (mean {:.4})  valid_loss {:.4}  accuracy {:.4}  error_rate {:.4}  {:.0}s  {:.1} img/s",
-            m.stage, m.epoch, m.train_loss_ema, m.train_loss_mean, m.valid_loss, m.accuracy, m.error_rate, m.seconds, m.images_per_second
+            m.phase, m.epoch, m.train_loss_ema, m.train_loss_mean, m.valid_loss, m.accuracy, m.error_rate, m.seconds, m.images_per_second
         );
     }
 }
 
-/// The model an inference pass runs: the model itself, or its bf16 copy.
-fn inference_model(model: &Classifier, precision: Precision, channels_last: bool) -> Result<Option<Classifier>> {
-    Ok(match precision {
-        Precision::Fp32 => None,
-        Precision::Bf16 => Some(model.bf16_copy(channels_last)?),
-    })
-}
-
-fn as_precision(x: &Tensor, m16: &Option<Classifier>) -> Tensor {
-    if m16.is_some() {
-        x.to_kind(Kind::BFloat16)
-    } else {
-        x.shallow_clone()
-    }
-}
-
-/// Mean cross-entropy, accuracy and the per-class probabilities (N, C) on `split` (centre view).
-pub fn evaluate_split(
-    model: &Classifier,
-    split: &SplitData,
-    out_size: i64,
-    batch_size: usize,
-    device: Device,
-    channels_last: bool,
-    precision: Precision,
-) -> Result<(f64, f64, Tensor)> {
-    let _g = tch::no_grad_guard();
-    let m16 = inference_model(model, precision, channels_last)?;
-    let plan = EpochPlan {
-        order: (0..split.len()).collect(),
-        batch_size,
-        drop_last: false,
-        augment: None,
-        out_size,
-        device,
-        channels_last,
-    };
-    let mut probs = Vec::new();
-    let (mut loss_sum, mut correct) = (0.0, 0i64);
-    for batch in data::spawn_producer(split, plan, 0) {
-        let batch = batch?;
-        let logits = m16.as_ref().unwrap_or(model).forward_t(&as_precision(&batch.x, &m16), false).to_kind(Kind::Float);
-        loss_sum +=
-            logits.cross_entropy_loss::<Tensor>(&batch.y, None, tch::Reduction::Sum, -100, 0.0).double_value(&[]);
-        correct += logits.argmax(-1, false).eq_tensor(&batch.y).sum(Kind::Int64).int64_value(&[]);
-        probs.push(logits.softmax(-1, Kind::Float).to_device(Device::Cpu));
-    }
-    let n = split.len().max(1) as f64;
-    Ok((loss_sum / n, correct as f64 / n, Tensor::cat(&probs, 0)))
-}
-
 fn evaluate(ctx: &Ctx, model: &Classifier, split: &SplitData) -> Result<(f64, f64, Tensor)> {
-    evaluate_split(
+    infer::evaluate_split(
         model,
         split,
-        ctx.out_size,
-        ctx.params.valid_batch_size,
-        ctx.rt.device,
-        ctx.params.channels_last,
-        ctx.params.inference_precision,
+        &InferOptions {
+            out_size: ctx.out_size,
+            batch_size: ctx.params.valid_batch_size,
+            device: ctx.rt.device,
+            channels_last: ctx.params.channels_last,
+            precision: ctx.params.inference_precision,
+        },
     )
 }
 
@@ -641,11 +640,11 @@ fn pooled_features(ctx: &Ctx, model: &Classifier, split: &SplitData, view: usize
         channels_last: ctx.params.channels_last,
     };
     let pb = bar(ctx, plan.batches(), &format!("features {view}"));
-    let m16 = inference_model(model, ctx.params.inference_precision, ctx.params.channels_last)?;
+    let m16 = infer::inference_model(model, ctx.params.inference_precision, ctx.params.channels_last)?;
     let mut out = Vec::new();
     for batch in data::spawn_producer(split, plan, 0) {
         let m = m16.as_ref().unwrap_or(model);
-        out.push(m.pool(&m.features_t(&as_precision(&batch?.x, &m16), false)).to_kind(Kind::Float));
+        out.push(m.pool(&m.features_t(&infer::as_precision(&batch?.x, &m16), false)).to_kind(Kind::Float));
         pb.inc(1);
     }
     pb.finish_and_clear();
@@ -717,7 +716,7 @@ fn fit_fixed_body(
         // The features' cost is counted in the first epoch run.
         let seconds = t0.elapsed().as_secs_f64() + if epoch == first_epoch { feature_seconds } else { 0.0 };
         let m = EpochMetrics {
-            stage: STAGE_NAMES[0].into(),
+            phase: STAGE_NAMES[0].into(),
             epoch: epoch + 1,
             train_loss_ema: progress.ema.value(),
             train_loss_mean: sum / seen.max(1) as f64,
@@ -856,4 +855,38 @@ fn plot_curves(path: &Path, metrics: &[EpochMetrics]) -> Result<()> {
         log_x: false,
     };
     maskflow_plot::line_chart(path, &chart, 800, 500)
+}
+
+/// fastai's `show_batch`: augmented training images with their class (streamed: only the row groups
+/// of the images shown are read).
+fn show_batch(path: &Path, prep_dir: &Path, classes: &[String], p: &TrainParams, out_size: i64) -> Result<()> {
+    let n = 9;
+    let train = data::open_splits(prep_dir, &["train"], classes.len(), data::DataMode::Stream, 0)?;
+    let order = data::epoch_order(&train.label_idx, classes.len(), p.seed, 0, 0, false);
+    let plan = EpochPlan {
+        order: order.into_iter().take(n).collect(),
+        batch_size: n,
+        drop_last: false,
+        augment: Some((p.augment.clone(), p.seed, 0)),
+        out_size,
+        device: Device::Cpu,
+        channels_last: false,
+    };
+    let batch = data::spawn_producer(&train, plan, n)
+        .recv()
+        .map_err(|_| anyhow::anyhow!("show_batch: no batch was produced"))??;
+    let mean = Tensor::from_slice(&augment::MEAN.map(|v| v as f32)).view([1, 3, 1, 1]);
+    let std = Tensor::from_slice(&augment::STD.map(|v| v as f32)).view([1, 3, 1, 1]);
+    let pixels =
+        ((batch.x * std + mean).clamp(0.0, 1.0) * 255.0).round().to_kind(Kind::Uint8).permute([0, 2, 3, 1]);
+    let labels: Vec<i64> = Vec::<i64>::try_from(&batch.y)?;
+    let tiles: Vec<maskflow_plot::Tile> = (0..labels.len())
+        .map(|i| maskflow_plot::Tile {
+            image: data::to_rgb(&pixels.get(i as i64)),
+            title: vec![classes[labels[i] as usize].clone()],
+        })
+        .collect();
+    let cols = (tiles.len() as f64).sqrt().ceil().max(1.0) as usize;
+    maskflow_plot::image_grid(path, &tiles, cols, 180, "show_batch — augmented training images")?;
+    Ok(())
 }

@@ -43,15 +43,7 @@ pub enum Balance {
     Oversample,
 }
 
-/// Number format of inference passes (validation, fixed-body features, the eval stage).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    #[default]
-    Fp32,
-    /// A bf16 copy of the weights on bf16 inputs (tch has no CPU autocast); logits back in fp32.
-    Bf16,
-}
+pub use maskflow_contracts::model::Precision;
 
 /// fastai's `lr_find()` sweep.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

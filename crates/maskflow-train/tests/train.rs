@@ -5,20 +5,13 @@ use maskflow_train::{schedule::Lr, Inputs, Interrupted, Runtime, TrainParams};
 use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
 
-/// Synthetic faces → index → prep at 32 px; returns (prep dir, classes).
+/// A fixture shard set: 2 classes × 40 images at 32 px; returns (prep dir, classes).
 fn prepared(dir: &Path) -> (PathBuf, Vec<String>) {
-    let root = dir.join("data");
-    let synth = maskflow_synth::SynthParams { per_class: 40, bad_files: false, ..Default::default() };
-    maskflow_synth::generate(&synth, &root).unwrap();
-    let index_dir = dir.join("index");
-    std::fs::create_dir_all(&index_dir).unwrap();
-    let report = maskflow_index::run(&root, &Default::default(), &index_dir, &|_| {}).unwrap();
-    let rows = maskflow_index::read_index(&index_dir.join(maskflow_index::INDEX_FILE)).unwrap();
+    use maskflow_contracts::fixtures;
     let prep_dir = dir.join("prep");
-    std::fs::create_dir_all(&prep_dir).unwrap();
-    let params = maskflow_prep::PrepParams { size: 32, ..Default::default() };
-    maskflow_prep::run(&root, &rows, &params, &prep_dir, &|_| {}).unwrap();
-    (prep_dir, report.classes)
+    let classes = vec!["with_mask".to_string(), "without_mask".to_string()];
+    fixtures::shard_set(&prep_dir, &classes, 32, &fixtures::images(2, 40, 32, 7), 1024, 64).unwrap();
+    (prep_dir, classes)
 }
 
 /// libtorch's random generator (dropout) and thread count are process-wide: one training at a time.
@@ -102,7 +95,7 @@ fn same_inputs_same_weights_and_a_killed_run_resumes_to_the_same_result() {
     // (Metrics of epochs before the kill went through the checkpoint's JSON: equal to the last bits.)
     assert_eq!(ra.epochs.len(), rc.epochs.len());
     for (a, c) in ra.epochs.iter().zip(&rc.epochs) {
-        assert_eq!((&a.stage, a.epoch), (&c.stage, c.epoch));
+        assert_eq!((&a.phase, a.epoch), (&c.phase, c.epoch));
         for (x, y) in [
             (a.train_loss_ema, c.train_loss_ema),
             (a.train_loss_mean, c.train_loss_mean),
@@ -122,7 +115,7 @@ fn same_inputs_same_weights_and_a_killed_run_resumes_to_the_same_result() {
     assert!(wa.iter().zip(&wd).any(|((_, a), (_, b))| !a.equal(b)));
 
     // Outputs of a finished run.
-    for f in [maskflow_train::METRICS_FILE, maskflow_train::CONFIG_FILE, maskflow_train::CURVES_FILE] {
+    for f in [maskflow_train::METRICS_FILE, "train_config.json", maskflow_train::CURVES_FILE] {
         assert!(out_a.join(f).is_file(), "{f}");
     }
     let lines = std::fs::read_to_string(out_a.join(maskflow_train::METRICS_FILE)).unwrap();
@@ -165,7 +158,7 @@ fn fixed_body_stage_one_resumes_to_the_same_weights() {
     let out_a = d.path().join("a");
     std::fs::create_dir_all(&out_a).unwrap();
     let ra = maskflow_train::run(&inputs, &params, &runtime(&d.path().join("ck-a"), None), &out_a).unwrap();
-    assert_eq!(ra.epochs.iter().filter(|m| m.stage == "frozen").count(), 2);
+    assert_eq!(ra.epochs.iter().filter(|m| m.phase == "frozen").count(), 2);
     let ck = d.path().join("ck-b");
     let out_b = d.path().join("b");
     std::fs::create_dir_all(&out_b).unwrap();

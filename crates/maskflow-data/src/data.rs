@@ -4,25 +4,13 @@
 use crate::augment::{self, AugmentParams, Draw};
 use anyhow::{bail, Context, Result};
 use maskflow_core::rng::SplitMix64;
-use maskflow_prep::shard::{read_shard_meta, PixelReader};
-use serde::{Deserialize, Serialize};
+use maskflow_contracts::shards::{self, read_shard_meta, PixelReader};
+pub use maskflow_contracts::model::DataMode;
+
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{mpsc, Arc};
 use tch::{Device, Kind, Tensor};
-
-/// How the trainer holds a split's pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum DataMode {
-    /// In memory when the split's pixels fit in `memory_limit_mb`, streamed otherwise.
-    #[default]
-    Auto,
-    /// One (N, H, W, 3) uint8 tensor: random access, any order.
-    Memory,
-    /// Row groups read from the shards as the epoch needs them; training order from a shuffle buffer.
-    Stream,
-}
 
 /// Where a split's pixels are.
 pub enum Pixels {
@@ -121,10 +109,8 @@ pub fn open_splits(
     mode: DataMode,
     memory_limit: u64,
 ) -> Result<SplitData> {
-    let listing = prep_dir.join(maskflow_prep::SHARDS_FILE);
-    let text = std::fs::read(&listing).with_context(|| format!("reading {}", listing.display()))?;
-    let infos: Vec<maskflow_prep::shard::ShardInfo> =
-        serde_json::from_slice(&text).with_context(|| format!("parsing {}", listing.display()))?;
+    let listing = prep_dir.join(shards::SHARDS_FILE);
+    let infos = shards::read_shard_list(prep_dir)?;
     let total: usize = infos.iter().filter(|i| splits.contains(&i.split.as_str())).map(|i| i.rows).sum();
     let (mut label_idx, mut hashes, mut paths) = (Vec::new(), Vec::new(), Vec::new());
     let (mut readers, mut groups, mut group_of) = (Vec::new(), Vec::new(), Vec::new());
@@ -467,20 +453,12 @@ pub fn spawn_producer(split: &SplitData, plan: EpochPlan, buffer: usize) -> mpsc
 mod tests {
     use super::*;
 
-    /// Synthetic faces → index → prep at 16 px in row groups of `group_rows`; returns the prep dir.
+    /// A fixture shard set: 2 × 40 images at 16 px in shards of 24 rows, row groups of `group_rows`.
     fn prepared(dir: &Path, group_rows: usize) -> std::path::PathBuf {
-        let root = dir.join("data");
-        let synth = maskflow_synth::SynthParams { per_class: 40, bad_files: false, ..Default::default() };
-        maskflow_synth::generate(&synth, &root).unwrap();
-        let index_dir = dir.join("index");
-        std::fs::create_dir_all(&index_dir).unwrap();
-        maskflow_index::run(&root, &Default::default(), &index_dir, &|_| {}).unwrap();
-        let rows = maskflow_index::read_index(&index_dir.join(maskflow_index::INDEX_FILE)).unwrap();
+        use maskflow_contracts::fixtures;
         let prep_dir = dir.join("prep");
-        std::fs::create_dir_all(&prep_dir).unwrap();
-        let params =
-            maskflow_prep::PrepParams { size: 16, row_group_rows: group_rows, shard_rows: 24, ..Default::default() };
-        maskflow_prep::run(&root, &rows, &params, &prep_dir, &|_| {}).unwrap();
+        let classes = vec!["a".to_string(), "b".to_string()];
+        fixtures::shard_set(&prep_dir, &classes, 16, &fixtures::images(2, 40, 16, 3), 24, group_rows).unwrap();
         prep_dir
     }
 
@@ -575,4 +553,14 @@ mod tests {
         let ones = o.iter().filter(|&&i| labels[i] == 1).count();
         assert!((420..580).contains(&ones), "{ones}");
     }
+}
+
+/// An (H, W, 3) uint8 tensor as an image (for pictures of batches and top losses).
+pub fn to_rgb(image: &Tensor) -> image::RgbImage {
+    let t = image.to_device(Device::Cpu).contiguous();
+    let (h, w) = (t.size()[0] as u32, t.size()[1] as u32);
+    let len = (h * w * 3) as usize;
+    let mut buf = vec![0u8; len];
+    t.copy_data_u8(&mut buf, len);
+    image::RgbImage::from_raw(w, h, buf).unwrap_or_else(|| image::RgbImage::new(1, 1))
 }

@@ -1,8 +1,9 @@
-//! `maskflow predict`: a bundle on files, folders (recursive) and globs, through exactly the prep
+//! maskflow-predict: `maskflow predict`: a bundle on files, folders (recursive) and globs, through exactly the prep
 //! stage's decode/resize code, batched across cores. A file that cannot be read or decoded is reported
 //! with its reason; the others go on.
 
-use crate::{ModelCard, CARD_FILE, MODULE_FILE};
+use maskflow_contracts::bundle::{ModelCard, MODULE_FILE};
+use maskflow_contracts::JsonFile;
 use anyhow::{Context, Result};
 use maskflow_imaging::Resizer;
 use rayon::prelude::*;
@@ -17,11 +18,7 @@ pub struct Bundle {
 
 /// Loads `model.pt` and `model_card.json` from a bundle directory.
 pub fn load(dir: &Path, device: Device) -> Result<Bundle> {
-    let card_path = dir.join(CARD_FILE);
-    let card: ModelCard = serde_json::from_slice(
-        &std::fs::read(&card_path).with_context(|| format!("{}: not a maskflow bundle", card_path.display()))?,
-    )
-    .with_context(|| format!("parsing {}", card_path.display()))?;
+    let card = ModelCard::read(dir).with_context(|| format!("{}: not a maskflow bundle", dir.display()))?;
     let pt = dir.join(MODULE_FILE);
     let mut module = tch::CModule::load_on_device(&pt, device).with_context(|| format!("loading {}", pt.display()))?;
     module.set_eval();
@@ -86,7 +83,7 @@ pub fn prepare(path: &Path, card: &ModelCard, resizer: &mut Resizer) -> Result<V
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
     // The index stage's default header limits: a decompression bomb is refused, not decoded.
     let limits = maskflow_imaging::Limits::default();
-    let img = maskflow_prep::prepare_pixels_limited(&bytes, &card.preprocessing, resizer, &limits)
+    let img = maskflow_imaging::prepare_pixels(&bytes, &card.preprocessing, resizer, &limits)
         .map_err(|e| e.to_string())?;
     let (s, w) = (card.input.height as u32, img.width());
     if w == s {

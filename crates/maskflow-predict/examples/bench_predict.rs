@@ -4,7 +4,7 @@
 //!
 //! usage: bench_predict BUNDLE FOLDER [N] [THREADS]
 
-use maskflow_export::predict;
+use maskflow_predict as predict;
 use std::time::Instant;
 
 fn main() -> anyhow::Result<()> {

@@ -1,6 +1,7 @@
-//! Writing and reading the Parquet tensor shards.
+//! Writing and reading the Parquet tensor shards (one row per image: uint8 HWC pixels plus label and
+//! provenance columns; row groups are the streaming unit).
 
-use crate::{PrepParams, ShardCompression};
+use crate::shards::{ShardCompression, ShardInfo, ShardLayout};
 use arrow::array::{Array, ArrayRef, FixedSizeBinaryArray, Int32Array, RecordBatch, StringArray, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -8,7 +9,6 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
-use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,13 +27,6 @@ pub struct ShardRow {
     pub path: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct ShardInfo {
-    pub file: String,
-    pub split: String,
-    pub rows: usize,
-    pub bytes: u64,
-}
 
 fn schema(value_len: i32) -> Arc<Schema> {
     Arc::new(Schema::new(vec![
@@ -49,7 +42,7 @@ fn schema(value_len: i32) -> Arc<Schema> {
     ]))
 }
 
-fn props(params: &PrepParams) -> WriterProperties {
+fn props(params: &ShardLayout) -> WriterProperties {
     let compression = match params.compression {
         ShardCompression::None => Compression::UNCOMPRESSED,
         ShardCompression::Snappy => Compression::SNAPPY,
@@ -67,17 +60,17 @@ fn props(params: &PrepParams) -> WriterProperties {
 }
 
 /// Writes one split's rows into numbered shards, streaming (one row group buffered at a time).
-pub(crate) struct ShardSetWriter<'a> {
+pub struct ShardSetWriter<'a> {
     dir: PathBuf,
     split: &'a str,
-    params: &'a PrepParams,
+    params: &'a ShardLayout,
     pending: Vec<ShardRow>,
     current: Option<(ArrowWriter<File>, PathBuf, String, usize)>,
     done: Vec<ShardInfo>,
 }
 
 impl<'a> ShardSetWriter<'a> {
-    pub fn new(dir: &Path, split: &'a str, params: &'a PrepParams) -> Self {
+    pub fn new(dir: &Path, split: &'a str, params: &'a ShardLayout) -> Self {
         Self { dir: dir.to_path_buf(), split, params, pending: Vec::new(), current: None, done: Vec::new() }
     }
 

@@ -54,7 +54,7 @@ fn schema() -> Schema {
     ])
 }
 
-pub(crate) fn write_index(path: &Path, rows: &[IndexRow]) -> anyhow::Result<()> {
+pub fn write_index(path: &Path, rows: &[IndexRow]) -> anyhow::Result<()> {
     let s = |f: fn(&IndexRow) -> &str| Arc::new(StringArray::from_iter_values(rows.iter().map(f))) as ArrayRef;
     let o = |f: fn(&IndexRow) -> Option<&str>| Arc::new(StringArray::from_iter(rows.iter().map(f))) as ArrayRef;
     let columns: Vec<ArrayRef> = vec![

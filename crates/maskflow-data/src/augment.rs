@@ -10,9 +10,7 @@ use maskflow_core::rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-/// ImageNet statistics (fastai `imagenet_stats`).
-pub const MEAN: [f64; 3] = [0.485, 0.456, 0.406];
-pub const STD: [f64; 3] = [0.229, 0.224, 0.225];
+pub use maskflow_models::normalize::{MEAN, STD};
 
 /// fastai v1 `get_transforms()` defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,0 +1,439 @@
+//! Running a graph through the store, and explaining its state. Generic over the registry: nothing
+//! here names a particular stage kind.
+
+use crate::graph::{Graph, Node};
+use crate::{DynStage, External, InputArtifact, Registry, RunCtx, Runtime};
+use anyhow::{bail, Context, Result};
+use maskflow_core::dataset::{self, HashCache};
+use maskflow_core::runs::{RunRecord, StageRun};
+use maskflow_core::store::{Invalid, Outcome, StageSpec, Store};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The name of the outside input every dataset-reading kind gets.
+pub const DATASET: &str = "dataset";
+
+/// A node with its key computed.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub node: Node,
+    pub spec: StageSpec,
+    pub externals: BTreeMap<String, External>,
+}
+
+impl Planned {
+    pub fn key(&self) -> String {
+        self.spec.key()
+    }
+}
+
+fn stage<'r>(reg: &'r Registry, node: &Node) -> &'r dyn DynStage {
+    reg.get(node.kind).unwrap_or_else(|| unreachable!("graph kinds come from the registry"))
+}
+
+fn hash_cache_path(artifacts: &Path) -> PathBuf {
+    artifacts.join(".cache").join("file-hashes.json")
+}
+
+fn listing_path(artifacts: &Path, fingerprint: &str) -> PathBuf {
+    artifacts.join(".cache").join("listings").join(format!("{fingerprint}.json"))
+}
+
+/// The dataset folder as an outside input: its content fingerprint (through the stat-keyed hash
+/// cache), and its listing kept in the store's cache so that `status` can name what changed later.
+pub fn dataset_external(root: &Path, artifacts: &Path) -> Result<External> {
+    let listing = dataset::walk(root).with_context(|| format!("dataset {}", root.display()))?;
+    let cache_path = hash_cache_path(artifacts);
+    let mut cache = HashCache::load(&cache_path);
+    let (fp, hashes) = dataset::fingerprint(&listing, &mut cache);
+    if let Err(e) = cache.save(&cache_path) {
+        eprintln!("warning: cannot save the hash cache {}: {e}", cache_path.display());
+    }
+    let files: BTreeMap<String, String> = listing.files.iter().map(|f| f.display()).zip(hashes).collect();
+    let lp = listing_path(artifacts, &fp);
+    if !lp.exists() {
+        let _ = maskflow_core::fsutil::write_json_atomic(&lp, &files);
+    }
+    Ok(External { path: root.to_path_buf(), key: fp, files: Some(files) })
+}
+
+/// Keys for every node of `graph` (or of `only`), upstream first.
+pub fn plan(graph: &Graph, reg: &Registry, rt: &Runtime, only: Option<&BTreeSet<String>>) -> Result<Vec<Planned>> {
+    let mut planned: Vec<Planned> = Vec::new();
+    let mut datasets: BTreeMap<PathBuf, External> = BTreeMap::new();
+    for node in &graph.nodes {
+        if only.is_some_and(|o| !o.contains(&node.name)) {
+            continue;
+        }
+        let st = stage(reg, node);
+        let mut externals = st.externals(&node.params, rt).with_context(|| format!("{}: [{}]", graph.path.display(), node.name))?;
+        if let Some(root) = &node.dataset {
+            let ext = match datasets.get(root) {
+                Some(e) => e.clone(),
+                None => {
+                    let e = dataset_external(root, &rt.artifacts).with_context(|| format!("{}: [{}]", graph.path.display(), node.name))?;
+                    datasets.insert(root.clone(), e.clone());
+                    e
+                }
+            };
+            externals.insert(DATASET.to_string(), ext);
+        }
+        let mut upstream: BTreeMap<String, String> = externals.iter().map(|(k, e)| (k.clone(), e.key.clone())).collect();
+        for (slot, src) in &node.inputs {
+            let Some(p) = planned.iter().find(|p| &p.node.name == src) else {
+                bail!("internal: [{}] input {slot} = {src} is not planned before it", node.name);
+            };
+            upstream.insert(slot.clone(), p.key());
+        }
+        let spec = StageSpec::new(st.kind(), st.version(), &node.params, upstream)?;
+        planned.push(Planned { node: node.clone(), spec, externals });
+    }
+    Ok(planned)
+}
+
+/// `--force` / `--until` take an instance name, a kind (every instance of it) or `all`.
+fn select(graph: &Graph, name: &str, what: &str) -> Result<BTreeSet<String>> {
+    if name == "all" {
+        return Ok(graph.nodes.iter().map(|n| n.name.clone()).collect());
+    }
+    let hit: BTreeSet<String> =
+        graph.nodes.iter().filter(|n| n.name == name || n.kind == name).map(|n| n.name.clone()).collect();
+    if hit.is_empty() {
+        let names: Vec<&str> = graph.nodes.iter().map(|n| n.name.as_str()).collect();
+        bail!("{what} {name:?}: not a stage of this pipeline (stages: {})", names.join(", "));
+    }
+    Ok(hit)
+}
+
+pub struct RunOptions<'a> {
+    pub force: Option<&'a str>,
+    pub until: Option<&'a str>,
+    /// Print a line per stage.
+    pub verbose: bool,
+}
+
+/// Where a stage kind keeps its resumable work for a key (`<store>/<kind>/.checkpoints/<key>`).
+pub fn scratch_dir(artifacts: &Path, kind: &str, key: &str) -> PathBuf {
+    artifacts.join(kind).join(".checkpoints").join(key)
+}
+
+/// Runs the graph (or what `--until` needs), reusing verified artifacts; writes a run record.
+pub fn run(graph: &Graph, reg: &Registry, rt: &Runtime, opts: &RunOptions) -> Result<(RunRecord, Vec<Outcome>)> {
+    let started = Instant::now();
+    let started_unix = now_unix();
+    let forced = opts.force.map(|f| select(graph, f, "--force")).transpose()?.unwrap_or_default();
+    let only = match opts.until {
+        Some(u) => {
+            let targets = select(graph, u, "--until")?;
+            Some(targets.iter().flat_map(|t| graph.ancestors(t)).collect::<BTreeSet<_>>())
+        }
+        None => None,
+    };
+    let planned = plan(graph, reg, rt, only.as_ref())?;
+    let store = Store::new(&rt.artifacts);
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    let mut runs: Vec<StageRun> = Vec::new();
+    for p in &planned {
+        let st = stage(reg, &p.node);
+        let key = p.key();
+        let inputs: BTreeMap<String, InputArtifact> = p
+            .node
+            .inputs
+            .iter()
+            .map(|(slot, src)| {
+                let i = planned.iter().position(|q| &q.node.name == src).unwrap_or_default();
+                (slot.clone(), InputArtifact { dir: outcomes[i].dir.clone(), key: outcomes[i].key.clone() })
+            })
+            .collect();
+        let scratch = scratch_dir(&rt.artifacts, st.kind(), &key);
+        let outcome = store
+            .ensure(&p.spec, forced.contains(&p.node.name), |tmp| {
+                let ctx = RunCtx {
+                    instance: &p.node.name,
+                    key: &key,
+                    inputs: &inputs,
+                    externals: &p.externals,
+                    runtime: rt,
+                    scratch: &scratch,
+                    out: tmp,
+                };
+                st.run(&p.node.params, &ctx)
+            })
+            .with_context(|| format!("[{}]", p.node.name))?;
+        if scratch.exists() {
+            let _ = std::fs::remove_dir_all(&scratch);
+        }
+        if opts.verbose {
+            print_outcome(&p.node.name, st, &outcome);
+        }
+        runs.push(StageRun {
+            stage: p.node.name.clone(),
+            kind: st.kind().to_string(),
+            key: outcome.key.clone(),
+            dir: outcome.dir.clone(),
+            cached: outcome.cached,
+            rebuilt_because: outcome.rebuilt_because.clone(),
+            duration_s: outcome.duration_s,
+        });
+        outcomes.push(outcome);
+    }
+    let dataset_fingerprint = planned
+        .iter()
+        .find_map(|p| p.externals.get(DATASET).filter(|e| e.path == graph.root).map(|e| e.key.clone()))
+        .unwrap_or_default();
+    let record = RunRecord {
+        pipeline: graph.name.clone(),
+        pipeline_file: graph.path.clone(),
+        tool_version: maskflow_core::TOOL_VERSION.to_string(),
+        started_unix,
+        duration_s: started.elapsed().as_secs_f64(),
+        dataset_fingerprint,
+        stages: runs,
+    };
+    let path = record.write(&rt.artifacts)?;
+    if opts.verbose {
+        let cached = record.stages.iter().filter(|s| s.cached).count();
+        println!(
+            "run     {} stage(s), {} cached, {:.2}s; record {}",
+            record.stages.len(),
+            cached,
+            record.duration_s,
+            path.display()
+        );
+    }
+    Ok((record, outcomes))
+}
+
+pub fn short(key: &str) -> &str {
+    &key[..key.len().min(12)]
+}
+
+/// The one-line summary of a stored report.
+pub fn summary_of(st: &dyn DynStage, report: &Value) -> String {
+    st.summary(report).unwrap_or_else(|| "(its report is of an older format; --force rebuilds it)".into())
+}
+
+fn print_outcome(name: &str, st: &dyn DynStage, o: &Outcome) {
+    let state = if o.cached {
+        "cached".to_string()
+    } else {
+        match &o.rebuilt_because {
+            Some(why) => format!("rebuilt in {:.2}s ({why})", o.duration_s),
+            None => format!("built in {:.2}s", o.duration_s),
+        }
+    };
+    println!("{name:<7} {state}  key {}  {}", short(&o.key), o.dir.display());
+    println!("        {}", summary_of(st, &o.manifest.report));
+}
+
+/// A node's state in the store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum State {
+    Cached,
+    /// Not built; the last run of this instance had another key, for these reasons.
+    Stale { last_key: String, reasons: Vec<String> },
+    Missing,
+    Corrupt(String),
+}
+
+impl State {
+    pub fn word(&self) -> &'static str {
+        match self {
+            State::Cached => "cached",
+            State::Stale { .. } => "stale",
+            State::Missing => "missing",
+            State::Corrupt(_) => "corrupt",
+        }
+    }
+}
+
+/// Every node's key and state (runs nothing).
+pub fn states(graph: &Graph, reg: &Registry, rt: &Runtime) -> Result<Vec<(Planned, State)>> {
+    let planned = plan(graph, reg, rt, None)?;
+    let store = Store::new(&rt.artifacts);
+    let records = recent_records(&rt.artifacts, &graph.name);
+    let mut out = Vec::new();
+    for p in planned {
+        let key = p.key();
+        let state = match store.verify(&p.spec.stage, &key) {
+            Ok(_) => State::Cached,
+            Err(Invalid::Missing) => {
+                // The last build of this instance: in the newest run record that ran it (an
+                // `--until` run leaves the others out).
+                let previous = records
+                    .iter()
+                    .find_map(|r| r.stages.iter().find(|s| s.stage == p.node.name))
+                    .and_then(|s| store.read_manifest(&p.spec.stage, &s.key));
+                match previous {
+                    Some(m) => State::Stale {
+                        last_key: m.key.clone(),
+                        reasons: explain_change(&p, &m.params, &m.upstream, m.stage_version, &rt.artifacts),
+                    },
+                    None => State::Missing,
+                }
+            }
+            Err(why) => State::Corrupt(why.to_string()),
+        };
+        out.push((p, state));
+    }
+    Ok(out)
+}
+
+/// The pipeline's run records, newest first (at most the last 100).
+fn recent_records(artifacts: &Path, pipeline: &str) -> Vec<RunRecord> {
+    let dir = artifacts.join("runs").join(pipeline);
+    let mut files: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&dir)
+        .map(|it| {
+            it.flatten()
+                .filter(|e| e.file_name() != "latest.json" && e.file_name().to_string_lossy().ends_with(".json"))
+                .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
+    files
+        .into_iter()
+        .take(100)
+        .filter_map(|(_, p)| serde_json::from_slice(&std::fs::read(p).ok()?).ok())
+        .collect()
+}
+
+/// `maskflow status`: per node, cached / stale (what changed) / corrupt / missing.
+pub fn status_lines(graph: &Graph, reg: &Registry, rt: &Runtime) -> Result<Vec<String>> {
+    let mut lines = Vec::new();
+    for (p, state) in states(graph, reg, rt)? {
+        let key = p.key();
+        let line = match &state {
+            State::Cached => format!("cached   key {}", short(&key)),
+            State::Stale { last_key, reasons } => {
+                format!("stale    key {} (last run {}): {}", short(&key), short(last_key), reasons.join("; "))
+            }
+            State::Missing => format!("missing  key {}", short(&key)),
+            State::Corrupt(why) => format!("corrupt  key {}: {why} (will be rebuilt)", short(&key)),
+        };
+        lines.push(format!("{:<7} {line}", p.node.name));
+    }
+    Ok(lines)
+}
+
+/// Why `p` differs from a previous build: version, each changed param leaf, changed inputs (for a
+/// dataset: files added / removed / modified).
+fn explain_change(
+    p: &Planned,
+    old_params: &Value,
+    old_upstream: &BTreeMap<String, String>,
+    old_version: u32,
+    artifacts: &Path,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if old_version != p.spec.version {
+        out.push(format!("stage version {old_version} → {}", p.spec.version));
+    }
+    let mut old_leaves = BTreeMap::new();
+    let mut new_leaves = BTreeMap::new();
+    flatten(&p.node.name, old_params, &mut old_leaves);
+    flatten(&p.node.name, &p.spec.params, &mut new_leaves);
+    for (k, v) in &new_leaves {
+        match old_leaves.get(k) {
+            Some(o) if o == v => {}
+            Some(o) => out.push(format!("{k} {o} → {v}")),
+            None => out.push(format!("{k} new ({v})")),
+        }
+    }
+    for (name, key) in &p.spec.upstream {
+        match old_upstream.get(name) {
+            Some(old) if old == key => {}
+            Some(old) => match p.externals.get(name) {
+                Some(ext) if ext.files.is_some() => out.push(listing_change(artifacts, name, old, ext)),
+                Some(_) => out.push(format!("{name} changed")),
+                None => out.push(format!("upstream {name} changed")),
+            },
+            None => out.push(format!("new upstream {name}")),
+        }
+    }
+    if out.is_empty() {
+        out.push("inputs differ".into());
+    }
+    out
+}
+
+fn listing_change(artifacts: &Path, name: &str, old_fp: &str, ext: &External) -> String {
+    let fallback = format!("{name} changed (fingerprint {} → {})", short(old_fp), short(&ext.key));
+    let (Some(new), Some(old)) = (
+        ext.files.as_ref(),
+        std::fs::read(listing_path(artifacts, old_fp))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<BTreeMap<String, String>>(&b).ok()),
+    ) else {
+        return fallback;
+    };
+    let added = new.keys().filter(|k| !old.contains_key(*k)).count();
+    let removed = old.keys().filter(|k| !new.contains_key(*k)).count();
+    let modified = new.iter().filter(|(k, h)| old.get(*k).is_some_and(|o| o != *h)).count();
+    format!("{name} changed: {added} added, {removed} removed, {modified} modified")
+}
+
+fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                flatten(&format!("{prefix}.{k}"), x, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.to_string());
+        }
+    }
+}
+
+/// `maskflow graph`: the nodes with kind, key, state and inputs (text), or Graphviz DOT.
+pub fn describe(graph: &Graph, reg: &Registry, rt: &Runtime, dot: bool) -> Result<String> {
+    let states = states(graph, reg, rt)?;
+    let mut s = String::new();
+    if dot {
+        s.push_str(&format!("digraph {:?} {{\n  rankdir=LR;\n  node [shape=box, fontname=\"sans-serif\"];\n", graph.name));
+        for (p, st) in &states {
+            let colour = match st {
+                State::Cached => "palegreen",
+                State::Stale { .. } => "khaki",
+                State::Missing => "white",
+                State::Corrupt(_) => "salmon",
+            };
+            s.push_str(&format!(
+                "  {:?} [label=\"{}\\n{} · {}\\n{}\", style=filled, fillcolor={colour}];\n",
+                p.node.name,
+                p.node.name,
+                p.node.kind,
+                short(&p.key()),
+                st.word()
+            ));
+            for (slot, src) in &p.node.inputs {
+                s.push_str(&format!("  {src:?} -> {:?} [label={slot:?}];\n", p.node.name));
+            }
+        }
+        s.push_str("}\n");
+        return Ok(s);
+    }
+    s.push_str(&format!("pipeline {} ({}): {} stages\n", graph.name, graph.path.display(), states.len()));
+    for (p, st) in &states {
+        let inputs: Vec<String> = p.node.inputs.iter().map(|(slot, src)| format!("{slot} ← {src}")).collect();
+        let data = p.externals.get(DATASET).map(|e| format!("dataset {}", e.path.display()));
+        let from: Vec<String> = data.into_iter().chain(inputs).collect();
+        s.push_str(&format!(
+            "{:<14} {:<7} key {}  {:<8} {}{}\n",
+            p.node.name,
+            p.node.kind,
+            short(&p.key()),
+            st.word(),
+            if from.is_empty() { String::new() } else { format!("from {}", from.join(", ")) },
+            if p.node.declared { "" } else { "  (implied)" }
+        ));
+    }
+    Ok(s)
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
