@@ -188,13 +188,7 @@ pub fn lr_find(pipeline: &Path, artifacts: &Path, c: &Compute, out: &Path) -> Re
         classes: meta.classes,
         pretrained: externals.get("weights").map(|w| w.path.clone()),
     };
-    let trt = maskflow_train::Runtime {
-        device: c.device,
-        threads: c.threads,
-        checkpoint_dir: out.join(".unused"),
-        stop_after_epochs: None,
-        progress: true,
-    };
+    let trt = maskflow_train::Runtime::new(c.device, c.threads, out.join(".unused"), true);
     let r = maskflow_train::lr_find_only(&inputs, &params, &trt, out)?;
     println!(
         "lr_find {} iterations{} → {} and {}",

@@ -208,6 +208,34 @@ pub fn index_table_of_folder(dir: &Path, root: &Path) -> anyhow::Result<Vec<Inde
     Ok(rows)
 }
 
+/// The `train_config.json` of a small model (no pretrained weights) for `classes` at `size` px,
+/// as a fixture's model needs it (`maskflow_models::trained::fixture` writes the weights).
+pub fn train_config(arch: crate::model::Arch, classes: &[String], size: u32) -> crate::model::TrainConfig {
+    use crate::model::{DataMode, HeadConfig, Precision, TrainConfig};
+    TrainConfig {
+        schema: TrainConfig::SCHEMA,
+        arch,
+        head: HeadConfig::default(),
+        classes: classes.to_vec(),
+        image_size: size as i64,
+        channels_last: false,
+        inference_precision: Precision::Fp32,
+        inference_batch_size: 16,
+        data: DataMode::Auto,
+        memory_limit_mb: 64,
+        preprocess: Preprocess {
+            size,
+            resize: crate::ResizeMode::Crop,
+            filter: crate::Filter::Bilinear,
+            background: [255, 255, 255],
+            jpeg_draft: true,
+        },
+        pretrained: "none".into(),
+        dataset_fingerprint: "fixture".into(),
+        recipe: [("arch".to_string(), format!("{:?}", arch.name())), ("seed".to_string(), "42".to_string())].into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

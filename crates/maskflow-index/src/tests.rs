@@ -155,3 +155,8 @@ fn output_is_identical_across_thread_counts() {
     };
     assert_eq!(run_with(1), run_with(2));
 }
+
+#[test]
+fn the_key_covers_every_index_param() {
+    maskflow_pipeline::testing::assert_key_covers_every_param::<IndexStage>();
+}

@@ -39,12 +39,14 @@ fn candidates(stage: &dyn DynStage, base: &Value, path: &[String]) -> Vec<Value>
         }
         Value::String(s) => vec![Value::String(format!("{s}x"))],
         Value::Array(a) if !a.is_empty() => {
-            let mut first = candidates_for(&a[0]);
-            first.iter_mut().map(|x| {
-                let mut b = a.clone();
-                b[0] = x.take();
-                Value::Array(b)
-            }).collect()
+            candidates_for(&a[0])
+                .into_iter()
+                .map(|x| {
+                    let mut b = a.clone();
+                    b[0] = x;
+                    Value::Array(b)
+                })
+                .collect()
         }
         Value::Null => vec![serde_json::json!(1), serde_json::json!(0.5), serde_json::json!("x"), serde_json::json!(true)],
         _ => vec![],
@@ -66,7 +68,10 @@ fn candidates(stage: &dyn DynStage, base: &Value, path: &[String]) -> Vec<Value>
 
 fn candidates_for(v: &Value) -> Vec<Value> {
     match v {
-        Value::Number(n) => vec![serde_json::json!(n.as_f64().unwrap_or(0.0) * 0.5 + 0.125)],
+        Value::Number(n) => match n.as_u64() {
+            Some(u) => vec![serde_json::json!(u.saturating_sub(1)), serde_json::json!(u + 1)],
+            None => vec![serde_json::json!(n.as_f64().unwrap_or(0.0) * 0.5 + 0.125)],
+        },
         Value::Bool(b) => vec![Value::Bool(!b)],
         Value::String(s) => vec![Value::String(format!("{s}x"))],
         _ => vec![],

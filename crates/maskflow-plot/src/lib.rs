@@ -66,6 +66,29 @@ fn bounds(chart: &LineChart) -> (f64, f64, f64, f64) {
     (x0, x1, y0 - pad, y1 + pad)
 }
 
+/// An axis tick's text: on a log axis the value to three significant digits (`1e-5`, `3e-4`,
+/// `0.01`), never the float's full expansion (`9.999999999999e-6`).
+pub fn tick_label(x: f64, log: bool) -> String {
+    if !log {
+        let r = (x * 1e6).round() / 1e6;
+        return format!("{r}");
+    }
+    if x == 0.0 || !x.is_finite() {
+        return format!("{x}");
+    }
+    let e = x.abs().log10().floor() as i32;
+    let m = (x / 10f64.powi(e) * 100.0).round() / 100.0;
+    let (m, e) = if m.abs() >= 10.0 { (m / 10.0, e + 1) } else { (m, e) };
+    if (-2..=2).contains(&e) {
+        let v = m * 10f64.powi(e);
+        format!("{}", (v * 1e4).round() / 1e4)
+    } else if m == 1.0 {
+        format!("1e{e}")
+    } else {
+        format!("{m}e{e}")
+    }
+}
+
 /// Draws `chart` into a `w`×`h` PNG at `path`.
 pub fn line_chart(path: &Path, chart: &LineChart, w: u32, h: u32) -> Result<()> {
     fonts();
@@ -83,6 +106,7 @@ pub fn line_chart(path: &Path, chart: &LineChart, w: u32, h: u32) -> Result<()> 
                     .x_desc(chart.x_label)
                     .y_desc(chart.y_label)
                     .label_style(("sans-serif", 13))
+                    .x_label_formatter(&|x: &f64| tick_label(*x, chart.log_x))
                     .draw()
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
                 for (i, s) in chart.series.iter().enumerate() {
@@ -98,16 +122,16 @@ pub fn line_chart(path: &Path, chart: &LineChart, w: u32, h: u32) -> Result<()> 
                             .map_err(|e| anyhow::anyhow!("{e}"))?;
                     }
                 }
-                for m in &chart.markers {
+                // Each marker's label sits above and to the right of its dot, never under it; markers
+                // close together stack their labels upwards.
+                for (i, m) in chart.markers.iter().enumerate() {
                     if m.x.is_finite() && m.y.is_finite() {
-                        cc.draw_series(std::iter::once(Circle::new((m.x, m.y), 6, RED.filled())))
-                            .map_err(|e| anyhow::anyhow!("{e}"))?;
-                        cc.draw_series(std::iter::once(Text::new(
-                            m.label.to_string(),
-                            (m.x, m.y),
-                            ("sans-serif", 14).into_font().color(&RED),
-                        )))
-                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                        let lift = 10 + 16 * i as i32;
+                        let el = EmptyElement::at((m.x, m.y))
+                            + Circle::new((0, 0), 6, RED.filled())
+                            + PathElement::new(vec![(0, 0), (8, -lift + 8)], RED.stroke_width(1))
+                            + Text::new(m.label.to_string(), (10, -lift), ("sans-serif", 14).into_font().color(&RED));
+                        cc.draw_series(std::iter::once(el)).map_err(|e| anyhow::anyhow!("{e}"))?;
                     }
                 }
                 if chart.series.len() > 1 {
@@ -241,6 +265,18 @@ pub fn write_png(path: &Path, rgb: &[u8], w: u32, h: u32) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn log_ticks_are_short() {
+        use super::tick_label;
+        assert_eq!(tick_label(9.999999999999e-6, true), "1e-5");
+        assert_eq!(tick_label(9.99999999999e-5, true), "1e-4");
+        assert_eq!(tick_label(3.0000000001e-4, true), "3e-4");
+        assert_eq!(tick_label(0.01, true), "0.01");
+        assert_eq!(tick_label(1.0, true), "1");
+        assert_eq!(tick_label(2.5e-7, true), "2.5e-7");
+        assert_eq!(tick_label(0.30000000000000004, false), "0.3");
+    }
+
     use super::*;
 
     #[test]

@@ -87,3 +87,8 @@ fn a_file_changed_after_indexing_is_an_error_naming_it() {
     let msg = format!("{err:#}");
     assert!(msg.contains("changed since it was indexed") && msg.contains(&victim.path), "{msg}");
 }
+
+#[test]
+fn the_key_covers_every_prep_param() {
+    maskflow_pipeline::testing::assert_key_covers_every_param::<PrepStage>();
+}

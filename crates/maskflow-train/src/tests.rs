@@ -1,9 +1,14 @@
-//! The trainer end to end on synthetic data with a small network: determinism, resume equivalence,
-//! the lr finder's outputs.
+//! The trainer end to end on fixture shards with a small network: it learns, determinism, resume
+//! equivalence (the crate-private stop stands in for a kill; the binary's tests kill -9 for real),
+//! damaged checkpoints, the lr finder's outputs.
 
-use maskflow_train::{schedule::Lr, Inputs, Interrupted, Runtime, TrainParams};
+use crate::fit::Interrupted;
+use crate::{schedule::Lr, Inputs, Runtime, TrainParams};
 use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
+
+#[allow(unused_imports)]
+use crate as maskflow_train;
 
 /// A fixture shard set: 2 classes × 40 images at 32 px; returns (prep dir, classes).
 fn prepared(dir: &Path) -> (PathBuf, Vec<String>) {
@@ -31,13 +36,7 @@ fn small_params() -> TrainParams {
 }
 
 fn runtime(ckpt: &Path, stop: Option<usize>) -> Runtime {
-    Runtime {
-        device: Device::Cpu,
-        threads: 2,
-        checkpoint_dir: ckpt.to_owned(),
-        stop_after_epochs: stop,
-        progress: false,
-    }
+    Runtime { stop_after_epochs: stop, ..Runtime::new(Device::Cpu, 2, ckpt.to_owned(), false) }
 }
 
 fn weights(dir: &Path) -> Vec<(String, Tensor)> {
@@ -212,4 +211,54 @@ fn a_streamed_training_split_trains_deterministically_and_refuses_oversampling()
     let oversample = TrainParams { balance: maskflow_train::Balance::Oversample, ..params };
     let err = maskflow_train::run(&inputs, &oversample, &runtime(&d.path().join("ck-o"), None), &out).unwrap_err();
     assert!(err.to_string().contains("oversample"), "{err}");
+}
+
+#[test]
+fn a_small_run_learns_well_above_chance() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let d = tempfile::tempdir().unwrap();
+    let (prep_dir, classes) = prepared(d.path());
+    let inputs = Inputs { prep_dir, classes, pretrained: None };
+    let params = TrainParams { frozen_epochs: 3, unfrozen_epochs: 2, ..small_params() };
+    let out = d.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let r = maskflow_train::run(&inputs, &params, &runtime(&d.path().join("ck"), None), &out).unwrap();
+    // 16 validation images of two classes: chance is 0.5.
+    assert_eq!(r.valid_images, 16);
+    assert!(r.accuracy >= 0.9, "accuracy {} after {:?}", r.accuracy, r.epochs.iter().map(|m| m.accuracy).collect::<Vec<_>>());
+    assert!(r.epochs.last().unwrap().train_loss_mean < r.epochs[0].train_loss_mean, "{:?}", r.epochs);
+}
+
+#[test]
+fn a_damaged_checkpoint_is_not_trusted() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let d = tempfile::tempdir().unwrap();
+    let (prep_dir, classes) = prepared(d.path());
+    let inputs = Inputs { prep_dir, classes, pretrained: None };
+    let params = TrainParams { frozen_epochs: 2, unfrozen_epochs: 0, ..small_params() };
+    let out_a = d.path().join("a");
+    std::fs::create_dir_all(&out_a).unwrap();
+    maskflow_train::run(&inputs, &params, &runtime(&d.path().join("ck-a"), None), &out_a).unwrap();
+
+    // Killed after one epoch; then one byte of the checkpoint's tensors flips (same size).
+    let ck = d.path().join("ck-b");
+    let out_b = d.path().join("b");
+    std::fs::create_dir_all(&out_b).unwrap();
+    let err = maskflow_train::run(&inputs, &params, &runtime(&ck, Some(1)), &out_b).unwrap_err();
+    assert!(err.downcast_ref::<Interrupted>().is_some(), "{err}");
+    let state = std::fs::read_dir(&ck).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|e| e == "safetensors")).unwrap();
+    let mut bytes = std::fs::read(&state).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x40;
+    std::fs::write(&state, &bytes).unwrap();
+    // The rerun starts over instead of resuming from damaged weights, and still ends where an
+    // uninterrupted run ends.
+    let r = maskflow_train::run(&inputs, &params, &runtime(&ck, None), &out_b).unwrap();
+    assert_eq!(r.resumed_from, None);
+    assert_identical(&weights(&out_a), &weights(&out_b));
+}
+
+#[test]
+fn the_key_covers_every_train_param() {
+    maskflow_pipeline::testing::assert_key_covers_every_param::<crate::TrainStage>();
 }

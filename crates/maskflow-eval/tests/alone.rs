@@ -1,0 +1,96 @@
+//! The eval stage on fixtures alone: a randomly initialised model and fixture shards — no index,
+//! prep or training run.
+
+use maskflow_contracts::fixtures;
+use maskflow_contracts::model::Arch;
+use maskflow_eval::{EvalParams, EvalStage, Inputs, Provenance, Splits};
+use std::path::Path;
+
+fn classes() -> Vec<String> {
+    vec!["with_mask".into(), "without_mask".into()]
+}
+
+/// (model, shards, index) fixture folders under `dir`.
+fn artifacts(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let imgs = fixtures::images(2, 10, 32, 5);
+    let (model, shards, index) = (dir.join("model"), dir.join("shards"), dir.join("index"));
+    fixtures::shard_set(&shards, &classes(), 32, &imgs, 8, 4).unwrap();
+    fixtures::index_table(&index, Path::new("/data/faces"), &classes(), &imgs).unwrap();
+    maskflow_models::trained::fixture(&model, &fixtures::train_config(Arch::Resnet18, &classes(), 32), 3).unwrap();
+    (model, shards, index)
+}
+
+fn run(dir: &Path, splits: Splits, out: &str) -> anyhow::Result<maskflow_eval::EvalReport> {
+    let (model, shards, index) = artifacts(dir);
+    let params = EvalParams { splits: Some(splits), top_losses: 4, ..Default::default() };
+    let inputs = Inputs {
+        model_dir: &model,
+        data_dir: &shards,
+        index_dir: Some(&index),
+        provenance: Provenance { key: "k".into(), params: params.clone(), inputs: [("model".to_string(), "m".to_string())].into() },
+    };
+    let out = dir.join(out);
+    std::fs::create_dir_all(&out)?;
+    maskflow_eval::run(&inputs, &params, tch::Device::Cpu, 1, &out)
+}
+
+#[test]
+fn every_image_of_the_asked_splits_is_evaluated_and_the_outputs_agree() {
+    let d = tempfile::tempdir().unwrap();
+    let all = run(d.path(), Splits::All, "all").unwrap();
+    assert_eq!(all.images, 20);
+    assert_eq!(all.splits, ["train", "valid"]);
+    assert!(all.data.contains("/data/faces"), "{}", all.data);
+    let valid = run(d.path(), Splits::Valid, "valid").unwrap();
+    assert_eq!(valid.images, 4);
+    assert_eq!(valid.data, "the validation split");
+    // The matrix, the predictions table and the metrics describe the same images.
+    let out = d.path().join("all");
+    let total: u64 = all.confusion_matrix.iter().flatten().sum();
+    assert_eq!(total, 20);
+    let correct: u64 = (0..2).map(|i| all.confusion_matrix[i][i]).sum();
+    assert!((all.accuracy - correct as f64 / 20.0).abs() < 1e-12);
+    let (cls, rows) = maskflow_contracts::eval::read_predictions(&out.join("predictions.parquet")).unwrap();
+    assert_eq!(cls, classes());
+    assert_eq!(rows.len(), 20);
+    for r in &rows {
+        assert!((r.probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        let p_actual = r.probabilities[cls.iter().position(|c| c == &r.label).unwrap()] as f64;
+        assert!((r.loss + p_actual.max(1e-15).ln()).abs() < 1e-4, "{r:?}");
+    }
+    let log_loss = rows.iter().map(|r| r.loss).sum::<f64>() / 20.0;
+    assert!((log_loss - all.log_loss).abs() < 1e-6);
+    // The report: the recipe as written, provenance limited to what the key covers.
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("&quot;resnet18&quot;"), "recipe missing");
+    assert!(html.contains("&quot;key&quot;: &quot;k&quot;") && html.contains("&quot;model&quot;: &quot;m&quot;"), "provenance missing");
+    assert!(!html.contains(".toml"), "the report names a pipeline file, which its key does not cover");
+    for f in ["metrics.json", "confusion_matrix.png", "top_losses.png", "summary.json", "most_confused.csv"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+}
+
+#[test]
+fn data_with_a_class_the_model_does_not_know_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let (model, _, _) = artifacts(d.path());
+    let other = d.path().join("cats");
+    let names = vec!["cats".to_string(), "with_mask".to_string()];
+    fixtures::shard_set(&other, &names, 32, &fixtures::images(2, 5, 32, 1), 8, 4).unwrap();
+    let params = EvalParams { splits: Some(Splits::All), ..Default::default() };
+    let inputs = Inputs {
+        model_dir: &model,
+        data_dir: &other,
+        index_dir: None,
+        provenance: Provenance { key: "k".into(), params: params.clone(), inputs: Default::default() },
+    };
+    let out = d.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let err = maskflow_eval::run(&inputs, &params, tch::Device::Cpu, 1, &out).unwrap_err().to_string();
+    assert!(err.contains("does not know") && err.contains("cats"), "{err}");
+}
+
+#[test]
+fn the_key_covers_every_eval_param() {
+    maskflow_pipeline::testing::assert_key_covers_every_param::<EvalStage>();
+}

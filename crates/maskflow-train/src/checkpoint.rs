@@ -1,0 +1,134 @@
+//! Epoch checkpoints: the weights, the optimizer's moments and the schedule's position, written
+//! atomically after every epoch. `progress.json` is the commit point and names the tensors file
+//! with its blake3; a resume trusts a checkpoint only when that file verifies.
+
+use crate::lr_find::{LrFindResult, Smoother};
+use crate::phase::Phase;
+use anyhow::{Context, Result};
+use maskflow_contracts::model::{EpochMetrics, METRICS_FILE};
+use maskflow_core::fsutil::{write_atomic, write_json_atomic};
+use maskflow_models::Classifier;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use tch::{Device, Tensor};
+
+const PROGRESS_FILE: &str = "progress.json";
+
+/// Where a run stands (`progress.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Progress {
+    /// The run's configuration: a checkpoint of another one is ignored.
+    pub config_hash: String,
+    pub phase: Phase,
+    /// Epochs of `phase` done.
+    pub epochs_done: usize,
+    pub tensors_file: String,
+    pub tensors_blake3: String,
+    pub ema: Smoother,
+    pub metrics: Vec<EpochMetrics>,
+    pub lr_found: Option<f64>,
+    pub lr_find: Option<LrFindResult>,
+}
+
+impl Progress {
+    pub fn fresh(config_hash: &str) -> Self {
+        Progress {
+            config_hash: config_hash.to_string(),
+            phase: Phase::Frozen,
+            epochs_done: 0,
+            tensors_file: String::new(),
+            tensors_blake3: String::new(),
+            ema: Smoother::new(0.98),
+            metrics: Vec::new(),
+            lr_found: None,
+            lr_find: None,
+        }
+    }
+}
+
+/// The model's variables, sorted by name, on the CPU.
+pub(crate) fn sorted_variables(model: &Classifier) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> =
+        model.vs.variables().into_iter().map(|(n, t)| (n, t.detach().to_device(Device::Cpu).contiguous())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Writes named tensors as safetensors, atomically.
+pub(crate) fn save_safetensors(named: &[(String, Tensor)], path: &Path) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        maskflow_core::fsutil::unique_suffix()
+    ));
+    let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    Tensor::write_safetensors(&refs, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
+    Ok(())
+}
+
+/// The checkpoint in `dir` for this configuration, if there is one that verifies: its progress,
+/// the model's tensors and the optimizer's.
+pub(crate) type Restored = (Progress, Vec<(String, Tensor)>, Vec<(String, Tensor)>);
+
+pub(crate) fn read(dir: &Path, config_hash: &str) -> Option<Restored> {
+    let p: Progress = serde_json::from_slice(&std::fs::read(dir.join(PROGRESS_FILE)).ok()?).ok()?;
+    if p.config_hash != config_hash {
+        eprintln!("train: ignoring checkpoint in {} (made with another configuration)", dir.display());
+        return None;
+    }
+    let file = dir.join(&p.tensors_file);
+    match maskflow_core::hash::blake3_file(&file) {
+        Ok((h, _)) if h == p.tensors_blake3 => {}
+        Ok(_) => {
+            eprintln!("train: ignoring checkpoint {}: it does not match its blake3 (damaged)", file.display());
+            return None;
+        }
+        Err(e) => {
+            eprintln!("train: ignoring checkpoint {}: {e}", file.display());
+            return None;
+        }
+    }
+    let tensors = match Tensor::read_safetensors(&file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("train: ignoring unreadable checkpoint {}: {e}", file.display());
+            return None;
+        }
+    };
+    let (model, opt): (Vec<_>, Vec<_>) = tensors.into_iter().partition(|(n, _)| n.starts_with("model."));
+    let model = model.into_iter().map(|(n, t)| (n["model.".len()..].to_owned(), t)).collect();
+    let opt = opt.into_iter().filter_map(|(n, t)| n.strip_prefix("opt.").map(|s| (s.to_owned(), t))).collect();
+    Some((p, model, opt))
+}
+
+/// Writes the checkpoint of the epoch `progress` has just recorded.
+pub(crate) fn write(dir: &Path, model: &Classifier, opt_state: Vec<(String, Tensor)>, progress: &mut Progress) -> Result<()> {
+    let name = format!("state-{}-{:03}.safetensors", progress.phase.number(), progress.epochs_done);
+    let mut named: Vec<(String, Tensor)> =
+        sorted_variables(model).into_iter().map(|(n, t)| (format!("model.{n}"), t)).collect();
+    named.extend(opt_state.into_iter().map(|(n, t)| (format!("opt.{n}"), t)));
+    let path = dir.join(&name);
+    save_safetensors(&named, &path)?;
+    let (blake3, _) = maskflow_core::hash::blake3_file(&path).with_context(|| format!("hashing {}", path.display()))?;
+    let old = std::mem::replace(&mut progress.tensors_file, name);
+    progress.tensors_blake3 = blake3;
+    write_json_atomic(&dir.join(PROGRESS_FILE), progress)?;
+    if !old.is_empty() && old != progress.tensors_file {
+        let _ = std::fs::remove_file(dir.join(old));
+    }
+    write_metrics(&dir.join(METRICS_FILE), &progress.metrics)
+}
+
+/// `metrics.jsonl`: one line per epoch.
+pub(crate) fn write_metrics(path: &Path, metrics: &[EpochMetrics]) -> Result<()> {
+    let mut lines = String::new();
+    for m in metrics {
+        lines.push_str(&serde_json::to_string(m)?);
+        lines.push('\n');
+    }
+    write_atomic(path, lines.as_bytes())?;
+    Ok(())
+}
