@@ -27,6 +27,16 @@ demo: build
 test: setup
     cargo test --workspace --no-fail-fast
 
+# Record every stage kind's version and source hash in stages.lock (after bumping a VERSION, or to
+# declare a source change output-neutral). The test suite fails while the lock is out of date.
+lock-stages: setup
+    MASKFLOW_WRITE_STAGES_LOCK=1 cargo test --quiet --test architecture stages_lock
+    @git diff --stat stages.lock || true
+
+# The declared graph of a pipeline with keys and states (`just graph FILE --dot` for Graphviz).
+graph PIPELINE *ARGS: build
+    {{bin}} graph {{PIPELINE}} {{ARGS}}
+
 # Run any pipeline file: `just run pipelines/facemask.toml --force prep`.
 run PIPELINE *ARGS: build
     {{bin}} run {{PIPELINE}} {{ARGS}}

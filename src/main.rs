@@ -161,6 +161,13 @@ enum Command {
         #[arg(long, default_value = "artifacts", global = true)]
         artifacts: PathBuf,
     },
+    /// List the stage kinds this binary knows: name, code version, the artifact kind each writes,
+    /// and its input slots.
+    Stages {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the toolchain: libtorch, threads, CUDA, allocator settings.
     Info,
 }
@@ -272,6 +279,10 @@ fn real_main() -> Result<()> {
             WeightsAction::Import { name, from } => weights_cmd::import(&name, from.as_deref(), &artifacts),
             WeightsAction::Verify => weights_cmd::verify(&artifacts),
         },
+        Command::Stages { json } => {
+            runner::list_stages(json);
+            Ok(())
+        }
         Command::Info => {
             info();
             Ok(())

@@ -262,3 +262,31 @@ pub fn stage_alone(a: &StageArgs, c: &Compute) -> Result<()> {
     println!("{:<7} written to {}", a.kind, a.out.display());
     Ok(())
 }
+
+/// `maskflow stages`.
+pub fn list_stages(json: bool) {
+    let reg = registry();
+    if !json {
+        println!("{:<8} {:<8} {:<14} inputs", "kind", "version", "writes");
+    }
+    for st in reg.kinds() {
+        let slots = st.inputs(&st.default_params());
+        if json {
+            let slots: Vec<serde_json::Value> = slots
+                .iter()
+                .map(|s| serde_json::json!({"name": s.name, "kind": s.kind, "required": s.required, "data": s.data}))
+                .collect();
+            let v = serde_json::json!({"kind": st.kind(), "version": st.version(), "output": st.output(), "reads_dataset": st.reads_dataset(), "inputs": slots});
+            println!("{v}");
+        } else {
+            let mut from: Vec<String> = slots
+                .iter()
+                .map(|s| format!("{} ({}{})", s.name, s.kind, if s.required { "" } else { ", optional" }))
+                .collect();
+            if st.reads_dataset() {
+                from.insert(0, "a labelled folder".into());
+            }
+            println!("{:<8} {:<8} {:<14} {}", st.kind(), st.version(), st.output(), from.join(", "));
+        }
+    }
+}

@@ -49,6 +49,22 @@ fn python_torchscript_matches_maskflow_predict_and_bad_files_are_reported() {
     }
     assert_eq!(errors, 5, "the five planted bad files each get a line with a reason:\n{lines}");
 
+    // The bundle gives what eval measured: predict's probabilities on the validation images equal
+    // the ones in eval's predictions.parquet.
+    let eval_dir = d.path().join("artifacts/eval").join(&keys(&d.path().join("artifacts"), "eval")[0]);
+    let (classes, rows) = maskflow_contracts::eval::read_predictions(&eval_dir.join("predictions.parquet")).unwrap();
+    assert_eq!(classes, ["with_mask", "without_mask"]);
+    assert!(rows.len() > 5);
+    let mut max_eval_diff = 0.0f64;
+    for r in &rows {
+        let mine = ours.get(&r.path).unwrap_or_else(|| panic!("predict did not classify {}", r.path));
+        for (a, b) in mine.iter().zip(&r.probabilities) {
+            max_eval_diff = max_eval_diff.max((a - *b as f64).abs());
+        }
+    }
+    println!("maskflow predict vs eval's predictions.parquet: {} images, max abs difference {max_eval_diff:.2e}", rows.len());
+    assert!(max_eval_diff <= 1e-5, "max diff {max_eval_diff}");
+
     // Python, on the prep shards' pixels.
     let art = d.path().join("artifacts");
     let prep = art.join("prep").join(&keys(&art, "prep")[0]);

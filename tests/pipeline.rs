@@ -258,3 +258,46 @@ fn every_stage_runs_alone_on_artifact_folders() {
     let card: serde_json::Value = serde_json::from_slice(&fs::read(d.path().join("bundle/model_card.json")).unwrap()).unwrap();
     assert!(card["metrics"]["accuracy"].is_number(), "{card}");
 }
+
+/// The state of every instance in `maskflow status` output.
+fn states(status: &str) -> std::collections::BTreeMap<String, String> {
+    status
+        .lines()
+        .skip(1) // "pipeline NAME (FILE)"
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some((w.next()?.to_string(), w.next()?.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn each_kinds_params_and_the_weights_make_exactly_the_right_stages_stale() {
+    let d = tempfile::tempdir().unwrap();
+    small_pipeline(d.path(), "");
+    ok(d.path(), &["run", "pipelines/p.toml", "--device", "cpu"]);
+    let p = d.path().join("pipelines/p.toml");
+    let original = fs::read_to_string(&p).unwrap();
+    let check = |edit: &dyn Fn(&str) -> String, stale: &[&str], reason: &str| {
+        fs::write(&p, edit(&original)).unwrap();
+        let status = ok(d.path(), &["status", "pipelines/p.toml"]);
+        let st = states(&status);
+        for name in ["index", "prep", "train", "eval", "export"] {
+            let want = if stale.contains(&name) { "stale" } else { "cached" };
+            assert_eq!(st.get(name).map(String::as_str), Some(want), "{name} after {reason:?}:\n{status}");
+        }
+        assert!(status.contains(reason), "{status}");
+    };
+    check(&|t| t.replace("batch_size = 8", "batch_size = 4"), &["train", "eval", "export"], "train.batch_size 8 → 4");
+    check(&|t| t.replace("top_losses = 4", "top_losses = 5"), &["eval", "export"], "eval.top_losses 4 → 5");
+    check(&|t| t.replace("[export]\n", "[export]\nname = \"masks\"\n"), &["export"], "export.name \"maskflow-classifier\" → \"masks\"");
+    // The pretrained weights are an input of train: their sha256 is in its key.
+    check(
+        &|t| t.replace("arch = \"resnet18\"\npretrained = \"none\"", "arch = \"mobilenet_v2\"\npretrained = \"mobilenet_v2\""),
+        &["train", "eval", "export"],
+        "new upstream weights",
+    );
+    fs::write(&p, &original).unwrap();
+    let st = states(&ok(d.path(), &["status", "pipelines/p.toml"]));
+    assert!(st.values().all(|s| s == "cached"), "{st:?}");
+}

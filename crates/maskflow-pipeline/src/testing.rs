@@ -55,12 +55,10 @@ fn candidates(stage: &dyn DynStage, base: &Value, path: &[String]) -> Vec<Value>
     let mut probe = base.clone();
     *get_mut(&mut probe, path) = Value::String("\u{1}not-a-variant".into());
     if let Err(e) = stage.parse_value(probe) {
-        if let Some(list) = e.split("expected one of ").nth(1) {
-            for v in list.split(", ").map(|x| x.trim_matches(|c: char| c == '`' || c.is_whitespace())) {
-                out.push(Value::String(v.to_string()));
-            }
-        } else if let Some(v) = e.split("expected `").nth(1).and_then(|r| r.split('`').next()) {
-            out.push(Value::String(v.to_string()));
+        // "unknown variant `x`, expected one of `a`, `b`" / "expected `a` or `b`": every quoted name
+        // after "expected".
+        if let Some(list) = e.split("expected").nth(1) {
+            out.extend(list.split('`').skip(1).step_by(2).map(|v| Value::String(v.to_string())));
         }
     }
     out
