@@ -15,7 +15,7 @@ fn pipeline(dir: &Path, data_mode: &str) {
         format!(
             "name = \"r\"\n[dataset]\nroot = \"../data/synth\"\n[dataset.synth]\nseed = 4\nper_class = 40\n\
              [index]\nvalid_pct = 0.25\n[prep]\nsize = 32\nrow_group_rows = 8\n\
-             [train]\narch = \"resnet18\"\npretrained = \"none\"\nbatch_size = 8\nfrozen_epochs = 3\nunfrozen_epochs = 3\n\
+             [train]\narch = \"resnet18\"\npretrained = \"none\"\nbatch_size = 8\nfrozen_epochs = 2\nunfrozen_epochs = 2\n\
              data = \"{data_mode}\"\nshuffle_buffer = 16\n"
         ),
     )

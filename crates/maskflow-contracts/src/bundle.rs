@@ -8,7 +8,7 @@
 
 use crate::eval::Metrics;
 use crate::model::Arch;
-use crate::{JsonFile, Preprocess};
+use crate::Preprocess;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -39,14 +39,7 @@ pub struct ModelCard {
     pub maskflow_version: String,
 }
 
-impl JsonFile for ModelCard {
-    const FILE: &'static str = "model_card.json";
-    const WHAT: &'static str = "model card";
-    const SCHEMA: u32 = 2;
-    fn schema(&self) -> u32 {
-        self.schema
-    }
-}
+crate::json_file!(ModelCard, "model_card.json", "model card", 2);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InputSpec {

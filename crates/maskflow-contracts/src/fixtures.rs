@@ -86,17 +86,22 @@ pub fn index_table(dir: &Path, root: &Path, classes: &[String], images: &[Fixtur
             }
         })
         .collect();
-    index::write_index(&dir.join(index::INDEX_FILE), &rows)?;
+    write_index_artifact(dir, root, classes, &rows)
+}
+
+/// `index.parquet`, `classes.json`, `dataset.json` and `summary.json` for `rows` (all accepted).
+fn write_index_artifact(dir: &Path, root: &Path, classes: &[String], rows: &[IndexRow]) -> anyhow::Result<()> {
+    index::write_index(&dir.join(index::INDEX_FILE), rows)?;
     index::write_classes(dir, classes)?;
     IndexDataset { schema: IndexDataset::SCHEMA, root: root.to_path_buf(), fingerprint: "fixture".into() }.write(dir)?;
-    let valid = images.iter().filter(|i| i.split == "valid").count();
+    let valid = rows.iter().filter(|r| r.split.as_deref() == Some("valid")).count();
     IndexSummary {
         schema: IndexSummary::SCHEMA,
         root: root.display().to_string(),
-        files: images.len(),
-        accepted: images.len(),
+        files: rows.len(),
+        accepted: rows.len(),
         classes: classes.to_vec(),
-        train: images.len() - valid,
+        train: rows.len() - valid,
         valid,
         ..Default::default()
     }
@@ -190,21 +195,7 @@ pub fn index_table_of_folder(dir: &Path, root: &Path) -> anyhow::Result<Vec<Inde
     std::fs::create_dir_all(dir)?;
     let rows = index_rows_of_folder(root)?;
     let listing = maskflow_core::dataset::walk(root)?;
-    index::write_index(&dir.join(index::INDEX_FILE), &rows)?;
-    index::write_classes(dir, &listing.classes)?;
-    IndexDataset { schema: IndexDataset::SCHEMA, root: root.to_path_buf(), fingerprint: "fixture".into() }.write(dir)?;
-    let valid = rows.iter().filter(|r| r.split.as_deref() == Some("valid")).count();
-    IndexSummary {
-        schema: IndexSummary::SCHEMA,
-        root: root.display().to_string(),
-        files: rows.len(),
-        accepted: rows.len(),
-        classes: listing.classes.clone(),
-        train: rows.len() - valid,
-        valid,
-        ..Default::default()
-    }
-    .write(dir)?;
+    write_index_artifact(dir, root, &listing.classes, &rows)?;
     Ok(rows)
 }
 

@@ -6,7 +6,7 @@
 //! - `summary.json`: [`IndexSummary`], counts, rejections by reason, duplicate groups.
 //! - `duplicates.json`: the duplicate groups, for people to read.
 
-use crate::{read_json, write_json, ContractError, JsonFile};
+use crate::{read_json, write_json, ContractError};
 use maskflow_core::dataset::WalkNote;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -30,14 +30,7 @@ pub struct IndexDataset {
     pub fingerprint: String,
 }
 
-impl JsonFile for IndexDataset {
-    const FILE: &'static str = "dataset.json";
-    const WHAT: &'static str = "index dataset record";
-    const SCHEMA: u32 = 1;
-    fn schema(&self) -> u32 {
-        self.schema
-    }
-}
+crate::json_file!(IndexDataset, "dataset.json", "index dataset record", 1);
 
 /// `summary.json`: what the index stage reports (also its one-line summary).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -75,14 +68,7 @@ pub struct ClassCounts {
     pub valid_fraction: f64,
 }
 
-impl JsonFile for IndexSummary {
-    const FILE: &'static str = "summary.json";
-    const WHAT: &'static str = "index summary";
-    const SCHEMA: u32 = 1;
-    fn schema(&self) -> u32 {
-        self.schema
-    }
-}
+crate::json_file!(IndexSummary, "summary.json", "index summary", 1);
 
 impl IndexSummary {
     /// One line for people.

@@ -88,6 +88,21 @@ pub trait JsonFile: Serialize + DeserializeOwned {
     }
 }
 
+/// `impl JsonFile for T` with its file name, description and schema version (`T` has a `schema` field).
+macro_rules! json_file {
+    ($t:ty, $file:literal, $what:literal, $schema:literal) => {
+        impl $crate::JsonFile for $t {
+            const FILE: &'static str = $file;
+            const WHAT: &'static str = $what;
+            const SCHEMA: u32 = $schema;
+            fn schema(&self) -> u32 {
+                self.schema
+            }
+        }
+    };
+}
+pub(crate) use json_file;
+
 /// Reads a plain JSON file (no schema field) with the contract's error type.
 pub fn read_json<T: DeserializeOwned>(path: &Path, what: &'static str) -> Result<T, ContractError> {
     let bytes = std::fs::read(path).map_err(|source| ContractError::Read { path: path.to_path_buf(), source })?;

@@ -9,7 +9,7 @@
 //! The description types of a model ([`Arch`], [`HeadConfig`], [`Precision`], [`DataMode`]) live here,
 //! without torch; `maskflow-models` builds the networks they describe.
 
-use crate::{JsonFile, Preprocess};
+use crate::Preprocess;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -171,14 +171,7 @@ pub struct TrainConfig {
     pub recipe: BTreeMap<String, String>,
 }
 
-impl JsonFile for TrainConfig {
-    const FILE: &'static str = "train_config.json";
-    const WHAT: &'static str = "training configuration";
-    const SCHEMA: u32 = 2;
-    fn schema(&self) -> u32 {
-        self.schema
-    }
-}
+crate::json_file!(TrainConfig, "train_config.json", "training configuration", 2);
 
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

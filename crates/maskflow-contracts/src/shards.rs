@@ -7,7 +7,7 @@
 //! - `shard_set.json`: [`ShardSetMeta`]: how the pixels were made ([`Preprocess`]), the classes in
 //!   label order, and the dataset's fingerprint.
 
-use crate::{read_json, write_json, ContractError, JsonFile, Preprocess};
+use crate::{read_json, write_json, ContractError, Preprocess};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -56,14 +56,7 @@ pub struct ShardSetMeta {
     pub dataset_fingerprint: String,
 }
 
-impl JsonFile for ShardSetMeta {
-    const FILE: &'static str = "shard_set.json";
-    const WHAT: &'static str = "shard set description";
-    const SCHEMA: u32 = 1;
-    fn schema(&self) -> u32 {
-        self.schema
-    }
-}
+crate::json_file!(ShardSetMeta, "shard_set.json", "shard set description", 1);
 
 pub fn read_shard_list(dir: &Path) -> Result<Vec<ShardInfo>, ContractError> {
     read_json(&dir.join(SHARDS_FILE), "shard list")

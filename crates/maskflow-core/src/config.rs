@@ -13,24 +13,30 @@ pub enum ConfigError {
 
 /// Parses `text` (the contents of `path`) into `T`; errors carry the 1-based line and column.
 pub fn parse_toml<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
-    toml::from_str(text).map_err(|e| {
-        let (line, column) = e
-            .span()
-            .map(|s| line_col(text, s.start))
-            .unwrap_or((1, 1));
-        let mut message = e.message().trim().to_string();
-        // Type errors point at the value; name the key it belongs to.
-        if let Some(key) = text
-            .lines()
-            .nth(line - 1)
-            .and_then(|l| l.split_once('='))
-            .map(|(k, _)| k.trim())
-            .filter(|k| !k.is_empty() && !message.contains(&format!("`{k}`")))
-        {
-            message = format!("key `{key}`: {message}");
-        }
-        ConfigError::Invalid { path: path.to_path_buf(), line, column, message }
-    })
+    toml::from_str(text).map_err(|e| toml_error(path, text, &e))
+}
+
+/// A TOML error in `text` (the contents of `path`) as `path:line:column: message`; a type error,
+/// which points at the value, also names the key it belongs to.
+pub fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+    let mut message = e.message().trim().to_string();
+    if let Some(key) = text
+        .lines()
+        .nth(line - 1)
+        .and_then(|l| l.split_once('='))
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && !k.starts_with('[') && !message.contains(&format!("`{k}`")))
+    {
+        message = format!("key `{key}`: {message}");
+    }
+    ConfigError::Invalid { path: path.to_path_buf(), line, column, message }
+}
+
+/// A message about the text at byte `offset` of `text` (the contents of `path`).
+pub fn error_at(path: &Path, text: &str, offset: usize, message: String) -> ConfigError {
+    let (line, column) = line_col(text, offset);
+    ConfigError::Invalid { path: path.to_path_buf(), line, column, message }
 }
 
 pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
@@ -39,7 +45,7 @@ pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
     parse_toml(path, &text)
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;

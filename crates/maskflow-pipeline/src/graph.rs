@@ -68,32 +68,27 @@ pub struct Graph {
     text: String,
 }
 
-pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = &text[..offset];
-    (before.matches('\n').count() + 1, before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1)
-}
+pub(crate) use maskflow_core::config::{error_at as err_at, line_col, toml_error as config_error};
 
-fn err_at(path: &Path, text: &str, offset: usize, message: String) -> ConfigError {
-    let (line, column) = line_col(text, offset);
-    ConfigError::Invalid { path: path.to_path_buf(), line, column, message }
-}
-
-/// A TOML error as `file:line:col: message`, naming the key a type error belongs to.
-pub(crate) fn config_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
-    let offset = e.span().map(|s| s.start).unwrap_or(0);
-    let (line, _) = line_col(text, offset);
-    let mut message = e.message().trim().to_string();
-    if let Some(key) = text
-        .lines()
-        .nth(line - 1)
-        .and_then(|l| l.split_once('='))
-        .map(|(k, _)| k.trim())
-        .filter(|k| !k.is_empty() && !k.starts_with('[') && !message.contains(&format!("`{k}`")))
-    {
-        message = format!("key `{key}`: {message}");
+/// `a/b/../c` → `a/c`, `./a` → `a` (lexically: a path relative to a pipeline file's folder reads as
+/// the folder it names, `data/synth`, not `pipelines/../data/synth`).
+fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out: Vec<Component> = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.last(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
     }
-    err_at(path, text, offset, message)
+    if out.is_empty() {
+        PathBuf::from(".")
+    } else {
+        out.iter().collect()
+    }
 }
 
 /// Whether the text has a `[kind]` header line (TOML keeps no trace of an empty table written
@@ -203,7 +198,7 @@ impl Graph {
         let Some(root) = root else {
             return Err(err_at(path, text, 0, "missing [dataset] root".into()));
         };
-        let root = if root.is_absolute() { root } else { base.join(root) };
+        let root = normalize(&if root.is_absolute() { root } else { base.join(root) });
         let name = name.unwrap_or_else(|| {
             path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "pipeline".into())
         });
@@ -341,7 +336,7 @@ impl Builder<'_> {
                     return Err(self.err(v.span().start, format!("[{}] data: expected a folder path", d.name)));
                 };
                 let p = PathBuf::from(s);
-                data = Some(if p.is_absolute() { p } else { self.base.join(p) });
+                data = Some(normalize(&if p.is_absolute() { p } else { self.base.join(p) }));
             }
             table = rest;
         }
