@@ -39,6 +39,11 @@ pub fn pixels(size: u32, label_idx: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// prep's defaults at `size`.
+fn preprocess(size: u32) -> Preprocess {
+    Preprocess { size, resize: crate::ResizeMode::Crop, filter: crate::Filter::Bilinear, background: [255, 255, 255], jpeg_draft: true }
+}
+
 /// `n_per_class` images per class, every fifth in `valid`.
 pub fn images(classes: usize, n_per_class: usize, size: u32, seed: u64) -> Vec<FixtureImage> {
     (0..classes * n_per_class)
@@ -143,13 +148,7 @@ pub fn shard_set(
     shards::write_shard_list(dir, &infos)?;
     ShardSetMeta {
         schema: ShardSetMeta::SCHEMA,
-        preprocess: Preprocess {
-            size,
-            resize: crate::ResizeMode::Crop,
-            filter: crate::Filter::Bilinear,
-            background: [255, 255, 255],
-            jpeg_draft: true,
-        },
+        preprocess: preprocess(size),
         classes: classes.to_vec(),
         dataset_fingerprint: "fixture".into(),
     }
@@ -214,13 +213,7 @@ pub fn train_config(arch: crate::model::Arch, classes: &[String], size: u32) -> 
         inference_batch_size: 16,
         data: DataMode::Auto,
         memory_limit_mb: 64,
-        preprocess: Preprocess {
-            size,
-            resize: crate::ResizeMode::Crop,
-            filter: crate::Filter::Bilinear,
-            background: [255, 255, 255],
-            jpeg_draft: true,
-        },
+        preprocess: preprocess(size),
         pretrained: "none".into(),
         dataset_fingerprint: "fixture".into(),
         recipe: [("arch".to_string(), format!("{:?}", arch.name())), ("seed".to_string(), "42".to_string())].into(),

@@ -8,6 +8,8 @@
 
 pub mod metrics;
 mod report;
+#[cfg(test)]
+mod tests;
 
 use anyhow::{bail, Context, Result};
 use maskflow_contracts::eval::{write_predictions, PredictionRow};

@@ -231,36 +231,4 @@ let probs = module.forward_ts(&[x])?;            // (1, {k})\n```\n",
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use maskflow_contracts::Preprocess;
-
-    fn card(resize: ResizeMode, filter: Filter) -> ModelCard {
-        ModelCard {
-            schema: ModelCard::SCHEMA,
-            name: "m".into(),
-            classes: vec!["a".into(), "b".into()],
-            input: InputSpec { layout: String::new(), dtype: String::new(), height: 64, width: 64, channels: 3, output: String::new() },
-            preprocessing: Preprocess { size: 64, resize, filter, background: [1, 2, 3], jpeg_draft: true },
-            normalization: Normalization { inside_module: true, scale: "1/255".into(), mean: MEAN, std: STD },
-            arch: maskflow_models::Arch::Resnet18,
-            architecture: String::new(),
-            training: BTreeMap::new(),
-            metrics: None,
-            dataset_fingerprint: String::new(),
-            upstream: BTreeMap::new(),
-            maskflow_version: String::new(),
-        }
-    }
-
-    #[test]
-    fn the_readme_snippet_follows_the_bundles_resize_and_filter() {
-        let crop = readme(&card(ResizeMode::Crop, Filter::Bilinear));
-        assert!(crop.contains("min(w, h)") && crop.contains("Image.BILINEAR") && crop.contains("img.crop"), "{crop}");
-        let squish = readme(&card(ResizeMode::Squish, Filter::Lanczos3));
-        assert!(squish.contains("img.resize((64, 64), Image.LANCZOS)") && !squish.contains("min(w, h)"), "{squish}");
-        assert!(squish.contains("`lanczos3` filter"), "{squish}");
-        let pad = readme(&card(ResizeMode::Pad, Filter::Nearest));
-        assert!(pad.contains("max(w, h)") && pad.contains("(1, 2, 3)") && pad.contains("Image.NEAREST"), "{pad}");
-    }
-}
+mod tests;

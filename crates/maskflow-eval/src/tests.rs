@@ -3,7 +3,7 @@
 
 use maskflow_contracts::fixtures;
 use maskflow_contracts::model::Arch;
-use maskflow_eval::{EvalParams, EvalStage, Inputs, Provenance, Splits};
+use crate::{EvalParams, EvalStage, Inputs, Provenance, Splits};
 use std::path::Path;
 
 fn classes() -> Vec<String> {
@@ -20,7 +20,7 @@ fn artifacts(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::
     (model, shards, index)
 }
 
-fn run(dir: &Path, splits: Splits, out: &str) -> anyhow::Result<maskflow_eval::EvalReport> {
+fn run(dir: &Path, splits: Splits, out: &str) -> anyhow::Result<crate::EvalReport> {
     let (model, shards, index) = artifacts(dir);
     let params = EvalParams { splits: Some(splits), top_losses: 4, ..Default::default() };
     let inputs = Inputs {
@@ -31,7 +31,7 @@ fn run(dir: &Path, splits: Splits, out: &str) -> anyhow::Result<maskflow_eval::E
     };
     let out = dir.join(out);
     std::fs::create_dir_all(&out)?;
-    maskflow_eval::run(&inputs, &params, tch::Device::Cpu, 1, &out)
+    crate::run(&inputs, &params, tch::Device::Cpu, 1, &out)
 }
 
 #[test]
@@ -86,7 +86,7 @@ fn data_with_a_class_the_model_does_not_know_is_refused() {
     };
     let out = d.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
-    let err = maskflow_eval::run(&inputs, &params, tch::Device::Cpu, 1, &out).unwrap_err().to_string();
+    let err = crate::run(&inputs, &params, tch::Device::Cpu, 1, &out).unwrap_err().to_string();
     assert!(err.contains("does not know") && err.contains("cats"), "{err}");
 }
 
