@@ -15,18 +15,18 @@ work=$(mktemp -d /tmp/maskflow-bench-prep.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
 echo "dataset: $dataset ($(find "$dataset" -type f | wc -l) files), cpus: $(nproc)"
-/usr/bin/time -f "index: %e s wall, peak RSS %M KB" "$bin" index --root "$dataset" --out "$work/index" >/dev/null
-printf '[dataset]\nroot = "unused"\n[prep]\njpeg_draft = false\n' > "$work/full.toml"
+/usr/bin/time -f "index: %e s wall, peak RSS %M KB" "$bin" stage index --dataset "$dataset" --out "$work/index" >/dev/null
+printf 'jpeg_draft = false\n' > "$work/full.toml"
 rate() { python3 -c "import json,sys;print(round(json.load(open(sys.argv[1]))['images_per_second'],1))" "$1"; }
 rate_stdin() { python3 -c "import json,sys;print(round(json.load(sys.stdin)['images_per_second'],1))"; }
 best() { python3 -c "print(max(float('$1'), float('$2')))"; }
 b_mf=0; b_mffull=0; b_pil=0; b_pildraft=0
 for r in $(seq "$rounds"); do
   rm -rf "$work/mf" "$work/mffull" "$work/pil" "$work/pildraft"
-  sync; /usr/bin/time -f "%M" -o "$work/rss" "$bin" prep --index "$work/index" --root "$dataset" --out "$work/mf" >/dev/null
+  sync; /usr/bin/time -f "%M" -o "$work/rss" "$bin" stage prep --input index="$work/index" --out "$work/mf" >/dev/null
   mf=$(rate "$work/mf/report.json")
   echo "round $r  maskflow prep (default: jpeg_draft)   $mf images/s  (peak RSS $(cat "$work/rss") KB)"
-  sync; "$bin" prep --index "$work/index" --root "$dataset" --out "$work/mffull" --pipeline "$work/full.toml" >/dev/null
+  sync; "$bin" stage prep --input index="$work/index" --out "$work/mffull" --params "$work/full.toml" >/dev/null
   mffull=$(rate "$work/mffull/report.json")
   echo "round $r  maskflow prep (jpeg_draft = false)    $mffull images/s"
   sync; pil=$($py bench/prep_pil.py "$work/index/index.parquet" "$dataset" "$work/pil" --workers 2 | rate_stdin)

@@ -18,8 +18,8 @@ for class in "$dataset"/*/; do
 done
 for name in x1 x4; do
   root=$dataset; [ "$name" = x4 ] && root=$work/x4
-  /usr/bin/time -f "%M" -o "$work/rss-index" "$bin" index --root "$root" --out "$work/$name-index" >/dev/null
-  /usr/bin/time -f "%M %e" -o "$work/rss-prep" "$bin" prep --index "$work/$name-index" --root "$root" --out "$work/$name-prep" >/dev/null
+  /usr/bin/time -f "%M" -o "$work/rss-index" "$bin" stage index --dataset "$root" --out "$work/$name-index" >/dev/null
+  /usr/bin/time -f "%M %e" -o "$work/rss-prep" "$bin" stage prep --input index="$work/$name-index" --out "$work/$name-prep" >/dev/null
   rows=$(python3 -c "import json;print(json.load(open('$work/$name-prep/report.json'))['images'])")
   read -r prep_rss prep_s < "$work/rss-prep"
   echo "$name: $rows images  index peak RSS $(( $(cat "$work/rss-index") / 1024 )) MB  prep peak RSS $(( prep_rss / 1024 )) MB  prep ${prep_s}s"
