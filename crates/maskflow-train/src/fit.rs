@@ -268,7 +268,9 @@ pub(crate) fn fit(
             pb.set_message(format!("loss {ema:.4}  {:.1} img/s", t.images as f64 / t0.elapsed().as_secs_f64()));
         }
         pb.finish_and_clear();
-        let train_seconds = t0.elapsed().as_secs_f64() + if epoch == first { batches.setup_seconds() } else { 0.0 };
+        // The fixed body's features are counted in the first epoch this process runs.
+        let setup = if epoch == first { batches.setup_seconds() } else { 0.0 };
+        let train_seconds = t0.elapsed().as_secs_f64() + setup;
         let (valid_loss, accuracy) = batches.validate(ctx, model)?;
         let m = EpochMetrics {
             phase: phase.name().into(),
@@ -279,7 +281,7 @@ pub(crate) fn fit(
             accuracy,
             error_rate: 1.0 - accuracy,
             lrs: max_lrs.to_vec(),
-            seconds: t0.elapsed().as_secs_f64() + if epoch == first { batches.setup_seconds() } else { 0.0 },
+            seconds: t0.elapsed().as_secs_f64() + setup,
             images_per_second: t.images as f64 / train_seconds.max(1e-9),
         };
         end_epoch(ctx, model, &opt, progress, phase, epoch, m)?;
