@@ -15,3 +15,14 @@ pub fn bar(len: u64, what: &str, unit: &str) -> ProgressBar {
     pb.set_prefix(what.to_string());
     pb
 }
+
+/// A bar for `total` bytes of transfer, showing bytes done and the throughput.
+pub fn bytes_bar(total: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(total);
+    let template = "{prefix:>8.bold} [{bar:32}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}";
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_prefix(what.to_string());
+    pb
+}

@@ -15,6 +15,9 @@ pub struct StageRun {
     pub key: String,
     pub dir: PathBuf,
     pub cached: bool,
+    /// Downloaded from the shared store rather than built here.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pulled: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebuilt_because: Option<String>,
     pub duration_s: f64,

@@ -1,0 +1,359 @@
+//! The shared store: artifacts on object storage, for a team.
+//!
+//! Layout under the store's URL (`s3://bucket/prefix`, `file:///shared/path`):
+//!
+//! ```text
+//! cas/<blake3>                      every file of every artifact, once (content-addressed, written once)
+//! <kind>/<key>/manifest.json        the commit point: the artifact's manifest, byte for byte the local one,
+//!                                   written last and create-only (If-None-Match: *)
+//! leases/<kind>/<key>.json          who is building a key, until when (create-only, renewed, taken over)
+//! checkpoints/<kind>/<key>.json     a running build's resumable state (its files are blobs too)
+//! runs/<pipeline>/<stamp>.json      run records, the roots `gc` can keep by
+//! ```
+//!
+//! "Is it cached?" is one GET of a manifest. A manifest exists only after all its blobs were
+//! uploaded, so a build killed in between leaves blobs nobody trusts (swept by `gc` after a grace
+//! period) and no manifest. Every blob is checked against its blake3 as it is read; a missing or
+//! corrupt one is an error the caller treats as a miss. The files of an artifact are its shards,
+//! weights and reports — never one object per image.
+
+mod blobs;
+mod gc;
+mod lease;
+
+pub use blobs::Transfer;
+pub use gc::{GcOptions, GcReport};
+pub use lease::{Lease, LeaseAttempt, LeaseInfo};
+
+use bytes::Bytes;
+use maskflow_core::store::{FileEntry, Manifest};
+use object_store::path::Path as OPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("store URL {url:?}: {why}")]
+    Url { url: String, why: String },
+    #[error("{at}: {source}")]
+    Backend { at: String, source: object_store::Error },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("blob {blake3} (file {file}) is missing from the store")]
+    BlobMissing { file: String, blake3: String },
+    #[error("blob {blake3} (file {file}) is corrupt in the store: its content hashes to {found}")]
+    BlobCorrupt { file: String, blake3: String, found: String },
+    #[error("{at}: unusable manifest: {why}")]
+    BadManifest { at: String, why: String },
+    #[error(
+        "{url} does not honour create-only writes (If-None-Match: *): {why}. Two machines publishing the \
+         same artifact could overwrite each other's manifest, so maskflow will not write to this store. \
+         Use it with --read-only, or use a store with conditional writes (AWS S3, MinIO, Ceph, moto, \
+         or a shared filesystem as file:///path)"
+    )]
+    NoConditionalWrites { url: String, why: String },
+}
+
+impl RemoteError {
+    /// A blob that failed its check: the artifact is unusable as stored and must be rebuilt.
+    pub fn is_corrupt_artifact(&self) -> bool {
+        matches!(self, RemoteError::BlobMissing { .. } | RemoteError::BlobCorrupt { .. } | RemoteError::BadManifest { .. })
+    }
+}
+
+/// A shared store: an object store, a prefix in it, and the runtime that drives its client.
+pub struct Remote {
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    url: String,
+    rt: tokio::runtime::Runtime,
+    progress: bool,
+}
+
+/// A manifest as stored: its exact bytes (kept so that a pulled artifact's manifest is the
+/// published one, byte for byte) and what they say.
+#[derive(Debug, Clone)]
+pub struct RemoteManifest {
+    pub bytes: Vec<u8>,
+    pub manifest: Manifest,
+}
+
+/// What publishing an artifact did.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// False when another machine's manifest for the key was there first (both are valid builds).
+    pub created: bool,
+    pub transfer: Transfer,
+}
+
+impl Remote {
+    /// Opens `s3://bucket[/prefix]` (endpoint, region and credentials from the usual `AWS_*`
+    /// variables: `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_SESSION_TOKEN`) or `file:///absolute/path` (a shared filesystem; created if missing).
+    pub fn open(url: &str) -> Result<Self, RemoteError> {
+        let bad = |why: &str| RemoteError::Url { url: url.to_string(), why: why.to_string() };
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("expected s3://bucket/prefix or file:///path"))?;
+        let (store, prefix): (Arc<dyn ObjectStore>, String) = match scheme {
+            "s3" => {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err(bad("no bucket name"));
+                }
+                install_tls_provider();
+                let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+                let endpoint = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT")).unwrap_or_default();
+                if endpoint.starts_with("http://") {
+                    b = b.with_allow_http(true);
+                }
+                if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+                    b = b.with_region("us-east-1");
+                }
+                let s3 = b.build().map_err(|e| bad(&e.to_string()))?;
+                (Arc::new(s3), prefix.trim_matches('/').to_string())
+            }
+            "file" => {
+                let path = Path::new(rest);
+                if !path.is_absolute() {
+                    return Err(bad("a file:// store needs an absolute path (file:///shared/cache)"));
+                }
+                std::fs::create_dir_all(path).map_err(|source| RemoteError::Io { path: path.into(), source })?;
+                let fs = object_store::local::LocalFileSystem::new_with_prefix(path).map_err(|e| bad(&e.to_string()))?;
+                (Arc::new(fs), String::new())
+            }
+            other => return Err(bad(&format!("unknown scheme {other}:// (s3:// or file://)"))),
+        };
+        Ok(Self::with_store(store, &prefix, url.trim_end_matches('/')))
+    }
+
+    /// A store from any `object_store` backend (tests use the in-memory one).
+    pub fn with_store(store: Arc<dyn ObjectStore>, prefix: &str, url: &str) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .thread_name("maskflow-remote")
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("cannot start the I/O runtime: {e}"));
+        Self { store, prefix: prefix.trim_matches('/').to_string(), url: url.to_string(), rt, progress: false }
+    }
+
+    /// Draw progress bars (bytes, throughput) for transfers.
+    pub fn with_progress(mut self, on: bool) -> Self {
+        self.progress = on;
+        self
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub(crate) fn path(&self, rel: &str) -> OPath {
+        if self.prefix.is_empty() {
+            OPath::from(rel)
+        } else {
+            OPath::from(format!("{}/{rel}", self.prefix))
+        }
+    }
+
+    /// The object's URL, for messages.
+    pub(crate) fn at(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.url)
+    }
+
+    pub(crate) fn backend(&self, rel: &str) -> impl FnOnce(object_store::Error) -> RemoteError + '_ {
+        let at = self.at(rel);
+        move |source| RemoteError::Backend { at, source }
+    }
+
+    pub(crate) fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// Checks that create-only writes work: a second create of one object must be refused. A store
+    /// that accepts it (or cannot do it) would let two machines overwrite each other's manifests.
+    pub fn check_conditional_writes(&self) -> Result<(), RemoteError> {
+        let rel = format!("probes/{}", maskflow_core::fsutil::unique_suffix());
+        let path = self.path(&rel);
+        let create = || PutOptions { mode: PutMode::Create, ..Default::default() };
+        let result = self.block_on(async {
+            self.store.put_opts(&path, PutPayload::from_static(b"1"), create()).await.map_err(self.backend(&rel))?;
+            let second = self.store.put_opts(&path, PutPayload::from_static(b"2"), create()).await;
+            let _ = self.store.delete(&path).await;
+            Ok::<_, RemoteError>(second)
+        });
+        let no = |why: String| RemoteError::NoConditionalWrites { url: self.url.clone(), why };
+        match result {
+            Ok(Ok(_)) => Err(no("a second create-only write of one object succeeded".into())),
+            Ok(Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. })) => Ok(()),
+            Ok(Err(e @ (object_store::Error::NotImplemented { .. } | object_store::Error::NotSupported { .. }))) => {
+                Err(no(e.to_string()))
+            }
+            Ok(Err(source)) => Err(RemoteError::Backend { at: self.at(&rel), source }),
+            Err(RemoteError::Backend { source: e @ object_store::Error::NotImplemented { .. }, .. }) => Err(no(e.to_string())),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn manifest_rel(kind: &str, key: &str) -> String {
+        format!("{kind}/{key}/{}", maskflow_core::store::MANIFEST)
+    }
+
+    /// The published manifest of `kind`/`key`, if any: one GET. A manifest that does not parse or
+    /// names another key is `BadManifest` (the caller rebuilds and republishes).
+    pub fn manifest(&self, kind: &str, key: &str) -> Result<Option<RemoteManifest>, RemoteError> {
+        let rel = Self::manifest_rel(kind, key);
+        let Some(bytes) = self.get_optional(&rel)? else { return Ok(None) };
+        let bad = |why: String| RemoteError::BadManifest { at: self.at(&rel), why };
+        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        if manifest.key != key || manifest.stage != kind {
+            return Err(bad(format!("it names {}/{}", manifest.stage, manifest.key)));
+        }
+        Ok(Some(RemoteManifest { bytes: bytes.to_vec(), manifest }))
+    }
+
+    /// Downloads an artifact's files into `dest` (an empty directory), checking every blob.
+    pub fn fetch(&self, manifest: &Manifest, dest: &Path) -> Result<Transfer, RemoteError> {
+        blobs::download(self, &manifest.files, dest, self.progress)
+    }
+
+    /// Publishes a verified local artifact: its blobs, then its manifest, create-only. `repair`:
+    /// the stored copy was found corrupt, so every blob is rewritten and the old manifest replaced.
+    pub fn publish(&self, dir: &Path, manifest_bytes: &[u8], repair: bool) -> Result<Published, RemoteError> {
+        let manifest: Manifest = serde_json::from_slice(manifest_bytes)
+            .map_err(|e| RemoteError::BadManifest { at: dir.display().to_string(), why: e.to_string() })?;
+        let transfer = blobs::upload(self, dir, &manifest.files, repair, self.progress)?;
+        failpoint("publish-before-manifest");
+        let rel = Self::manifest_rel(&manifest.stage, &manifest.key);
+        if repair {
+            self.delete(&rel)?;
+        }
+        let created = self.create(&rel, Bytes::copy_from_slice(manifest_bytes))?.is_some();
+        Ok(Published { created, transfer })
+    }
+
+    /// Creates `rel` unless it exists: `Some(put result)` when this call created it.
+    pub(crate) fn create(&self, rel: &str, bytes: Bytes) -> Result<Option<object_store::PutResult>, RemoteError> {
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.block_on(self.store.put_opts(&self.path(rel), PutPayload::from_bytes(bytes), opts)) {
+            Ok(r) => Ok(Some(r)),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(None),
+            Err(source) => Err(RemoteError::Backend { at: self.at(rel), source }),
+        }
+    }
+
+    pub(crate) fn get_optional(&self, rel: &str) -> Result<Option<Bytes>, RemoteError> {
+        let path = self.path(rel);
+        self.block_on(async {
+            match self.store.get(&path).await {
+                Ok(r) => r.bytes().await.map(Some).map_err(self.backend(rel)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(self.backend(rel)(e)),
+            }
+        })
+    }
+
+    pub(crate) fn put(&self, rel: &str, bytes: Vec<u8>) -> Result<(), RemoteError> {
+        self.block_on(self.store.put(&self.path(rel), PutPayload::from(bytes))).map(|_| ()).map_err(self.backend(rel))
+    }
+
+    /// Deletes `rel`; a missing object is not an error.
+    pub(crate) fn delete(&self, rel: &str) -> Result<(), RemoteError> {
+        match self.block_on(self.store.delete(&self.path(rel))) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.backend(rel)(e)),
+        }
+    }
+
+    /// Stores a run record (`runs/<pipeline>/<name>.json`): `gc --keep-runs` keeps what they name.
+    pub fn put_run_record(&self, pipeline: &str, name: &str, bytes: Vec<u8>) -> Result<(), RemoteError> {
+        self.put(&format!("runs/{pipeline}/{name}.json"), bytes)
+    }
+
+    // ---- checkpoints: a running build's resumable state, so another machine can resume it ----
+
+    fn checkpoint_rel(kind: &str, key: &str) -> String {
+        format!("checkpoints/{kind}/{key}.json")
+    }
+
+    /// Uploads the files of `dir` (a stage's scratch directory) as the checkpoint of `kind`/`key`:
+    /// blobs first, then the index that names them (overwritten each time).
+    pub fn push_checkpoint(&self, kind: &str, key: &str, dir: &Path) -> Result<Transfer, RemoteError> {
+        let io = |source| RemoteError::Io { path: dir.to_path_buf(), source };
+        let files: Vec<FileEntry> = maskflow_core::fsutil::list_files_recursive(dir)
+            .map_err(io)?
+            .into_iter()
+            .filter_map(|rel| {
+                // A file replaced while we look is skipped: the next push has it.
+                let (blake3, bytes) = maskflow_core::hash::blake3_file(&dir.join(&rel)).ok()?;
+                Some(FileEntry { path: maskflow_core::fsutil::rel_string(&rel), bytes, blake3 })
+            })
+            .collect();
+        let transfer = blobs::upload(self, dir, &files, false, false)?;
+        let index = CheckpointIndex { kind: kind.into(), key: key.into(), files };
+        let bytes = serde_json::to_vec_pretty(&index).unwrap_or_default();
+        self.put(&Self::checkpoint_rel(kind, key), bytes)?;
+        Ok(transfer)
+    }
+
+    /// Downloads the checkpoint of `kind`/`key` into `dir`, if the store has one. Each file is
+    /// checked; the stage itself decides whether what it finds is a usable checkpoint.
+    pub fn pull_checkpoint(&self, kind: &str, key: &str, dir: &Path) -> Result<Option<Transfer>, RemoteError> {
+        let rel = Self::checkpoint_rel(kind, key);
+        let Some(bytes) = self.get_optional(&rel)? else { return Ok(None) };
+        let index: CheckpointIndex = serde_json::from_slice(&bytes)
+            .map_err(|e| RemoteError::BadManifest { at: self.at(&rel), why: e.to_string() })?;
+        std::fs::create_dir_all(dir).map_err(|source| RemoteError::Io { path: dir.into(), source })?;
+        blobs::download(self, &index.files, dir, false).map(Some)
+    }
+
+    pub fn drop_checkpoint(&self, kind: &str, key: &str) -> Result<(), RemoteError> {
+        self.delete(&Self::checkpoint_rel(kind, key))
+    }
+
+    /// Test hooks: the backend and the object path of a blob, to damage one on purpose.
+    pub fn object_store(&self) -> (Arc<dyn ObjectStore>, OPath) {
+        (self.store.clone(), self.path(""))
+    }
+
+    pub fn blob_path(&self, blake3: &str) -> OPath {
+        self.path(&blobs::blob_rel(blake3))
+    }
+
+    /// Overwrites or deletes a stored object by its path relative to the store (fault tests).
+    pub fn damage(&self, rel: &str, replacement: Option<Vec<u8>>) -> Result<(), RemoteError> {
+        match replacement {
+            Some(b) => self.put(rel, b),
+            None => self.delete(rel),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CheckpointIndex {
+    kind: String,
+    key: String,
+    files: Vec<FileEntry>,
+}
+
+fn install_tls_provider() {
+    // Idempotent: a second install reports the first one, which is the same provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Fault injection for the tests: with `MASKFLOW_FAILPOINT=<name>`, the process stops at that
+/// point (announcing it on stderr) and waits to be killed, as a machine that dies there would.
+pub fn failpoint(name: &str) {
+    if std::env::var("MASKFLOW_FAILPOINT").is_ok_and(|v| v == name) {
+        eprintln!("failpoint {name}: waiting to be killed");
+        std::thread::sleep(std::time::Duration::from_secs(600));
+        std::process::exit(99);
+    }
+}
+
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

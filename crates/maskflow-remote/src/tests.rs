@@ -1,0 +1,316 @@
+//! Unit tests on object_store's in-memory backend (and the local filesystem one), with real
+//! artifacts made by the local store. The same paths run against a real S3 server in the
+//! binary's tests (tests/shared_store.rs).
+
+use super::*;
+use maskflow_core::store::{StageSpec, Store};
+use object_store::memory::InMemory;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::fs;
+use std::time::Duration;
+
+fn memory() -> Remote {
+    Remote::with_store(Arc::new(InMemory::new()), "team/cache", "memory://team/cache")
+}
+
+/// A real local artifact: `a.bin` and `copy.bin` share their content (one blob), `sub/c.txt`.
+fn artifact(root: &Path, p: i64) -> (PathBuf, Vec<u8>, Manifest) {
+    let store = Store::new(root);
+    let spec = StageSpec::new("demo", 1, &json!({ "p": p }), BTreeMap::new()).unwrap();
+    let o = store
+        .ensure(&spec, false, |dir| {
+            fs::create_dir_all(dir.join("sub"))?;
+            fs::write(dir.join("a.bin"), vec![7u8; 100_000])?;
+            fs::write(dir.join("copy.bin"), vec![7u8; 100_000])?;
+            fs::write(dir.join("sub/c.txt"), format!("p = {p}"))?;
+            Ok(json!({ "p": p }))
+        })
+        .unwrap();
+    let bytes = fs::read(o.dir.join(maskflow_core::store::MANIFEST)).unwrap();
+    (o.dir, bytes, o.manifest)
+}
+
+fn same_tree(a: &Path, b: &Path) {
+    for f in ["a.bin", "copy.bin", "sub/c.txt"] {
+        assert_eq!(fs::read(a.join(f)).unwrap(), fs::read(b.join(f)).unwrap(), "{f}");
+    }
+}
+
+#[test]
+fn publish_then_fetch_is_byte_identical_and_stores_shared_content_once() {
+    let r = memory();
+    let d = tempfile::tempdir().unwrap();
+    let (dir, bytes, m) = artifact(d.path(), 1);
+    assert!(r.manifest("demo", &m.key).unwrap().is_none(), "nothing published yet");
+
+    let p = r.publish(&dir, &bytes, false).unwrap();
+    assert!(p.created);
+    assert_eq!(p.transfer.blobs, 2, "a.bin and copy.bin are one blob");
+    assert_eq!(p.transfer.bytes_moved, 100_000 + 5);
+
+    let got = r.manifest("demo", &m.key).unwrap().unwrap();
+    assert_eq!(got.bytes, bytes, "the stored manifest is the local one, byte for byte");
+    let out = tempfile::tempdir().unwrap();
+    let t = r.fetch(&got.manifest, out.path()).unwrap();
+    assert_eq!(t.moved, 3);
+    same_tree(&dir, out.path());
+
+    // Republishing skips every blob; the manifest is already there.
+    let again = r.publish(&dir, &bytes, false).unwrap();
+    assert!(!again.created);
+    assert_eq!((again.transfer.moved, again.transfer.bytes_skipped), (0, 100_005));
+}
+
+#[test]
+fn concurrent_publishers_of_one_key_both_succeed_and_exactly_one_manifest_is_created() {
+    let r = memory();
+    let d1 = tempfile::tempdir().unwrap();
+    let d2 = tempfile::tempdir().unwrap();
+    let (dir1, bytes1, m) = artifact(d1.path(), 3);
+    let (dir2, bytes2, _) = artifact(d2.path(), 3);
+    let created: Vec<bool> = std::thread::scope(|s| {
+        let a = s.spawn(|| r.publish(&dir1, &bytes1, false).unwrap().created);
+        let b = s.spawn(|| r.publish(&dir2, &bytes2, false).unwrap().created);
+        vec![a.join().unwrap(), b.join().unwrap()]
+    });
+    assert_eq!(created.iter().filter(|c| **c).count(), 1, "{created:?}");
+    let stored = r.manifest("demo", &m.key).unwrap().unwrap().bytes;
+    assert!(stored == bytes1 || stored == bytes2);
+}
+
+#[test]
+fn a_corrupt_or_missing_blob_is_an_error_never_served_and_repair_fixes_it() {
+    let r = memory();
+    let d = tempfile::tempdir().unwrap();
+    let (dir, bytes, m) = artifact(d.path(), 4);
+    r.publish(&dir, &bytes, false).unwrap();
+    let a = m.files.iter().find(|f| f.path == "a.bin").unwrap();
+    let c = m.files.iter().find(|f| f.path == "sub/c.txt").unwrap();
+
+    // One flipped byte, same size.
+    let mut flipped = vec![7u8; 100_000];
+    flipped[500] ^= 1;
+    r.damage(&format!("cas/{}", a.blake3), Some(flipped)).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let err = r.fetch(&m, out.path()).unwrap_err();
+    assert!(matches!(&err, RemoteError::BlobCorrupt { blake3, .. } if *blake3 == a.blake3), "{err}");
+    assert!(err.is_corrupt_artifact());
+
+    // A plain republish would skip the same-size blob; a repair rewrites it.
+    r.publish(&dir, &bytes, true).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    r.fetch(&m, out.path()).unwrap();
+    same_tree(&dir, out.path());
+
+    r.damage(&format!("cas/{}", c.blake3), None).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let err = r.fetch(&m, out.path()).unwrap_err();
+    assert!(matches!(&err, RemoteError::BlobMissing { file, .. } if file == "sub/c.txt"), "{err}");
+    // Publishing again uploads the missing blob (its HEAD finds nothing).
+    let p = r.publish(&dir, &bytes, false).unwrap();
+    assert_eq!(p.transfer.moved, 1);
+    r.fetch(&m, tempfile::tempdir().unwrap().path()).unwrap();
+}
+
+#[test]
+fn unusable_manifests_are_errors_naming_the_object() {
+    let r = memory();
+    let d = tempfile::tempdir().unwrap();
+    let (dir, bytes, m) = artifact(d.path(), 5);
+    r.damage(&format!("demo/{}/manifest.json", m.key), Some(b"{ torn".to_vec())).unwrap();
+    let err = r.manifest("demo", &m.key).unwrap_err();
+    assert!(err.to_string().contains(&format!("memory://team/cache/demo/{}/manifest.json", m.key)), "{err}");
+    assert!(err.is_corrupt_artifact());
+
+    // Someone else's manifest under this key.
+    let (_, other, _) = artifact(tempfile::tempdir().unwrap().path(), 6);
+    r.damage(&format!("demo/{}/manifest.json", m.key), Some(other)).unwrap();
+    assert!(matches!(r.manifest("demo", &m.key), Err(RemoteError::BadManifest { .. })));
+
+    // A repairing publish replaces it.
+    r.publish(&dir, &bytes, true).unwrap();
+    assert_eq!(r.manifest("demo", &m.key).unwrap().unwrap().bytes, bytes);
+
+    // A file path that climbs out of the artifact is refused before anything is written.
+    let mut evil = m.clone();
+    evil.files[0].path = "../escape".into();
+    let out = tempfile::tempdir().unwrap();
+    let err = r.fetch(&evil, &out.path().join("a")).unwrap_err();
+    assert!(err.to_string().contains("leaves the artifact"), "{err}");
+    assert!(!out.path().join("escape").exists());
+}
+
+#[test]
+fn a_lease_is_exclusive_until_it_expires_then_taken_over() {
+    let r = memory();
+    let ttl = Duration::from_secs(1);
+    let LeaseAttempt::Acquired(a) = r.try_lease("train", "k1", ttl).unwrap() else { panic!("first lease") };
+    assert!(a.took_over.is_none());
+    let LeaseAttempt::Held(info) = r.try_lease("train", "k1", ttl).unwrap() else { panic!("must be held") };
+    assert_eq!(info.holder, a.info().holder);
+    assert!(a.renew().unwrap(), "the holder renews");
+    // Other keys are independent.
+    assert!(matches!(r.try_lease("train", "k2", ttl).unwrap(), LeaseAttempt::Acquired(_)));
+
+    std::thread::sleep(Duration::from_millis(2100));
+    let LeaseAttempt::Acquired(b) = r.try_lease("train", "k1", ttl).unwrap() else { panic!("expired: taken over") };
+    assert_eq!(b.took_over.as_ref().map(|i| i.holder.clone()), Some(a.info().holder));
+    assert!(!a.renew().unwrap(), "the old holder learns it lost the lease");
+    // Releasing a lost lease leaves the new holder's alone.
+    a.release().unwrap();
+    assert_eq!(r.lease_info("train", "k1").unwrap().map(|i| i.holder), Some(b.info().holder));
+    b.release().unwrap();
+    assert!(r.lease_info("train", "k1").unwrap().is_none());
+}
+
+#[test]
+fn leases_work_on_a_shared_filesystem_without_conditional_replace() {
+    let d = tempfile::tempdir().unwrap();
+    let r = Remote::open(&format!("file://{}", d.path().join("shared").display())).unwrap();
+    r.check_conditional_writes().unwrap();
+    let ttl = Duration::from_secs(1);
+    let LeaseAttempt::Acquired(a) = r.try_lease("prep", "k", ttl).unwrap() else { panic!() };
+    assert!(matches!(r.try_lease("prep", "k", ttl).unwrap(), LeaseAttempt::Held(_)));
+    assert!(a.renew().unwrap());
+    std::thread::sleep(Duration::from_millis(2100));
+    let LeaseAttempt::Acquired(b) = r.try_lease("prep", "k", ttl).unwrap() else { panic!() };
+    assert!(b.took_over.is_some());
+    assert!(!a.renew().unwrap());
+}
+
+#[test]
+fn a_store_that_ignores_create_only_writes_is_refused() {
+    assert!(memory().check_conditional_writes().is_ok());
+    let lax = Remote::with_store(Arc::new(IgnoresConditions(InMemory::new())), "", "s3://lax");
+    let err = lax.check_conditional_writes().unwrap_err();
+    assert!(matches!(err, RemoteError::NoConditionalWrites { .. }));
+    let msg = err.to_string();
+    assert!(msg.contains("s3://lax") && msg.contains("If-None-Match") && msg.contains("--read-only"), "{msg}");
+}
+
+#[test]
+fn checkpoints_round_trip_and_are_dropped() {
+    let r = memory();
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("scratch");
+    fs::create_dir_all(src.join("deep")).unwrap();
+    fs::write(src.join("progress.json"), b"{\"epochs_done\": 2}").unwrap();
+    fs::write(src.join("deep/tensors.bin"), vec![1u8; 4096]).unwrap();
+    r.push_checkpoint("train", "k", &src).unwrap();
+    let dst = d.path().join("elsewhere");
+    let t = r.pull_checkpoint("train", "k", &dst).unwrap().unwrap();
+    assert_eq!(t.moved, 2);
+    assert_eq!(fs::read(dst.join("deep/tensors.bin")).unwrap(), vec![1u8; 4096]);
+    assert_eq!(fs::read(dst.join("progress.json")).unwrap(), fs::read(src.join("progress.json")).unwrap());
+    r.drop_checkpoint("train", "k").unwrap();
+    assert!(r.pull_checkpoint("train", "k", &d.path().join("x")).unwrap().is_none());
+}
+
+#[test]
+fn gc_sweeps_only_old_unreferenced_blobs_and_only_when_told() {
+    let r = memory();
+    let d = tempfile::tempdir().unwrap();
+    let (dir, bytes, m) = artifact(d.path(), 7);
+    r.publish(&dir, &bytes, false).unwrap();
+    // An orphan: blobs of a build that died before its manifest.
+    let (dir2, bytes2, m2) = artifact(d.path(), 8);
+    let m2: Manifest = serde_json::from_slice(&bytes2).unwrap_or(m2);
+    crate::blobs::upload(&r, &dir2, &m2.files, false, false).unwrap();
+    let orphan = m2.files.iter().find(|f| f.path == "sub/c.txt").unwrap().blake3.clone();
+
+    let young = r.gc(&GcOptions { grace: Duration::from_secs(3600), keep_runs: None, apply: true }).unwrap();
+    assert_eq!((young.blobs, young.blobs_live, young.blobs_young, young.blobs_swept), (3, 2, 1, 0), "{young}");
+
+    let dry = r.gc(&GcOptions { grace: Duration::ZERO, keep_runs: None, apply: false }).unwrap();
+    assert_eq!(dry.blobs_swept, 1, "{dry}");
+    assert!(dry.to_string().contains("dry run"));
+    assert!(r.get_optional(&format!("cas/{orphan}")).unwrap().is_some(), "a dry run deletes nothing");
+
+    let done = r.gc(&GcOptions { grace: Duration::ZERO, keep_runs: None, apply: true }).unwrap();
+    assert_eq!((done.blobs_swept, done.bytes_swept), (1, 5));
+    assert!(r.get_optional(&format!("cas/{orphan}")).unwrap().is_none());
+    r.fetch(&m, tempfile::tempdir().unwrap().path()).unwrap();
+
+    // keep_runs: a manifest no run record names goes, and its blobs with it.
+    let after = r.gc(&GcOptions { grace: Duration::ZERO, keep_runs: Some(1), apply: true }).unwrap();
+    assert_eq!(after.manifests_swept, vec![format!("demo/{}", m.key)]);
+    assert_eq!(after.blobs_swept, 2);
+    assert!(r.manifest("demo", &m.key).unwrap().is_none());
+}
+
+#[test]
+fn gc_keeps_what_recent_run_records_name() {
+    let r = memory();
+    let d = tempfile::tempdir().unwrap();
+    let (dir, bytes, m) = artifact(d.path(), 9);
+    r.publish(&dir, &bytes, false).unwrap();
+    let (dir2, bytes2, m2) = artifact(d.path(), 10);
+    r.publish(&dir2, &bytes2, false).unwrap();
+    let record = maskflow_core::runs::RunRecord {
+        pipeline: "demo".into(),
+        pipeline_file: "pipelines/demo.toml".into(),
+        tool_version: "test".into(),
+        started_unix: 0,
+        duration_s: 0.0,
+        dataset_fingerprint: String::new(),
+        stages: vec![maskflow_core::runs::StageRun {
+            stage: "demo".into(),
+            kind: "demo".into(),
+            key: m.key.clone(),
+            dir: dir.clone(),
+            cached: false,
+            rebuilt_because: None,
+            duration_s: 0.0,
+            pulled: false,
+        }],
+    };
+    r.put_run_record("demo", "r1", serde_json::to_vec(&record).unwrap()).unwrap();
+    let g = r.gc(&GcOptions { grace: Duration::ZERO, keep_runs: Some(5), apply: true }).unwrap();
+    assert_eq!(g.manifests_swept, vec![format!("demo/{}", m2.key)], "{g}");
+    assert!(r.manifest("demo", &m.key).unwrap().is_some());
+    assert!(r.manifest("demo", &m2.key).unwrap().is_none());
+}
+
+/// A backend that treats every conditional write as a plain overwrite, like an S3 clone that
+/// ignores `If-None-Match`.
+#[derive(Debug)]
+struct IgnoresConditions(InMemory);
+
+impl std::fmt::Display for IgnoresConditions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IgnoresConditions")
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for IgnoresConditions {
+    async fn put_opts(&self, location: &OPath, payload: PutPayload, _opts: PutOptions) -> object_store::Result<object_store::PutResult> {
+        self.0.put_opts(location, payload, PutOptions::default()).await
+    }
+    async fn put_multipart_opts(
+        &self,
+        location: &OPath,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.0.put_multipart_opts(location, opts).await
+    }
+    async fn get_opts(&self, location: &OPath, options: object_store::GetOptions) -> object_store::Result<object_store::GetResult> {
+        self.0.get_opts(location, options).await
+    }
+    fn delete_stream(
+        &self,
+        locations: futures::stream::BoxStream<'static, object_store::Result<OPath>>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<OPath>> {
+        self.0.delete_stream(locations)
+    }
+    fn list(&self, prefix: Option<&OPath>) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        self.0.list(prefix)
+    }
+    async fn list_with_delimiter(&self, prefix: Option<&OPath>) -> object_store::Result<object_store::ListResult> {
+        self.0.list_with_delimiter(prefix).await
+    }
+    async fn copy_opts(&self, from: &OPath, to: &OPath, options: object_store::CopyOptions) -> object_store::Result<()> {
+        self.0.copy_opts(from, to, options).await
+    }
+}
