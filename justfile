@@ -23,9 +23,11 @@ build: setup
 demo: build
     @{{bin}} run pipelines/demo.toml
 
-# The whole test suite (unit, integration, interop with the venv's pyarrow).
+# The whole test suite (unit, integration, interop with the venv's pyarrow, the shared store against
+# a local S3 server that runs for the suite's duration on 127.0.0.1).
 test: setup
-    cargo test --workspace --no-fail-fast
+    @scripts/bootstrap.sh --s3
+    scripts/with-s3.sh cargo test --workspace --no-fail-fast
 
 # Record every stage kind's version and source hash in stages.lock (after bumping a VERSION, or to
 # declare a source change output-neutral). The test suite fails while the lock is out of date.
@@ -46,7 +48,7 @@ status PIPELINE: build
     {{bin}} status {{PIPELINE}}
 
 # All benchmarks, side by side against the Python peers; figures go to docs/BENCHMARKS.md by hand.
-bench: bench-prep bench-prep-memory bench-train
+bench: bench-prep bench-prep-memory bench-train bench-store
 
 # Compute: frozen step, full step and inference (mobilenet_v2 + fastai head, 224², bs 64) vs PyTorch eager.
 bench-train THREADS="2" ITERS="6": setup
@@ -63,6 +65,11 @@ bench-predict BUNDLE FOLDER="../shared/datasets/face-mask" N="256": setup
 # Render a run report (report.html) in headless Chromium and fail on a broken image; needs Debian's chromium.
 report-check REPORT:
     bench/report_check.sh {{REPORT}}
+
+# Shared store: push / pull of the real dataset's prep artifact to a local S3 server vs boto3 (aws s3 cp style).
+bench-store DATASET="../shared/datasets/face-mask" ROUNDS="3": build
+    @scripts/bootstrap.sh --s3
+    bench/store_bench.sh {{DATASET}} {{ROUNDS}}
 
 # prep: maskflow vs a PIL + pyarrow pipeline doing the same work, on ../shared/datasets/face-mask.
 bench-prep DATASET="../shared/datasets/face-mask": build

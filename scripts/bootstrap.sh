@@ -8,8 +8,22 @@
 #             (its metadata pins torch 1.6 / numpy 1.19, which must not replace ours).
 #  - .venv/torch-lib : stable link to the wheel's torch/lib, which the binaries' rpath points at
 #             (.cargo/config.toml), so ./target/release/maskflow runs with no environment set.
+#  - with --s3: also moto[server] (a local S3 server for the shared-store tests, started by
+#             scripts/s3-server.py on 127.0.0.1) and boto3 (the peer in `just bench-store`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+S3_REQS=("moto[server]==5.2.5" boto3==1.44.8)
+want_s3=0
+[[ ${1:-} == --s3 ]] && want_s3=1
+s3_stamp=.venv/.maskflow-s3
+install_s3() {
+  [[ $want_s3 == 1 ]] || return 0
+  [[ -f $s3_stamp && "$(cat "$s3_stamp")" == "${S3_REQS[*]}" ]] && return 0
+  echo "bootstrap: installing the local S3 server for the tests (${S3_REQS[*]})" >&2
+  .venv/bin/python -m pip install -q --disable-pip-version-check "${S3_REQS[@]}"
+  echo "${S3_REQS[*]}" > "$s3_stamp"
+}
 
 STAMP_VERSION=1
 REQS=(torch==2.13.0 torchvision==0.28.0 rust-just==1.59.0 pyarrow==26.0.1 pillow==13.0.0 safetensors==0.8.0 numpy)
@@ -31,6 +45,7 @@ if ! pkg-config --exists libjpeg 2>/dev/null; then
 fi
 
 if [[ -f $stamp && "$(cat "$stamp")" == "$want" && -e .venv/torch-lib/libtorch.so && -x .venv/bin/just ]]; then
+  install_s3
   exit 0
 fi
 
@@ -66,3 +81,4 @@ torch_lib=$(.venv/bin/python -c 'import os, torch; print(os.path.join(os.path.di
 ln -sfn "$torch_lib" .venv/torch-lib
 echo "$want" > "$stamp"
 echo "bootstrap: done (libtorch at $torch_lib)" >&2
+install_s3

@@ -48,6 +48,47 @@ enum Command {
         until: Option<String>,
         #[command(flatten)]
         compute: ComputeArgs,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Upload this machine's artifacts of a pipeline to the shared store (those it lacks).
+    Push {
+        pipeline: PathBuf,
+        #[arg(long, default_value = "artifacts")]
+        artifacts: PathBuf,
+        /// Only this instance (or kind) and what it needs.
+        #[arg(long, value_name = "STAGE")]
+        until: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Download a pipeline's published artifacts from the shared store into the local one (each
+    /// blob checked), without running anything.
+    Pull {
+        pipeline: PathBuf,
+        #[arg(long, default_value = "artifacts")]
+        artifacts: PathBuf,
+        /// Only this instance (or kind) and what it needs.
+        #[arg(long, value_name = "STAGE")]
+        until: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Collect garbage in the shared store: blobs no manifest (or live checkpoint) references and
+    /// older than the grace period; with --keep-runs N, also artifacts that no pipeline's last N
+    /// run records name. Dry run unless --apply.
+    Gc {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Nothing younger than this is deleted (s, m, h or d suffix; e.g. 30m, 24h).
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        grace: std::time::Duration,
+        /// Keep only the artifacts named by each pipeline's newest N run records (and young ones).
+        #[arg(long, value_name = "N")]
+        keep_runs: Option<usize>,
+        /// Delete what would be swept (otherwise only report it).
+        #[arg(long)]
+        apply: bool,
     },
     /// Print the pipeline's graph: every instance with its kind, key, state (cached / stale /
     /// missing / corrupt) and inputs. Runs nothing (but generates a [dataset.synth] folder).
@@ -138,6 +179,9 @@ enum Command {
         pipeline: PathBuf,
         #[arg(long, default_value = "artifacts")]
         artifacts: PathBuf,
+        /// With a shared store, each stage also says whether it is shared, or being built and by whom.
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Write a deterministic synthetic dataset of drawn faces with and without masks.
     Synth {
@@ -209,6 +253,48 @@ enum WeightsAction {
     Verify,
 }
 
+/// A shared store: the local --artifacts folder then caches it.
+#[derive(clap::Args, Clone)]
+struct StoreArgs {
+    /// Shared store the local artifacts cache: s3://bucket/prefix (endpoint, region and credentials
+    /// from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or
+    /// file:///shared/path. Published artifacts are pulled instead of rebuilt; what is built is
+    /// published.
+    #[arg(long = "store", env = "MASKFLOW_STORE", value_name = "URL")]
+    url: Option<String>,
+    /// Only read the shared store: pull, never publish, lease or checkpoint.
+    #[arg(long)]
+    read_only: bool,
+    /// Seconds a build's lease on a key lasts unless renewed (it is renewed every third of that);
+    /// another machine waits this long at most for a builder that died.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    lease_ttl: u64,
+}
+
+impl StoreArgs {
+    fn options(&self) -> runner::StoreOptions {
+        runner::StoreOptions {
+            url: self.url.clone(),
+            read_only: self.read_only,
+            lease_ttl: std::time::Duration::from_secs(self.lease_ttl.max(1)),
+        }
+    }
+}
+
+/// `90`, `90s`, `30m`, `24h`, `7d`.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = num.parse().map_err(|_| format!("{s:?}: expected a number with s, m, h or d"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: unit must be s, m, h or d")),
+    };
+    Ok(std::time::Duration::from_secs(n * mult))
+}
+
 fn main() {
     alloc::tune_malloc();
     if let Err(e) = real_main() {
@@ -220,8 +306,17 @@ fn main() {
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { pipeline, artifacts, force, until, compute } => {
-            runner::run(&pipeline, &artifacts, force.as_deref(), until.as_deref(), &compute.options()?)
+        Command::Run { pipeline, artifacts, force, until, compute, store } => {
+            runner::run(&pipeline, &artifacts, force.as_deref(), until.as_deref(), &compute.options()?, &store.options())
+        }
+        Command::Push { pipeline, artifacts, until, store } => {
+            runner::push_pull(&pipeline, &artifacts, until.as_deref(), &store.options(), true)
+        }
+        Command::Pull { pipeline, artifacts, until, store } => {
+            runner::push_pull(&pipeline, &artifacts, until.as_deref(), &store.options(), false)
+        }
+        Command::Gc { store, grace, keep_runs, apply } => {
+            runner::gc(&store.options(), &maskflow_remote::GcOptions { grace, keep_runs, apply })
         }
         Command::Graph { pipeline, artifacts, dot } => runner::graph(&pipeline, &artifacts, dot),
         Command::Stage { kind, inputs, dataset, params, out, artifacts, compute } => runner::stage_alone(
@@ -258,7 +353,7 @@ fn real_main() -> Result<()> {
         Command::LrFind { pipeline, artifacts, out, compute } => {
             runner::lr_find(&pipeline, &artifacts, &compute.options()?, &out)
         }
-        Command::Status { pipeline, artifacts } => runner::status(&pipeline, &artifacts),
+        Command::Status { pipeline, artifacts, store } => runner::status(&pipeline, &artifacts, &store.options()),
         Command::Synth { out, seed, per_class, no_bad_files } => {
             let params =
                 maskflow_synth::SynthParams { seed, per_class, bad_files: !no_bad_files, ..Default::default() };

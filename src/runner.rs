@@ -5,6 +5,8 @@
 use anyhow::{bail, Context, Result};
 use maskflow_pipeline::graph::Graph;
 use maskflow_pipeline::runner::{self, RunOptions};
+use maskflow_pipeline::shared::{self, Shared};
+use maskflow_remote::Remote;
 use maskflow_pipeline::{params_from_file, InputArtifact, Placement, Registry, RunCtx, Runtime};
 use maskflow_synth::SynthParams;
 use std::collections::BTreeMap;
@@ -118,18 +120,81 @@ pub fn load(pipeline: &Path) -> Result<(Registry, Graph)> {
     Ok((reg, g))
 }
 
+/// `--store`, `--read-only`, `--lease-ttl`.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub url: Option<String>,
+    pub read_only: bool,
+    pub lease_ttl: std::time::Duration,
+}
+
+impl StoreOptions {
+    /// Opens the shared store, if one is named. One that will be written is first checked to
+    /// honour create-only writes (refused with the reason otherwise).
+    fn open(&self, writes: bool) -> Result<Option<Remote>> {
+        let Some(url) = &self.url else { return Ok(None) };
+        let remote = Remote::open(url)?.with_progress(true);
+        if writes && !self.read_only {
+            remote.check_conditional_writes()?;
+        }
+        Ok(Some(remote))
+    }
+
+    fn require(&self, what: &str, writes: bool) -> Result<Remote> {
+        match self.open(writes)? {
+            Some(r) => Ok(r),
+            None => bail!("{what} needs a shared store: --store s3://bucket/prefix or file:///path (or MASKFLOW_STORE)"),
+        }
+    }
+}
+
 /// `maskflow run`.
-pub fn run(pipeline: &Path, artifacts: &Path, force: Option<&str>, until: Option<&str>, c: &Compute) -> Result<()> {
+pub fn run(pipeline: &Path, artifacts: &Path, force: Option<&str>, until: Option<&str>, c: &Compute, store: &StoreOptions) -> Result<()> {
     let (reg, g) = load(pipeline)?;
     ensure_synth(&g)?;
-    runner::run(&g, &reg, &c.runtime(artifacts), &RunOptions { force, until, verbose: true })?;
+    let remote = store.open(true)?;
+    let shared = remote.as_ref().map(|remote| Shared { remote, read_only: store.read_only, lease_ttl: store.lease_ttl });
+    runner::run(&g, &reg, &c.runtime(artifacts), &RunOptions { force, until, verbose: true, shared: shared.as_ref() })?;
+    Ok(())
+}
+
+/// `maskflow push` / `maskflow pull`.
+pub fn push_pull(pipeline: &Path, artifacts: &Path, until: Option<&str>, store: &StoreOptions, push: bool) -> Result<()> {
+    let (reg, g) = load(pipeline)?;
+    ensure_synth(&g)?;
+    if push && store.read_only {
+        bail!("push writes to the shared store: drop --read-only");
+    }
+    let remote = store.require(if push { "push" } else { "pull" }, push)?;
+    let rt = Compute { device: tch::Device::Cpu, threads: 1 }.runtime(artifacts);
+    let only = until.map(|u| runner::until_set(&g, u)).transpose()?;
+    let planned = runner::plan(&g, &reg, &rt, only.as_ref())?;
+    let local = maskflow_core::store::Store::new(artifacts);
+    let lines = if push { shared::push(&local, &remote, &planned)? } else { shared::pull(&local, &remote, &planned)? };
+    println!("{} {} ({})", if push { "push" } else { "pull" }, remote.url(), g.path.display());
+    for l in lines {
+        println!("{l}");
+    }
+    Ok(())
+}
+
+/// `maskflow gc`.
+pub fn gc(store: &StoreOptions, opts: &maskflow_remote::GcOptions) -> Result<()> {
+    let remote = store.require("gc", opts.apply)?;
+    let report = remote.gc(opts)?;
+    println!("gc {} (grace {}s)", remote.url(), opts.grace.as_secs());
+    for m in &report.manifests_swept {
+        println!("  {} {m}", if report.applied { "swept" } else { "would sweep" });
+    }
+    println!("{report}");
     Ok(())
 }
 
 /// `maskflow status`.
-pub fn status(pipeline: &Path, artifacts: &Path) -> Result<()> {
+pub fn status(pipeline: &Path, artifacts: &Path, store: &StoreOptions) -> Result<()> {
     let (reg, g) = load(pipeline)?;
     let rt = Compute { device: tch::Device::Cpu, threads: 1 }.runtime(artifacts);
+    let remote = store.open(false)?;
     if g.dataset_table::<SynthParams>("synth")?.is_some() && !g.root.join(SYNTH_STAMP).exists() {
         println!("dataset {}: not generated yet (run will generate it)", g.root.display());
         for n in &g.nodes {
@@ -138,7 +203,10 @@ pub fn status(pipeline: &Path, artifacts: &Path) -> Result<()> {
         return Ok(());
     }
     println!("pipeline {} ({})", g.name, g.path.display());
-    for line in runner::status_lines(&g, &reg, &rt)? {
+    if let Some(r) = &remote {
+        println!("shared store {}", r.url());
+    }
+    for line in runner::status_lines(&g, &reg, &rt, remote.as_ref())? {
         println!("{line}");
     }
     Ok(())
@@ -164,7 +232,7 @@ pub fn eval_folder(pipeline: &Path, artifacts: &Path, folder: &Path, c: &Compute
         .unwrap_or_else(|| "folder".into());
     let folder = std::fs::canonicalize(folder).with_context(|| format!("--data {}", folder.display()))?;
     let name = g.add_folder_instance(&reg, "eval", &suffix, &folder)?;
-    let (_, outcomes) = runner::run(&g, &reg, &c.runtime(artifacts), &RunOptions { force: None, until: Some(&name), verbose: true })?;
+    let (_, outcomes) = runner::run(&g, &reg, &c.runtime(artifacts), &RunOptions { force: None, until: Some(&name), verbose: true, shared: None })?;
     if let Some(o) = outcomes.last() {
         println!("report  {}", o.dir.join(maskflow_eval::REPORT_FILE).display());
     }
@@ -178,7 +246,7 @@ pub fn lr_find(pipeline: &Path, artifacts: &Path, c: &Compute, out: &Path) -> Re
     let Some(train) = g.node("train") else { bail!("{}: no [train] to find a learning rate for", pipeline.display()) };
     let shards_node = train.inputs.get("shards").cloned().unwrap_or_default();
     let rt = c.runtime(artifacts);
-    let (_, outcomes) = runner::run(&g, &reg, &rt, &RunOptions { force: None, until: Some(&shards_node), verbose: true })?;
+    let (_, outcomes) = runner::run(&g, &reg, &rt, &RunOptions { force: None, until: Some(&shards_node), verbose: true, shared: None })?;
     let Some(prep) = outcomes.last() else { bail!("internal: {shards_node} did not run") };
     let params: maskflow_train::TrainParams = serde_json::from_value(train.params.clone())?;
     let externals = reg.get("train").map(|s| s.externals(&train.params, &rt)).transpose()?.unwrap_or_default();
@@ -254,7 +322,16 @@ pub fn stage_alone(a: &StageArgs, c: &Compute) -> Result<()> {
     }
     std::fs::create_dir_all(a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let scratch = a.out.join(".checkpoints");
-    let ctx = RunCtx { instance: a.kind, key: "standalone", inputs: &inputs, externals: &externals, runtime: &rt, scratch: &scratch, out: a.out };
+    let ctx = RunCtx {
+        instance: a.kind,
+        key: "standalone",
+        inputs: &inputs,
+        externals: &externals,
+        runtime: &rt,
+        dataset_root: a.dataset,
+        scratch: &scratch,
+        out: a.out,
+    };
     let report = st.run(&params, &ctx)?;
     let _ = std::fs::remove_dir_all(&scratch);
     maskflow_core::fsutil::write_json_atomic(&a.out.join("report.json"), &report)?;

@@ -160,47 +160,14 @@ impl Store {
         F: FnOnce(&Path) -> anyhow::Result<Value>,
     {
         let key = spec.key();
-        let stage_dir = self.root.join(&spec.stage);
-        let lock_dir = stage_dir.join(".locks");
-        fs::create_dir_all(&lock_dir).map_err(io_err(&lock_dir))?;
-        let lock_path = lock_dir.join(format!("{key}.lock"));
-        let lock = File::create(&lock_path).map_err(io_err(&lock_path))?;
-        lock.lock().map_err(io_err(&lock_path))?;
-
-        // Holding the lock, no other process is building this key: any temp dir for it is a leftover
-        // of an interrupted run.
-        clean_leftovers(&stage_dir, &key);
-
-        let final_dir = stage_dir.join(&key);
-        let mut rebuilt_because = None;
-        if final_dir.exists() {
-            match verify_dir(&final_dir, Some(&key)) {
-                Ok(manifest) if !force => {
-                    return Ok(Outcome {
-                        stage: spec.stage.clone(),
-                        key,
-                        dir: final_dir,
-                        cached: true,
-                        rebuilt_because: None,
-                        duration_s: 0.0,
-                        manifest,
-                    });
-                }
-                Ok(_) => rebuilt_because = Some("forced".to_string()),
-                Err(why) => rebuilt_because = Some(why.to_string()),
-            }
-            let trash = stage_dir.join(format!(".trash-{key}-{}", unique_suffix()));
-            fs::rename(&final_dir, &trash).map_err(io_err(&final_dir))?;
-            let _ = fs::remove_dir_all(&trash);
-        }
-
-        let tmp = stage_dir.join(format!(".tmp-{key}-{}", unique_suffix()));
-        fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+        let slot = self.lock(&spec.stage, &key)?;
+        let rebuilt_because = match slot.check(force) {
+            Ok(outcome) => return Ok(outcome),
+            Err(why) => why,
+        };
+        let tmp = slot.temp_dir()?;
         let started = Instant::now();
-        let created_unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let created_unix = now_unix();
         let report = match build(&tmp) {
             Ok(r) => r,
             Err(source) => {
@@ -226,27 +193,71 @@ impl Store {
             };
             let mpath = tmp.join(MANIFEST);
             write_json_atomic(&mpath, &manifest).map_err(io_err(&mpath))?;
-            sync_dir(&tmp);
-            fs::rename(&tmp, &final_dir).map_err(io_err(&final_dir))?;
-            sync_dir(&stage_dir);
             Ok(manifest)
         })();
-        let manifest = match manifest {
-            Ok(m) => m,
-            Err(e) => {
-                let _ = fs::remove_dir_all(&tmp);
-                return Err(e);
-            }
-        };
-        Ok(Outcome {
-            stage: spec.stage.clone(),
-            key,
-            dir: final_dir,
+        let manifest = manifest.and_then(|m| slot.commit(&tmp).map(|()| m)).inspect_err(|_| {
+            let _ = fs::remove_dir_all(&tmp);
+        })?;
+        Ok(Outcome { stage: spec.stage.clone(), key, dir: slot.final_dir, cached: false, rebuilt_because, duration_s, manifest })
+    }
+
+    /// Installs an artifact made elsewhere (pulled from a shared store): `fill` writes its files
+    /// into an empty directory, `manifest_bytes` become its `manifest.json` unchanged, and the
+    /// whole is verified against them before it is renamed into place. A valid artifact already
+    /// there is kept (another process installed or built it meanwhile).
+    pub fn install<E>(
+        &self,
+        stage: &str,
+        key: &str,
+        manifest_bytes: &[u8],
+        fill: impl FnOnce(&Path) -> Result<(), E>,
+    ) -> Result<Result<Outcome, E>, StoreError> {
+        let slot = self.lock(stage, key)?;
+        if let Ok(outcome) = slot.check(false) {
+            return Ok(Ok(outcome));
+        }
+        let tmp = slot.temp_dir()?;
+        let started = Instant::now();
+        if let Err(e) = fill(&tmp) {
+            let _ = fs::remove_dir_all(&tmp);
+            return Ok(Err(e));
+        }
+        let installed = (|| -> Result<Manifest, StoreError> {
+            let mpath = tmp.join(MANIFEST);
+            crate::fsutil::write_atomic(&mpath, manifest_bytes).map_err(io_err(&mpath))?;
+            let manifest = verify_dir(&tmp, Some(key)).map_err(|why| StoreError::Io {
+                path: tmp.clone(),
+                source: std::io::Error::other(format!("installed artifact does not verify: {why}")),
+            })?;
+            slot.commit(&tmp)?;
+            Ok(manifest)
+        })()
+        .inspect_err(|_| {
+            let _ = fs::remove_dir_all(&tmp);
+        })?;
+        Ok(Ok(Outcome {
+            stage: stage.to_string(),
+            key: key.to_string(),
+            dir: slot.final_dir,
             cached: false,
-            rebuilt_because,
-            duration_s,
-            manifest,
-        })
+            rebuilt_because: None,
+            duration_s: started.elapsed().as_secs_f64(),
+            manifest: installed,
+        }))
+    }
+
+    /// Takes the key's lock (held until the returned slot drops) and cleans leftovers of
+    /// interrupted runs: holding the lock, no other process is writing this key.
+    fn lock(&self, stage: &str, key: &str) -> Result<Slot, StoreError> {
+        let stage_dir = self.root.join(stage);
+        let lock_dir = stage_dir.join(".locks");
+        fs::create_dir_all(&lock_dir).map_err(io_err(&lock_dir))?;
+        let lock_path = lock_dir.join(format!("{key}.lock"));
+        let lock = File::create(&lock_path).map_err(io_err(&lock_path))?;
+        lock.lock().map_err(io_err(&lock_path))?;
+        clean_leftovers(&stage_dir, key);
+        let final_dir = stage_dir.join(key);
+        Ok(Slot { _lock: lock, stage: stage.to_string(), key: key.to_string(), stage_dir, final_dir })
     }
 
     /// Reads an artifact's manifest without verifying its files (for `status` explanations).
@@ -255,6 +266,63 @@ impl Store {
         let bytes = fs::read(p).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
+}
+
+/// One key's place in the store, locked.
+struct Slot {
+    _lock: File,
+    stage: String,
+    key: String,
+    stage_dir: PathBuf,
+    final_dir: PathBuf,
+}
+
+impl Slot {
+    /// `Ok`: the valid artifact (unless `force`). `Err(why)`: it must be (re)built — `None` when
+    /// there was none, else the reason the one there is not used; it has been moved aside.
+    fn check(&self, force: bool) -> Result<Outcome, Option<String>> {
+        if !self.final_dir.exists() {
+            return Err(None);
+        }
+        let why = match verify_dir(&self.final_dir, Some(&self.key)) {
+            Ok(manifest) if !force => {
+                return Ok(Outcome {
+                    stage: self.stage.clone(),
+                    key: self.key.clone(),
+                    dir: self.final_dir.clone(),
+                    cached: true,
+                    rebuilt_because: None,
+                    duration_s: 0.0,
+                    manifest,
+                })
+            }
+            Ok(_) => "forced".to_string(),
+            Err(why) => why.to_string(),
+        };
+        let trash = self.stage_dir.join(format!(".trash-{}-{}", self.key, unique_suffix()));
+        if fs::rename(&self.final_dir, &trash).is_ok() {
+            let _ = fs::remove_dir_all(&trash);
+        }
+        Err(Some(why))
+    }
+
+    fn temp_dir(&self) -> Result<PathBuf, StoreError> {
+        let tmp = self.stage_dir.join(format!(".tmp-{}-{}", self.key, unique_suffix()));
+        fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+        Ok(tmp)
+    }
+
+    /// Renames a complete temp dir (manifest written) into place.
+    fn commit(&self, tmp: &Path) -> Result<(), StoreError> {
+        sync_dir(tmp);
+        fs::rename(tmp, &self.final_dir).map_err(io_err(&self.final_dir))?;
+        sync_dir(&self.stage_dir);
+        Ok(())
+    }
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Hashes every file under `dir` (except the manifest) for the manifest, in parallel.
@@ -420,6 +488,35 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(names.iter().all(|n| !n.starts_with(".tmp")), "{names:?}");
+    }
+
+    #[test]
+    fn install_keeps_the_given_manifest_and_refuses_files_that_do_not_match_it() {
+        let d = tempfile::tempdir().unwrap();
+        let a = Store::new(d.path().join("a")).ensure(&spec(1), false, build_ok).unwrap();
+        let bytes = fs::read(a.dir.join(MANIFEST)).unwrap();
+        let copy = |to: &Path, b: &[u8]| -> std::io::Result<()> {
+            fs::create_dir_all(to.join("sub"))?;
+            fs::write(to.join("a.bin"), b)?;
+            fs::copy(a.dir.join("sub/b.txt"), to.join("sub/b.txt")).map(|_| ())
+        };
+
+        let b = Store::new(d.path().join("b"));
+        let o = b.install("demo", &a.key, &bytes, |to| copy(to, b"hello")).unwrap().unwrap();
+        assert!(!o.cached);
+        assert_eq!(fs::read(o.dir.join(MANIFEST)).unwrap(), bytes, "the manifest is kept byte for byte");
+        assert!(b.verify("demo", &a.key).is_ok());
+        // Installed once: a second install finds it valid and does not call `fill`.
+        let again = b.install("demo", &a.key, &bytes, |_| -> std::io::Result<()> { panic!("must not refill") }).unwrap();
+        assert!(again.unwrap().cached);
+
+        let c = Store::new(d.path().join("c"));
+        let err = c.install("demo", &a.key, &bytes, |to| copy(to, b"hellp")).unwrap_err();
+        assert!(err.to_string().contains("does not verify"), "{err}");
+        assert!(!c.artifact_dir("demo", &a.key).exists());
+        let failed = c.install("demo", &a.key, &bytes, |_| Err(std::io::Error::other("network down"))).unwrap();
+        assert_eq!(failed.unwrap_err().to_string(), "network down");
+        assert!(!c.artifact_dir("demo", &a.key).exists());
     }
 
     #[test]

@@ -7,9 +7,11 @@
 //! - [`graph`]: a pipeline file → a graph of named instances with their inputs, checked before
 //!   anything runs (unknown kinds, missing inputs, slot-kind mismatches, cycles: `file:line:col`).
 //! - [`runner`]: keys, the store, `--force` / `--until`, run records, status with reasons.
+//! - [`shared`]: the local store as a read-through cache of a shared one (pull, publish, leases).
 
 pub mod graph;
 pub mod runner;
+pub mod shared;
 pub mod testing;
 
 use serde::de::DeserializeOwned;
@@ -80,6 +82,10 @@ pub struct RunCtx<'a> {
     pub inputs: &'a BTreeMap<String, InputArtifact>,
     pub externals: &'a BTreeMap<String, External>,
     pub runtime: &'a Runtime,
+    /// The labelled folder, on this machine, that the instance's data comes from (its own dataset,
+    /// or its upstream's). An index artifact records the folder it was made from, but one pulled
+    /// from a shared store was made on another machine: read the images from here.
+    pub dataset_root: Option<&'a Path>,
     /// Kept across failed attempts at this key and removed after success (training checkpoints).
     pub scratch: &'a Path,
     /// The empty folder the stage writes into.

@@ -2,6 +2,7 @@
 //! here names a particular stage kind.
 
 use crate::graph::{Graph, Node};
+use crate::shared::{self, Shared, Via};
 use crate::{DynStage, External, InputArtifact, Registry, RunCtx, Runtime};
 use anyhow::{bail, Context, Result};
 use maskflow_core::dataset::{self, HashCache};
@@ -107,11 +108,19 @@ fn select(graph: &Graph, name: &str, what: &str) -> Result<BTreeSet<String>> {
     Ok(hit)
 }
 
+/// What `--until NAME` runs: the instances NAME selects and everything they need.
+pub fn until_set(graph: &Graph, name: &str) -> Result<BTreeSet<String>> {
+    let targets = select(graph, name, "--until")?;
+    Ok(targets.iter().flat_map(|t| graph.ancestors(t)).collect())
+}
+
 pub struct RunOptions<'a> {
     pub force: Option<&'a str>,
     pub until: Option<&'a str>,
     /// Print a line per stage.
     pub verbose: bool,
+    /// A shared store that the local one caches (pull what is published, publish what is built).
+    pub shared: Option<&'a Shared<'a>>,
 }
 
 /// Where a stage kind keeps its resumable work for a key (`<store>/<kind>/.checkpoints/<key>`).
@@ -124,17 +133,17 @@ pub fn run(graph: &Graph, reg: &Registry, rt: &Runtime, opts: &RunOptions) -> Re
     let started = Instant::now();
     let started_unix = now_unix();
     let forced = opts.force.map(|f| select(graph, f, "--force")).transpose()?.unwrap_or_default();
-    let only = match opts.until {
-        Some(u) => {
-            let targets = select(graph, u, "--until")?;
-            Some(targets.iter().flat_map(|t| graph.ancestors(t)).collect::<BTreeSet<_>>())
-        }
-        None => None,
-    };
+    let only = opts.until.map(|u| until_set(graph, u)).transpose()?;
     let planned = plan(graph, reg, rt, only.as_ref())?;
     let store = Store::new(&rt.artifacts);
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut runs: Vec<StageRun> = Vec::new();
+    // Each instance's dataset folder on this machine: its own, or the first upstream one's.
+    let mut roots: BTreeMap<&str, Option<PathBuf>> = BTreeMap::new();
+    for p in &planned {
+        let root = p.node.dataset.clone().or_else(|| p.node.inputs.values().find_map(|src| roots.get(src.as_str()).cloned().flatten()));
+        roots.insert(&p.node.name, root);
+    }
     for p in &planned {
         let st = stage(reg, &p.node);
         let key = p.key();
@@ -148,25 +157,33 @@ pub fn run(graph: &Graph, reg: &Registry, rt: &Runtime, opts: &RunOptions) -> Re
             })
             .collect();
         let scratch = scratch_dir(&rt.artifacts, st.kind(), &key);
-        let outcome = store
-            .ensure(&p.spec, forced.contains(&p.node.name), |tmp| {
-                let ctx = RunCtx {
-                    instance: &p.node.name,
-                    key: &key,
-                    inputs: &inputs,
-                    externals: &p.externals,
-                    runtime: rt,
-                    scratch: &scratch,
-                    out: tmp,
-                };
-                st.run(&p.node.params, &ctx)
-            })
-            .with_context(|| format!("[{}]", p.node.name))?;
+        let force = forced.contains(&p.node.name);
+        let build = |tmp: &Path| {
+            let ctx = RunCtx {
+                instance: &p.node.name,
+                key: &key,
+                inputs: &inputs,
+                externals: &p.externals,
+                runtime: rt,
+                dataset_root: roots.get(p.node.name.as_str()).and_then(|r| r.as_deref()),
+                scratch: &scratch,
+                out: tmp,
+            };
+            st.run(&p.node.params, &ctx)
+        };
+        let (outcome, via) = match opts.shared {
+            None => (store.ensure(&p.spec, force, build).map_err(anyhow::Error::from), Via::default()),
+            Some(sh) => match shared::obtain(&store, sh, &p.spec, force, &scratch, build) {
+                Ok((o, v)) => (Ok(o), v),
+                Err(e) => (Err(e), Via::default()),
+            },
+        };
+        let outcome = outcome.with_context(|| format!("[{}]", p.node.name))?;
         if scratch.exists() {
             let _ = std::fs::remove_dir_all(&scratch);
         }
         if opts.verbose {
-            print_outcome(&p.node.name, st, &outcome);
+            print_outcome(&p.node.name, st, &outcome, &via);
         }
         runs.push(StageRun {
             stage: p.node.name.clone(),
@@ -174,6 +191,7 @@ pub fn run(graph: &Graph, reg: &Registry, rt: &Runtime, opts: &RunOptions) -> Re
             key: outcome.key.clone(),
             dir: outcome.dir.clone(),
             cached: outcome.cached,
+            pulled: via.pulled.is_some(),
             rebuilt_because: outcome.rebuilt_because.clone(),
             duration_s: outcome.duration_s,
         });
@@ -193,6 +211,16 @@ pub fn run(graph: &Graph, reg: &Registry, rt: &Runtime, opts: &RunOptions) -> Re
         stages: runs,
     };
     let path = record.write(&rt.artifacts)?;
+    if let Some(sh) = opts.shared.filter(|sh| !sh.read_only) {
+        let name = format!(
+            "{}-{}",
+            path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+            maskflow_core::fsutil::unique_suffix()
+        );
+        if let Err(e) = sh.remote.put_run_record(&record.pipeline, &name, serde_json::to_vec_pretty(&record)?) {
+            eprintln!("warning: the run record was not stored in {}: {e}", sh.remote.url());
+        }
+    }
     if opts.verbose {
         let cached = record.stages.iter().filter(|s| s.cached).count();
         println!(
@@ -215,8 +243,10 @@ pub fn summary_of(st: &dyn DynStage, report: &Value) -> String {
     st.summary(report).unwrap_or_else(|| "(its report is of an older format; --force rebuilds it)".into())
 }
 
-fn print_outcome(name: &str, st: &dyn DynStage, o: &Outcome) {
-    let state = if o.cached {
+fn print_outcome(name: &str, st: &dyn DynStage, o: &Outcome, via: &Via) {
+    let state = if let Some(t) = &via.pulled {
+        format!("pulled ({t})")
+    } else if o.cached {
         "cached".to_string()
     } else {
         match &o.rebuilt_because {
@@ -225,6 +255,15 @@ fn print_outcome(name: &str, st: &dyn DynStage, o: &Outcome) {
         }
     };
     println!("{name:<7} {state}  key {}  {}", short(&o.key), o.dir.display());
+    for note in &via.notes {
+        println!("        {note}");
+    }
+    if let Some(p) = &via.published {
+        match p.created {
+            true => println!("        published ({})", p.transfer),
+            false => println!("        already published by another machine (blobs: {})", p.transfer),
+        }
+    }
     println!("        {}", summary_of(st, &o.manifest.report));
 }
 
@@ -301,7 +340,7 @@ fn recent_records(artifacts: &Path, pipeline: &str) -> Vec<RunRecord> {
 }
 
 /// `maskflow status`: per node, cached / stale (what changed) / corrupt / missing.
-pub fn status_lines(graph: &Graph, reg: &Registry, rt: &Runtime) -> Result<Vec<String>> {
+pub fn status_lines(graph: &Graph, reg: &Registry, rt: &Runtime, remote: Option<&maskflow_remote::Remote>) -> Result<Vec<String>> {
     let mut lines = Vec::new();
     for (p, state) in states(graph, reg, rt)? {
         let key = p.key();
@@ -312,6 +351,10 @@ pub fn status_lines(graph: &Graph, reg: &Registry, rt: &Runtime) -> Result<Vec<S
             }
             State::Missing => format!("missing  key {}", short(&key)),
             State::Corrupt(why) => format!("corrupt  key {}: {why} (will be rebuilt)", short(&key)),
+        };
+        let line = match remote {
+            Some(r) => format!("{line}  [{}]", shared::remote_state(r, &p.spec.stage, &key)),
+            None => line,
         };
         lines.push(format!("{:<7} {line}", p.node.name));
     }

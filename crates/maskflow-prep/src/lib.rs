@@ -117,7 +117,8 @@ impl Stage for PrepStage {
     }
     fn run(p: &PrepParams, ctx: &RunCtx) -> anyhow::Result<PrepReport> {
         let index_dir = ctx.input("index")?;
-        run_on_index(index_dir, None, p, ctx.out, true)
+        // The folder on this machine (the index may have been made on another one).
+        run_on_index(index_dir, ctx.dataset_root, p, ctx.out, true)
     }
     fn summary(r: &PrepReport) -> String {
         format!(

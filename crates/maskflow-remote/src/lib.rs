@@ -93,6 +93,12 @@ impl Remote {
     /// variables: `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
     /// `AWS_SESSION_TOKEN`) or `file:///absolute/path` (a shared filesystem; created if missing).
     pub fn open(url: &str) -> Result<Self, RemoteError> {
+        Self::open_with(url, &[])
+    }
+
+    /// [`Remote::open`] with S3 settings given here rather than in the environment (taking
+    /// precedence over it): `("aws_endpoint", "http://127.0.0.1:9000")`, `("aws_access_key_id", …)`.
+    pub fn open_with(url: &str, s3_settings: &[(&str, &str)]) -> Result<Self, RemoteError> {
         let bad = |why: &str| RemoteError::Url { url: url.to_string(), why: why.to_string() };
         let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("expected s3://bucket/prefix or file:///path"))?;
         let (store, prefix): (Arc<dyn ObjectStore>, String) = match scheme {
@@ -103,12 +109,32 @@ impl Remote {
                 }
                 install_tls_provider();
                 let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
-                let endpoint = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT")).unwrap_or_default();
-                if endpoint.starts_with("http://") {
-                    b = b.with_allow_http(true);
-                }
                 if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
                     b = b.with_region("us-east-1");
+                }
+                for (k, v) in s3_settings {
+                    let key: object_store::aws::AmazonS3ConfigKey = k.parse().map_err(|e: object_store::Error| bad(&e.to_string()))?;
+                    b = b.with_config(key, *v);
+                }
+                let has = |k: &str, env: &str| s3_settings.iter().any(|(n, _)| *n == k) || std::env::var_os(env).is_some();
+                let credentials = has("aws_access_key_id", "AWS_ACCESS_KEY_ID")
+                    || has("aws_skip_signature", "AWS_SKIP_SIGNATURE")
+                    || ["AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI"]
+                        .iter()
+                        .any(|v| std::env::var_os(v).is_some());
+                // Without credentials the client would ask the EC2 instance metadata service
+                // (169.254.169.254): only where the user says that is where they come from.
+                if !credentials && std::env::var("MASKFLOW_S3_INSTANCE_CREDENTIALS").map_or(true, |v| v != "1") {
+                    return Err(bad(
+                        "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_WEB_IDENTITY_TOKEN_FILE), \
+                         or MASKFLOW_S3_INSTANCE_CREDENTIALS=1 to take them from the EC2 instance metadata service",
+                    ));
+                }
+                let endpoint = b
+                    .get_config_value(&object_store::aws::AmazonS3ConfigKey::Endpoint)
+                    .unwrap_or_default();
+                if endpoint.starts_with("http://") {
+                    b = b.with_allow_http(true);
                 }
                 let s3 = b.build().map_err(|e| bad(&e.to_string()))?;
                 (Arc::new(s3), prefix.trim_matches('/').to_string())
@@ -283,6 +309,7 @@ impl Remote {
         let files: Vec<FileEntry> = maskflow_core::fsutil::list_files_recursive(dir)
             .map_err(io)?
             .into_iter()
+            .filter(|rel| !is_hidden(rel))
             .filter_map(|rel| {
                 // A file replaced while we look is skipped: the next push has it.
                 let (blake3, bytes) = maskflow_core::hash::blake3_file(&dir.join(&rel)).ok()?;
@@ -311,13 +338,31 @@ impl Remote {
         self.delete(&Self::checkpoint_rel(kind, key))
     }
 
-    /// Test hooks: the backend and the object path of a blob, to damage one on purpose.
-    pub fn object_store(&self) -> (Arc<dyn ObjectStore>, OPath) {
-        (self.store.clone(), self.path(""))
+    /// Every object's path relative to the store (a listing: for inspection and tests, never on
+    /// the way of a run).
+    pub fn list_objects(&self) -> Result<Vec<String>, RemoteError> {
+        use futures::TryStreamExt;
+        let root = self.path("");
+        let metas: Vec<object_store::ObjectMeta> = self
+            .block_on(self.store.list(if self.prefix.is_empty() { None } else { Some(&root) }).try_collect())
+            .map_err(self.backend(""))?;
+        let strip = format!("{}/", self.prefix);
+        Ok(metas
+            .into_iter()
+            .map(|m| {
+                let full = m.location.to_string();
+                full.strip_prefix(&strip).map(str::to_string).unwrap_or(full)
+            })
+            .collect())
     }
 
-    pub fn blob_path(&self, blake3: &str) -> OPath {
-        self.path(&blobs::blob_rel(blake3))
+    /// Whether `rel` exists (one HEAD).
+    pub fn exists(&self, rel: &str) -> Result<bool, RemoteError> {
+        match self.block_on(self.store.head(&self.path(rel))) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.backend(rel)(e)),
+        }
     }
 
     /// Overwrites or deletes a stored object by its path relative to the store (fault tests).
@@ -336,18 +381,29 @@ struct CheckpointIndex {
     files: Vec<FileEntry>,
 }
 
+/// A dot-named file or folder anywhere in `rel`: temp files of atomic writes, never state.
+pub fn is_hidden(rel: &Path) -> bool {
+    rel.components().any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
+}
+
 fn install_tls_provider() {
     // Idempotent: a second install reports the first one, which is the same provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Fault injection for the tests: with `MASKFLOW_FAILPOINT=<name>`, the process stops at that
-/// point (announcing it on stderr) and waits to be killed, as a machine that dies there would.
+/// Fault injection for the tests: with `MASKFLOW_FAILPOINT=<name>`, the process announces the
+/// point on stderr and kills itself there with SIGKILL, as a machine that dies at that moment
+/// would: no destructor, no cleanup, no lease released.
 pub fn failpoint(name: &str) {
     if std::env::var("MASKFLOW_FAILPOINT").is_ok_and(|v| v == name) {
-        eprintln!("failpoint {name}: waiting to be killed");
-        std::thread::sleep(std::time::Duration::from_secs(600));
-        std::process::exit(99);
+        eprintln!("failpoint {name}: SIGKILL");
+        // SAFETY: plain libc calls on our own pid.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
     }
 }
 

@@ -1,0 +1,421 @@
+//! The shared store against a real S3 server on loopback (moto, started by `just test` or, when
+//! run alone, by this file through scripts/s3-server.py; it stops by itself). Two "machines" are
+//! two local artifact folders sharing one bucket prefix.
+
+mod common;
+use common::*;
+use maskflow_remote::Remote;
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+const BUCKET: &str = "maskflow-test";
+
+/// The S3 endpoint: `MASKFLOW_TEST_S3_ENDPOINT` (its bucket made by whoever started it), or a
+/// server started here for this test binary.
+fn endpoint() -> &'static str {
+    static EP: OnceLock<String> = OnceLock::new();
+    EP.get_or_init(|| {
+        if let Ok(ep) = std::env::var("MASKFLOW_TEST_S3_ENDPOINT") {
+            return ep;
+        }
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let python = root.join(".venv/bin/python");
+        let mut child = Command::new(&python)
+            .arg(root.join("scripts/s3-server.py"))
+            .args(["--max-seconds", "1800", BUCKET])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}: the S3 test server needs `scripts/bootstrap.sh --s3`", python.display()));
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        assert!(line.starts_with("http://127.0.0.1:"), "S3 server did not start (moto installed? scripts/bootstrap.sh --s3): {line:?}");
+        // The server watches its parent and exits with this test process.
+        std::mem::forget(child);
+        line.trim().to_string()
+    })
+}
+
+fn s3_env(cmd: &mut Command) -> &mut Command {
+    cmd.env("AWS_ENDPOINT_URL", endpoint())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("MASKFLOW_STORE")
+}
+
+/// A fresh prefix in the test bucket.
+fn store_url(test: &str) -> String {
+    format!("s3://{BUCKET}/{test}-{}", maskflow_core::fsutil::unique_suffix())
+}
+
+fn remote(url: &str) -> Remote {
+    Remote::open_with(
+        url,
+        &[
+            ("aws_endpoint", endpoint()),
+            ("aws_access_key_id", "test"),
+            ("aws_secret_access_key", "test"),
+            ("aws_region", "us-east-1"),
+        ],
+    )
+    .unwrap()
+}
+
+fn mf(dir: &Path, args: &[&str]) -> Output {
+    s3_env(Command::new(bin()).current_dir(dir).args(args)).output().expect("maskflow runs")
+}
+
+fn mf_ok(dir: &Path, args: &[&str]) -> String {
+    let out = mf(dir, args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "maskflow {args:?} failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    stdout + &stderr
+}
+
+/// A small pipeline in its own "machine" folder (the synthetic data is generated there).
+fn machine(root: &Path, name: &str, train_extra: &str) -> PathBuf {
+    let dir = root.join(name);
+    small_pipeline(&dir, "");
+    if !train_extra.is_empty() {
+        let p = dir.join("pipelines/p.toml");
+        let text = fs::read_to_string(&p).unwrap().replace("[train]\n", &format!("[train]\n{train_extra}\n"));
+        fs::write(p, text).unwrap();
+    }
+    dir
+}
+
+/// stage instance → (key, pulled, cached) from the latest run record of `dir`.
+fn record(dir: &Path) -> BTreeMap<String, (String, bool, bool)> {
+    record_in(&dir.join("artifacts"))
+}
+
+fn record_in(artifacts: &Path) -> BTreeMap<String, (String, bool, bool)> {
+    let text = fs::read_to_string(artifacts.join("runs/p/latest.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["stage"].as_str().unwrap().to_string(),
+                (s["key"].as_str().unwrap().to_string(), s["pulled"].as_bool().unwrap_or(false), s["cached"].as_bool().unwrap()),
+            )
+        })
+        .collect()
+}
+
+/// Every file of an artifact (manifest excluded), path → bytes.
+fn files(art: &Path) -> BTreeMap<String, Vec<u8>> {
+    maskflow_core::fsutil::list_files_recursive(art)
+        .unwrap()
+        .into_iter()
+        .map(|rel| (maskflow_core::fsutil::rel_string(&rel), fs::read(art.join(&rel)).unwrap()))
+        .filter(|(p, _)| p != "manifest.json")
+        .collect()
+}
+
+const KINDS: [&str; 5] = ["index", "prep", "train", "eval", "export"];
+
+#[test]
+fn a_second_machine_that_changes_only_train_pulls_index_and_prep_and_every_artifact_is_byte_identical() {
+    let d = tempfile::tempdir().unwrap();
+    let url = store_url("two-machines");
+    // Machine A builds everything and publishes it.
+    let a = machine(d.path(), "a", "");
+    let out = mf_ok(&a, &["run", "pipelines/p.toml", "--device", "cpu", "--store", &url]);
+    assert_eq!(out.matches("published (").count(), 5, "{out}");
+    let ra = record(&a);
+
+    // The same pipeline on the same machine with no shared store: the same keys, and the same bytes
+    // in every file but the few that record wall-clock time.
+    mf_ok(&a, &["run", "pipelines/p.toml", "--device", "cpu", "--artifacts", "local-only"]);
+    let rl = record_in(&a.join("local-only"));
+    let timed = ["index/summary.json", "train/metrics.jsonl", "eval/summary.json", "eval/report.html", "eval/train_metrics.jsonl"];
+    for kind in KINDS {
+        assert_eq!(ra[kind].0, rl[kind].0, "{kind}: same key");
+        let k = &ra[kind].0;
+        let (with_s3, local_only) = (files(&a.join("artifacts").join(kind).join(k)), files(&a.join("local-only").join(kind).join(k)));
+        assert_eq!(with_s3.keys().collect::<Vec<_>>(), local_only.keys().collect::<Vec<_>>(), "{kind}");
+        for (path, bytes) in &with_s3 {
+            if !timed.contains(&format!("{kind}/{path}").as_str()) {
+                assert!(*bytes == local_only[path], "{kind}/{path}: built with an S3 store differs from the local-folder build");
+            }
+        }
+    }
+    // A shared filesystem store (file://) carries the same artifacts byte for byte, manifests too.
+    let shared_fs = format!("file://{}", d.path().join("shared-fs").display());
+    mf_ok(&a, &["push", "pipelines/p.toml", "--store", &shared_fs]);
+    mf_ok(&a, &["pull", "pipelines/p.toml", "--artifacts", "via-fs", "--store", &shared_fs]);
+    for kind in KINDS {
+        let k = &ra[kind].0;
+        let (pa, pf) = (a.join("artifacts").join(kind).join(k), a.join("via-fs").join(kind).join(k));
+        assert!(files(&pa) == files(&pf), "{kind}: through file:// differs");
+        assert_eq!(fs::read(pa.join("manifest.json")).unwrap(), fs::read(pf.join("manifest.json")).unwrap(), "{kind}");
+    }
+
+    // Machine C pulls everything: every file and every manifest as A has them.
+    let c = machine(d.path(), "c", "");
+    let pulled = mf_ok(&c, &["pull", "pipelines/p.toml", "--store", &url]);
+    assert_eq!(pulled.matches("pulled:").count(), 5, "{pulled}");
+    for kind in KINDS {
+        let k = &ra[kind].0;
+        let (pa, pc) = (a.join("artifacts").join(kind).join(k), c.join("artifacts").join(kind).join(k));
+        assert!(files(&pa) == files(&pc), "{kind}: pulled files differ");
+        assert_eq!(fs::read(pa.join("manifest.json")).unwrap(), fs::read(pc.join("manifest.json")).unwrap(), "{kind}");
+    }
+    let st = mf_ok(&c, &["status", "pipelines/p.toml", "--store", &url]);
+    assert_eq!(st.matches("cached ").count(), 5, "{st}");
+    assert_eq!(st.matches("[shared]").count(), 5, "{st}");
+
+    // Machine B changes [train] only: index and prep are pulled, train / eval / export built.
+    let b = machine(d.path(), "b", "seed = 1234");
+    let out = mf_ok(&b, &["run", "pipelines/p.toml", "--device", "cpu", "--store", &url]);
+    let rb = record(&b);
+    for kind in ["index", "prep"] {
+        assert_eq!(rb[kind].0, ra[kind].0);
+        assert!(rb[kind].1, "{kind} must be pulled, not rebuilt:\n{out}");
+        let k = &ra[kind].0;
+        let (pa, pb) = (a.join("artifacts").join(kind).join(k), b.join("artifacts").join(kind).join(k));
+        assert_eq!(fs::read(pa.join("manifest.json")).unwrap(), fs::read(pb.join("manifest.json")).unwrap());
+    }
+    for kind in ["train", "eval", "export"] {
+        assert_ne!(rb[kind].0, ra[kind].0, "{kind}: a new key");
+        assert!(!rb[kind].1 && !rb[kind].2, "{kind} must be built:\n{out}");
+    }
+    assert_eq!(out.matches("published (").count(), 3, "{out}");
+    // Export's weights are train's: one blob in the store, not two.
+    let r = remote(&url);
+    let train = r.manifest("train", &rb["train"].0).unwrap().unwrap().manifest;
+    let export = r.manifest("export", &rb["export"].0).unwrap().unwrap().manifest;
+    let w = |m: &maskflow_core::store::Manifest| m.files.iter().find(|f| f.path == "model.safetensors").map(|f| f.blake3.clone());
+    assert!(w(&train).is_some() && w(&train) == w(&export), "train and export share model.safetensors");
+}
+
+#[test]
+fn two_processes_publishing_one_key_at_once_both_succeed_with_one_manifest() {
+    let d = tempfile::tempdir().unwrap();
+    let url = store_url("concurrent-push");
+    let (m1, m2) = (machine(d.path(), "m1", ""), machine(d.path(), "m2", ""));
+    for m in [&m1, &m2] {
+        mf_ok(m, &["run", "pipelines/p.toml", "--device", "cpu", "--until", "prep"]);
+    }
+    let spawn = |dir: &Path| {
+        s3_env(Command::new(bin()).current_dir(dir).args(["push", "pipelines/p.toml", "--until", "prep", "--store", &url]))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (p1, p2) = (spawn(&m1), spawn(&m2));
+    let outs: Vec<String> = [p1, p2]
+        .into_iter()
+        .map(|p| {
+            let o = p.wait_with_output().unwrap();
+            let text = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+            assert!(o.status.success(), "{text}");
+            text
+        })
+        .collect();
+    let r = remote(&url);
+    let rec = record(&m1);
+    for kind in ["index", "prep"] {
+        let key = &rec[kind].0;
+        let stored = r.manifest(kind, key).unwrap().expect("one manifest").bytes;
+        let mine = |m: &Path| fs::read(m.join("artifacts").join(kind).join(key).join("manifest.json")).unwrap();
+        assert!(stored == mine(&m1) || stored == mine(&m2), "{kind}: the manifest is one of the two");
+        // Each key was published by exactly one of them (the other found it there).
+        let published = outs.iter().filter(|o| o.lines().any(|l| l.starts_with(kind) && l.contains("published:"))).count();
+        let found = outs.iter().filter(|o| o.lines().any(|l| l.starts_with(kind) && l.contains("already in the shared store"))).count();
+        assert_eq!((published, published + found), (1, 2), "{kind}: {outs:?}");
+    }
+}
+
+#[test]
+fn two_machines_running_at_once_build_each_stage_once_and_agree() {
+    let d = tempfile::tempdir().unwrap();
+    let url = store_url("concurrent-run");
+    let (m1, m2) = (machine(d.path(), "m1", ""), machine(d.path(), "m2", ""));
+    let spawn = |dir: &Path| {
+        s3_env(Command::new(bin()).current_dir(dir).args(["run", "pipelines/p.toml", "--device", "cpu", "--lease-ttl", "10", "--store", &url]))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (p1, p2) = (spawn(&m1), spawn(&m2));
+    for p in [p1, p2] {
+        let o = p.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    }
+    let (r1, r2) = (record(&m1), record(&m2));
+    for kind in KINDS {
+        assert_eq!(r1[kind].0, r2[kind].0);
+        let built = [&r1, &r2].iter().filter(|r| !r[kind].1 && !r[kind].2).count();
+        assert_eq!(built, 1, "{kind} is built by one machine and pulled by the other: {r1:?} {r2:?}");
+        let k = &r1[kind].0;
+        assert!(files(&m1.join("artifacts").join(kind).join(k)) == files(&m2.join("artifacts").join(kind).join(k)));
+    }
+}
+
+#[test]
+fn killed_between_blobs_and_manifest_leaves_nothing_trusted_and_the_lease_is_taken_over() {
+    let d = tempfile::tempdir().unwrap();
+    let url = store_url("killed");
+    let a = machine(d.path(), "a", "");
+    let out = s3_env(Command::new(bin()).current_dir(&a).args([
+        "run", "pipelines/p.toml", "--until", "index", "--lease-ttl", "3", "--store", &url,
+    ]))
+    .env("MASKFLOW_FAILPOINT", "publish-before-manifest")
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("failpoint publish-before-manifest"), "{err}");
+    assert!(!out.status.success());
+
+    let r = remote(&url);
+    let listed = r.list_objects().unwrap();
+    assert!(listed.iter().any(|p| p.starts_with("cas/")), "the blobs were uploaded: {listed:?}");
+    assert!(!listed.iter().any(|p| p.ends_with("manifest.json")), "no manifest: {listed:?}");
+    assert!(listed.iter().any(|p| p.starts_with("leases/index/")), "the dead builder's lease is left: {listed:?}");
+
+    // Nothing is trusted: the status of a fresh cache shows nothing shared.
+    let st = mf_ok(&a, &["status", "pipelines/p.toml", "--artifacts", "fresh", "--store", &url]);
+    assert!(st.lines().any(|l| l.starts_with("index") && (l.contains("being built by") || l.contains("not shared"))), "{st}");
+    // Another machine waits out the dead lease, takes it over, builds.
+    let b = machine(d.path(), "b", "");
+    let out = mf_ok(&b, &["run", "pipelines/p.toml", "--until", "index", "--lease-ttl", "3", "--store", &url]);
+    assert!(out.contains("took over the expired lease of"), "{out}");
+    assert!(out.contains("published ("), "{out}");
+    let key = record(&b)["index"].0.clone();
+    assert!(r.manifest("index", &key).unwrap().is_some());
+    assert!(r.lease_info("index", &key).unwrap().is_none(), "released after publishing");
+    // What A uploaded was the same content: B's publish found those blobs there.
+    assert!(out.contains("already there"), "{out}");
+}
+
+#[test]
+fn flipped_byte_and_deleted_blob_in_the_store_are_rebuilt_reported_and_repaired() {
+    let d = tempfile::tempdir().unwrap();
+    let url = store_url("corrupt");
+    let a = machine(d.path(), "a", "");
+    mf_ok(&a, &["run", "pipelines/p.toml", "--device", "cpu", "--until", "prep", "--store", &url]);
+    let ra = record(&a);
+    let r = remote(&url);
+    let prep = r.manifest("prep", &ra["prep"].0).unwrap().unwrap().manifest;
+    let shard = prep.files.iter().find(|f| f.path.ends_with(".parquet")).unwrap();
+    let mut bytes = fs::read(a.join("artifacts/prep").join(&ra["prep"].0).join(&shard.path)).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    r.damage(&format!("cas/{}", shard.blake3), Some(bytes)).unwrap();
+    let index = r.manifest("index", &ra["index"].0).unwrap().unwrap().manifest;
+    let table = index.files.iter().find(|f| f.path.ends_with(".parquet")).unwrap();
+    r.damage(&format!("cas/{}", table.blake3), None).unwrap();
+
+    // A fresh local cache (another machine with the dataset at the same place).
+    let pull = mf(&a, &["pull", "pipelines/p.toml", "--until", "prep", "--artifacts", "b", "--store", &url]);
+    assert!(!pull.status.success(), "a pull of a corrupt artifact fails");
+    let perr = String::from_utf8_lossy(&pull.stderr);
+    assert!(perr.contains("is missing from the store") && perr.contains("is corrupt in the store"), "{perr}");
+
+    let out = mf_ok(&a, &["run", "pipelines/p.toml", "--device", "cpu", "--until", "prep", "--artifacts", "b", "--store", &url]);
+    assert_eq!(out.matches("rebuilt here and republished").count(), 2, "{out}");
+    let rb = record_in(&a.join("b"));
+    for kind in ["index", "prep"] {
+        assert!(!rb[kind].1, "{kind}: not served from the corrupt copy");
+        let k = &ra[kind].0;
+        let mut before = files(&a.join("artifacts").join(kind).join(k));
+        let mut after = files(&a.join("b").join(kind).join(k));
+        // index's summary.json records its wall time; everything else is rebuilt byte for byte.
+        before.remove("summary.json");
+        after.remove("summary.json");
+        assert!(before == after, "{kind}");
+    }
+    // Repaired: a third machine pulls both cleanly.
+    let c = machine(d.path(), "c", "");
+    let pulled = mf_ok(&c, &["pull", "pipelines/p.toml", "--until", "prep", "--store", &url]);
+    assert_eq!(pulled.matches("pulled:").count(), 2, "{pulled}");
+}
+
+#[test]
+fn a_training_run_killed_on_one_machine_resumes_on_another_from_the_shared_checkpoint() {
+    let d = tempfile::tempdir().unwrap();
+    let url = store_url("preempted");
+    let extra = "frozen_epochs = 2\nunfrozen_epochs = 2";
+    let a = machine(d.path(), "a", "");
+    let p = a.join("pipelines/p.toml");
+    let text = fs::read_to_string(&p).unwrap().replace("frozen_epochs = 1\nunfrozen_epochs = 1\n", &format!("{extra}\n"));
+    fs::write(&p, &text).unwrap();
+    mf_ok(&a, &["run", "pipelines/p.toml", "--device", "cpu", "--until", "prep", "--store", &url]);
+    // A dies (SIGKILL) right after its first checkpoint reached the shared store.
+    let out = s3_env(Command::new(bin()).current_dir(&a).args(["run", "pipelines/p.toml", "--device", "cpu", "--lease-ttl", "3", "--store", &url]))
+        .env("MASKFLOW_FAILPOINT", "checkpoint-pushed")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("failpoint checkpoint-pushed"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let b = d.path().join("b");
+    fs::create_dir_all(b.join("pipelines")).unwrap();
+    fs::write(b.join("pipelines/p.toml"), &text).unwrap();
+    let out = mf_ok(&b, &["run", "pipelines/p.toml", "--device", "cpu", "--lease-ttl", "3", "--store", &url]);
+    assert!(out.contains("resuming from the checkpoint another machine left"), "{out}");
+    assert!(out.contains("(resumed from"), "train resumed from the epoch A finished:\n{out}");
+
+    // The same weights as an uninterrupted run.
+    let clean = d.path().join("clean");
+    fs::create_dir_all(clean.join("pipelines")).unwrap();
+    fs::write(clean.join("pipelines/p.toml"), &text).unwrap();
+    mf_ok(&clean, &["run", "pipelines/p.toml", "--device", "cpu", "--until", "train"]);
+    let k = &record(&b)["train"].0;
+    assert_eq!(
+        fs::read(b.join("artifacts/train").join(k).join("model.safetensors")).unwrap(),
+        fs::read(clean.join("artifacts/train").join(k).join("model.safetensors")).unwrap()
+    );
+    assert!(remote(&url).pull_checkpoint("train", k, &d.path().join("none")).unwrap().is_none(), "the checkpoint is dropped once published");
+}
+
+#[test]
+fn bad_store_urls_and_missing_stores_are_clear_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let m = machine(d.path(), "m", "");
+    let e = String::from_utf8_lossy(&mf(&m, &["status", "pipelines/p.toml", "--store", "ftp://x/y"]).stderr).into_owned();
+    assert!(e.contains("unknown scheme ftp://"), "{e}");
+    let e = String::from_utf8_lossy(&mf(&m, &["pull", "pipelines/p.toml"]).stderr).into_owned();
+    assert!(e.contains("pull needs a shared store"), "{e}");
+    let e = String::from_utf8_lossy(&mf(&m, &["run", "pipelines/p.toml", "--store", "s3://no-such-bucket/x"]).stderr).into_owned();
+    assert!(e.contains("no-such-bucket"), "{e}");
+    // No credentials: a clear error, and no request to the instance metadata service.
+    let out = Command::new(bin())
+        .current_dir(&m)
+        .args(["run", "pipelines/p.toml", "--store", "s3://maskflow-test/x"])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env("AWS_ENDPOINT_URL", endpoint())
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("no AWS credentials"), "{e}");
+}
+
+#[test]
+fn gc_through_the_binary_is_a_dry_run_unless_applied() {
+    let d = tempfile::tempdir().unwrap();
+    let url = store_url("gc");
+    let m = machine(d.path(), "m", "");
+    mf_ok(&m, &["run", "pipelines/p.toml", "--until", "index", "--store", &url]);
+    let r = remote(&url);
+    r.damage("cas/0000orphan", Some(b"left by a dead build".to_vec())).unwrap();
+    let dry = mf_ok(&m, &["gc", "--store", &url, "--grace", "0s"]);
+    assert!(dry.contains("1 would sweep") && dry.contains("dry run"), "{dry}");
+    assert!(r.exists("cas/0000orphan").unwrap(), "a dry run deletes nothing");
+    let done = mf_ok(&m, &["gc", "--store", &url, "--grace", "0s", "--apply"]);
+    assert!(done.contains("1 swept"), "{done}");
+    assert!(!r.exists("cas/0000orphan").unwrap());
+    // The index artifact is intact.
+    let c = machine(d.path(), "c", "");
+    mf_ok(&c, &["pull", "pipelines/p.toml", "--until", "index", "--store", &url]);
+}
