@@ -84,6 +84,11 @@ pub fn obtain(
             }
             match sh.remote.try_lease(kind, &key, sh.lease_ttl)? {
                 LeaseAttempt::Acquired(l) => {
+                    // Published between our look and our lease (its builder then released it)?
+                    if matches!(sh.remote.manifest(kind, &key), Ok(Some(_))) {
+                        let _ = l.release();
+                        continue;
+                    }
                     if let Some(old) = &l.took_over {
                         via.notes.push(format!("took over the expired lease of {}", old.holder));
                     }
