@@ -52,28 +52,10 @@ enum Command {
         store: StoreArgs,
     },
     /// Upload this machine's artifacts of a pipeline to the shared store (those it lacks).
-    Push {
-        pipeline: PathBuf,
-        #[arg(long, default_value = "artifacts")]
-        artifacts: PathBuf,
-        /// Only this instance (or kind) and what it needs.
-        #[arg(long, value_name = "STAGE")]
-        until: Option<String>,
-        #[command(flatten)]
-        store: StoreArgs,
-    },
+    Push(ShareArgs),
     /// Download a pipeline's published artifacts from the shared store into the local one (each
     /// blob checked), without running anything.
-    Pull {
-        pipeline: PathBuf,
-        #[arg(long, default_value = "artifacts")]
-        artifacts: PathBuf,
-        /// Only this instance (or kind) and what it needs.
-        #[arg(long, value_name = "STAGE")]
-        until: Option<String>,
-        #[command(flatten)]
-        store: StoreArgs,
-    },
+    Pull(ShareArgs),
     /// Collect garbage in the shared store: blobs no manifest (or live checkpoint) references and
     /// older than the grace period; with --keep-runs N, also artifacts that no pipeline's last N
     /// run records name. Dry run unless --apply.
@@ -174,7 +156,8 @@ enum Command {
         #[command(flatten)]
         compute: ComputeArgs,
     },
-    /// Tell, without running anything, which stages are cached, stale (and why) or missing.
+    /// Tell, without running any stage, which stages are cached, stale (and why) or missing (a
+    /// [dataset.synth] folder is generated first, as run and graph do: keys need its fingerprint).
     Status {
         pipeline: PathBuf,
         #[arg(long, default_value = "artifacts")]
@@ -253,6 +236,21 @@ enum WeightsAction {
     Verify,
 }
 
+/// What `push` and `pull` take.
+#[derive(clap::Args)]
+struct ShareArgs {
+    /// The pipeline file (TOML).
+    pipeline: PathBuf,
+    /// The local store.
+    #[arg(long, default_value = "artifacts")]
+    artifacts: PathBuf,
+    /// Only this instance (or kind) and what it needs.
+    #[arg(long, value_name = "STAGE")]
+    until: Option<String>,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
 /// A shared store: the local --artifacts folder then caches it.
 #[derive(clap::Args, Clone)]
 struct StoreArgs {
@@ -309,12 +307,8 @@ fn real_main() -> Result<()> {
         Command::Run { pipeline, artifacts, force, until, compute, store } => {
             runner::run(&pipeline, &artifacts, force.as_deref(), until.as_deref(), &compute.options()?, &store.options())
         }
-        Command::Push { pipeline, artifacts, until, store } => {
-            runner::push_pull(&pipeline, &artifacts, until.as_deref(), &store.options(), true)
-        }
-        Command::Pull { pipeline, artifacts, until, store } => {
-            runner::push_pull(&pipeline, &artifacts, until.as_deref(), &store.options(), false)
-        }
+        Command::Push(a) => runner::push_pull(&a.pipeline, &a.artifacts, a.until.as_deref(), &a.store.options(), true),
+        Command::Pull(a) => runner::push_pull(&a.pipeline, &a.artifacts, a.until.as_deref(), &a.store.options(), false),
         Command::Gc { store, grace, keep_runs, apply } => {
             runner::gc(&store.options(), &maskflow_remote::GcOptions { grace, keep_runs, apply })
         }

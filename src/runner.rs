@@ -195,13 +195,9 @@ pub fn status(pipeline: &Path, artifacts: &Path, store: &StoreOptions) -> Result
     let (reg, g) = load(pipeline)?;
     let rt = Compute { device: tch::Device::Cpu, threads: 1 }.runtime(artifacts);
     let remote = store.open(false)?;
-    if g.dataset_table::<SynthParams>("synth")?.is_some() && !g.root.join(SYNTH_STAMP).exists() {
-        println!("dataset {}: not generated yet (run will generate it)", g.root.display());
-        for n in &g.nodes {
-            println!("{:<7} missing", n.name);
-        }
-        return Ok(());
-    }
+    // Keys need the dataset's fingerprint: a [dataset.synth] folder is generated (as `graph` and
+    // `run` do; it is an input, not a stage).
+    ensure_synth(&g)?;
     println!("pipeline {} ({})", g.name, g.path.display());
     if let Some(r) = &remote {
         println!("shared store {}", r.url());
