@@ -53,9 +53,11 @@ impl Splits {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvalParams {
-    /// Images in the top-losses grid (fastai `plot_top_losses(9)`).
+    /// Tiles in the top-losses grid (fastai `plot_top_losses(9)`); byte-identical copies share one
+    /// tile, marked ×N.
     pub top_losses: usize,
-    /// Minimum count for `most_confused` (fastai `min_val=1`).
+    /// Minimum count for `most_confused` (fastai `min_val=1`); `most_confused.csv` also gives the
+    /// distinct images in each cell (byte-identical copies count once).
     pub most_confused_min: u64,
     /// `valid`, `train` or `all`. Default: `valid` on the pipeline's own data, `all` for an instance
     /// with `data = "FOLDER"` (every good image of a folder the model never saw).
@@ -73,7 +75,7 @@ pub struct EvalStage;
 
 impl Stage for EvalStage {
     const KIND: &'static str = "eval";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const OUTPUT: &'static str = kinds::EVAL_RESULT;
     type Params = EvalParams;
     type Report = EvalReport;
@@ -209,10 +211,18 @@ pub fn run(inputs: &Inputs, params: &EvalParams, device: Device, threads: usize,
 
     write_json_atomic(&out_dir.join(METRICS_FILE), &m)?;
     write_confusion(out_dir, &cm, &cfg.classes)?;
-    let mc = metrics::most_confused(&cm, &cfg.classes, params.most_confused_min);
-    let mut csv = String::from("actual,predicted,count\n");
-    for (a, p, c) in &mc {
-        csv.push_str(&format!("{a},{p},{c}\n"));
+    let groups = duplicate_groups(&data.hashes);
+    let distinct = distinct_per_cell(&actual, &predicted, &groups);
+    let mc: Vec<Confused> = metrics::most_confused(&cm, &cfg.classes, params.most_confused_min)
+        .into_iter()
+        .map(|(a, p, count)| {
+            let cell = (cfg.classes.iter().position(|c| *c == a).unwrap_or(0), cfg.classes.iter().position(|c| *c == p).unwrap_or(0));
+            Confused { distinct: distinct.get(&cell).copied().unwrap_or(0), actual: a, predicted: p, count }
+        })
+        .collect();
+    let mut csv = String::from("actual,predicted,count,distinct_images\n");
+    for c in &mc {
+        csv.push_str(&format!("{},{},{},{}\n", c.actual, c.predicted, c.count, c.distinct));
     }
     write_atomic(&out_dir.join("most_confused.csv"), csv.as_bytes())?;
     let preds = Predictions { actual: &actual, predicted: &predicted, probs: &rows, losses: &losses };
@@ -227,7 +237,7 @@ pub fn run(inputs: &Inputs, params: &EvalParams, device: Device, threads: usize,
         })
         .collect();
     write_predictions(&out_dir.join(PREDICTIONS_FILE), &cfg.classes, &table)?;
-    top_losses(out_dir, &data, &cfg.classes, &preds, params.top_losses)?;
+    top_losses(out_dir, &data, &cfg.classes, &preds, &groups, params.top_losses)?;
     for f in [CURVES_FILE, LR_FIND_PNG, TRAIN_METRICS_FILE, SHOW_BATCH_FILE] {
         let src = inputs.model_dir.join(f);
         if src.is_file() {
@@ -307,18 +317,51 @@ struct Predictions<'a> {
     losses: &'a [f64],
 }
 
-fn top_losses(out_dir: &Path, data: &SplitData, names: &[String], p: &Predictions, k: usize) -> Result<()> {
-    let Predictions { actual, predicted, probs, losses } = *p;
+/// A most-confused cell: how many images, and how many distinct ones (byte-identical copies count once).
+pub struct Confused {
+    pub actual: String,
+    pub predicted: String,
+    pub count: u64,
+    pub distinct: usize,
+}
+
+/// Per row, the first row with the same content hash: byte-identical copies share a group.
+fn duplicate_groups(hashes: &[String]) -> Vec<usize> {
+    let mut first: BTreeMap<&str, usize> = BTreeMap::new();
+    hashes.iter().enumerate().map(|(i, h)| *first.entry(h.as_str()).or_insert(i)).collect()
+}
+
+/// Distinct images (duplicate groups) per (actual, predicted) cell.
+fn distinct_per_cell(actual: &[usize], predicted: &[usize], groups: &[usize]) -> BTreeMap<(usize, usize), usize> {
+    let mut cells: BTreeMap<(usize, usize), std::collections::BTreeSet<usize>> = BTreeMap::new();
+    for i in 0..actual.len() {
+        cells.entry((actual[i], predicted[i])).or_default().insert(groups[i]);
+    }
+    cells.into_iter().map(|(k, v)| (k, v.len())).collect()
+}
+
+/// The `k` highest-loss images, one per duplicate group: (row, copies in the evaluated data).
+fn top_loss_rows(losses: &[f64], groups: &[usize], k: usize) -> Vec<(usize, usize)> {
     let mut order: Vec<usize> = (0..losses.len()).collect();
     order.sort_by(|&a, &b| losses[b].total_cmp(&losses[a]).then(a.cmp(&b)));
-    let tiles: Vec<Tile> = order
-        .iter()
-        .take(k)
-        .map(|&i| {
+    let mut size: BTreeMap<usize, usize> = BTreeMap::new();
+    for &g in groups {
+        *size.entry(g).or_default() += 1;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    order.into_iter().filter(|&i| seen.insert(groups[i])).take(k).map(|i| (i, size[&groups[i]])).collect()
+}
+
+fn top_losses(out_dir: &Path, data: &SplitData, names: &[String], p: &Predictions, groups: &[usize], k: usize) -> Result<()> {
+    let Predictions { actual, predicted, probs, losses } = *p;
+    let tiles: Vec<Tile> = top_loss_rows(losses, groups, k)
+        .into_iter()
+        .map(|(i, copies)| {
+            let times = if copies > 1 { format!("  ×{copies}") } else { String::new() };
             Ok(Tile {
                 image: data::to_rgb(&data.image(i)?),
                 title: vec![
-                    format!("{} / {}", names[predicted[i]], names[actual[i]]),
+                    format!("{} / {}{times}", names[predicted[i]], names[actual[i]]),
                     format!("loss {:.2} / p {:.2}", losses[i], probs[i][actual[i]]),
                 ],
             })
@@ -330,7 +373,7 @@ fn top_losses(out_dir: &Path, data: &SplitData, names: &[String], p: &Prediction
         &tiles,
         cols,
         180,
-        "Top losses — predicted / actual, loss / probability of the actual class",
+        "Top losses — predicted / actual (×N: N byte-identical copies), loss / probability of the actual class",
     )?;
     Ok(())
 }

@@ -30,7 +30,7 @@ fn img(out_dir: &Path, file: &str, alt: &str) -> String {
     }
 }
 
-pub fn write(out_dir: &Path, page: &Page, m: &Metrics, cm: &[Vec<u64>], most_confused: &[(String, String, u64)]) -> Result<()> {
+pub fn write(out_dir: &Path, page: &Page, m: &Metrics, cm: &[Vec<u64>], most_confused: &[crate::Confused]) -> Result<()> {
     let mut h = String::new();
     let cfg = page.cfg;
     let title = format!("maskflow report — {} on {}", cfg.arch, page.title_data);
@@ -167,8 +167,13 @@ pub fn write(out_dir: &Path, page: &Page, m: &Metrics, cm: &[Vec<u64>], most_con
     if most_confused.is_empty() {
         h.push_str("none.</p>");
     } else {
-        let items: Vec<String> =
-            most_confused.iter().map(|(a, p, c)| format!("{} → {}: {c}", esc(a), esc(p))).collect();
+        let items: Vec<String> = most_confused
+            .iter()
+            .map(|c| {
+                let distinct = if c.distinct as u64 != c.count { format!(" ({} distinct images)", c.distinct) } else { String::new() };
+                format!("{} → {}: {}{distinct}", esc(&c.actual), esc(&c.predicted), c.count)
+            })
+            .collect();
         write!(h, "{}.</p>", items.join("; "))?;
     }
     h.push_str(&img(out_dir, "top_losses.png", "top losses"));

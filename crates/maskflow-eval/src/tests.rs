@@ -94,3 +94,35 @@ fn data_with_a_class_the_model_does_not_know_is_refused() {
 fn the_key_covers_every_eval_param() {
     maskflow_pipeline::testing::assert_key_covers_every_param::<EvalStage>();
 }
+
+#[test]
+fn byte_identical_copies_collapse_to_one_top_loss_tile_and_count_once_in_most_confused() {
+    let hashes: Vec<String> = ["a", "b", "a", "c", "a", "b"].map(String::from).to_vec();
+    let groups = crate::duplicate_groups(&hashes);
+    assert_eq!(groups, [0, 1, 0, 3, 0, 1]);
+    // Three copies of one photo with the highest loss: one tile marked ×3, then the next photos.
+    let losses = [2.0, 1.0, 2.0, 0.5, 2.0, 1.0];
+    assert_eq!(crate::top_loss_rows(&losses, &groups, 9), [(0, 3), (1, 2), (3, 1)]);
+    assert_eq!(crate::top_loss_rows(&losses, &groups, 2), [(0, 3), (1, 2)]);
+    // Five images called class 0 while labelled 1, of two distinct photos.
+    let cells = crate::distinct_per_cell(&[1, 1, 1, 0, 1, 1], &[0; 6], &groups);
+    assert_eq!((cells[&(1, 0)], cells[&(0, 0)]), (2, 1));
+}
+
+#[test]
+fn most_confused_csv_counts_images_and_distinct_images() {
+    let d = tempfile::tempdir().unwrap();
+    let all = run(d.path(), Splits::All, "all").unwrap();
+    let csv = std::fs::read_to_string(d.path().join("all/most_confused.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("actual,predicted,count,distinct_images"));
+    let off_diagonal: u64 = (0..2).flat_map(|a| (0..2).filter(move |&p| p != a).map(move |p| (a, p))).map(|(a, p)| all.confusion_matrix[a][p]).sum();
+    let mut listed = 0;
+    for l in lines {
+        let f: Vec<&str> = l.split(',').collect();
+        // The fixture's images are all distinct.
+        assert_eq!(f[2], f[3], "{l}");
+        listed += f[2].parse::<u64>().unwrap();
+    }
+    assert_eq!(listed, off_diagonal);
+}
