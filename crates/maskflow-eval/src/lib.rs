@@ -373,7 +373,7 @@ fn top_losses(out_dir: &Path, data: &SplitData, names: &[String], p: &Prediction
         &tiles,
         cols,
         180,
-        "Top losses — predicted / actual (×N: N byte-identical copies), loss / probability of the actual class",
+        "Top losses — predicted / actual (×N: N copies), loss / p(actual)",
     )?;
     Ok(())
 }
