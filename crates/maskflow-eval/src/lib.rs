@@ -53,11 +53,11 @@ impl Splits {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvalParams {
-    /// Tiles in the top-losses grid (fastai `plot_top_losses(9)`); byte-identical copies share one
-    /// tile, marked ×N.
+    /// Tiles in the top-losses grid (fastai `plot_top_losses(9)`); copies (byte-identical, or
+    /// near-duplicates by the index's grouping) share one tile, marked ×N.
     pub top_losses: usize,
     /// Minimum count for `most_confused` (fastai `min_val=1`); `most_confused.csv` also gives the
-    /// distinct images in each cell (byte-identical copies count once).
+    /// distinct images in each cell (copies count once).
     pub most_confused_min: u64,
     /// `valid`, `train` or `all`. Default: `valid` on the pipeline's own data, `all` for an instance
     /// with `data = "FOLDER"` (every good image of a folder the model never saw).
@@ -211,7 +211,13 @@ pub fn run(inputs: &Inputs, params: &EvalParams, device: Device, threads: usize,
 
     write_json_atomic(&out_dir.join(METRICS_FILE), &m)?;
     write_confusion(out_dir, &cm, &cfg.classes)?;
-    let groups = duplicate_groups(&data.hashes);
+    // Copies share a group: byte-identical ones always, near-duplicates too when the index is known.
+    let index_rows = match inputs.index_dir {
+        Some(dir) => Some(maskflow_contracts::index::read_index(&dir.join(maskflow_contracts::index::INDEX_FILE))?),
+        None => None,
+    };
+    let group_keys = group_keys(&data.hashes, index_rows.as_deref());
+    let groups = duplicate_groups(&group_keys);
     let distinct = distinct_per_cell(&actual, &predicted, &groups);
     let mc: Vec<Confused> = metrics::most_confused(&cm, &cfg.classes, params.most_confused_min)
         .into_iter()
@@ -317,7 +323,7 @@ struct Predictions<'a> {
     losses: &'a [f64],
 }
 
-/// A most-confused cell: how many images, and how many distinct ones (byte-identical copies count once).
+/// A most-confused cell: how many images, and how many distinct ones (copies count once).
 pub struct Confused {
     pub actual: String,
     pub predicted: String,
@@ -325,7 +331,16 @@ pub struct Confused {
     pub distinct: usize,
 }
 
-/// Per row, the first row with the same content hash: byte-identical copies share a group.
+/// Per image, what makes it a copy of another: the index's group (near-duplicates by dHash,
+/// byte-identical files) when the index is known, else its content hash.
+fn group_keys(hashes: &[String], index: Option<&[maskflow_contracts::index::IndexRow]>) -> Vec<String> {
+    let group_of: BTreeMap<&str, &str> =
+        index.unwrap_or_default().iter().map(|r| (r.content_hash.as_str(), r.group_hash.as_str())).collect();
+    hashes.iter().map(|h| group_of.get(h.as_str()).copied().unwrap_or(h).to_string()).collect()
+}
+
+/// Per row, the first row with the same group key (content hash, or the index's near-duplicate
+/// group): copies share a group.
 fn duplicate_groups(hashes: &[String]) -> Vec<usize> {
     let mut first: BTreeMap<&str, usize> = BTreeMap::new();
     hashes.iter().enumerate().map(|(i, h)| *first.entry(h.as_str()).or_insert(i)).collect()

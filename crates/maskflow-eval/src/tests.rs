@@ -104,6 +104,28 @@ fn byte_identical_copies_collapse_to_one_top_loss_tile_and_count_once_in_most_co
     let losses = [2.0, 1.0, 2.0, 0.5, 2.0, 1.0];
     assert_eq!(crate::top_loss_rows(&losses, &groups, 9), [(0, 3), (1, 2), (3, 1)]);
     assert_eq!(crate::top_loss_rows(&losses, &groups, 2), [(0, 3), (1, 2)]);
+    // With an index, near-duplicates (one dHash group, different bytes) are copies too.
+    let row = |hash: &str, group: &str| maskflow_contracts::index::IndexRow {
+        path: format!("x/{hash}.png"),
+        path_raw: format!("x/{hash}.png").into_bytes(),
+        label: "x".into(),
+        label_idx: 0,
+        content_hash: hash.into(),
+        group_hash: group.into(),
+        bytes: 1,
+        format: None,
+        width: None,
+        height: None,
+        dhash: None,
+        split: Some("valid".into()),
+        status: "ok".into(),
+        reason: None,
+        detail: None,
+    };
+    let rows = [row("a", "a"), row("b", "b"), row("c", "b")];
+    let keys = crate::group_keys(&["a".into(), "b".into(), "c".into(), "d".into()], Some(&rows));
+    assert_eq!(keys, ["a", "b", "b", "d"]);
+    assert_eq!(crate::group_keys(&["c".into()], None), ["c"]);
     // Five images called class 0 while labelled 1, of two distinct photos.
     let cells = crate::distinct_per_cell(&[1, 1, 1, 0, 1, 1], &[0; 6], &groups);
     assert_eq!((cells[&(1, 0)], cells[&(0, 0)]), (2, 1));
