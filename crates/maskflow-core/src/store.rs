@@ -201,6 +201,12 @@ impl Store {
         Ok(Outcome { stage: spec.stage.clone(), key, dir: slot.final_dir, cached: false, rebuilt_because, duration_s, manifest })
     }
 
+    /// The valid artifact of `stage`/`key`, if there is one (verified once, under its lock); an
+    /// invalid one is moved aside. Nothing is built.
+    pub fn lookup(&self, stage: &str, key: &str) -> Result<Option<Outcome>, StoreError> {
+        Ok(self.lock(stage, key)?.check(false).ok())
+    }
+
     /// Installs an artifact made elsewhere (pulled from a shared store): `fill` writes its files
     /// into an empty directory, `manifest_bytes` become its `manifest.json` unchanged, and the
     /// whole is verified against them before it is renamed into place. A valid artifact already
@@ -321,7 +327,8 @@ impl Slot {
     }
 }
 
-fn now_unix() -> u64 {
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn now_unix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 

@@ -7,7 +7,7 @@ use crate::{DynStage, External, InputArtifact, Registry, RunCtx, Runtime};
 use anyhow::{bail, Context, Result};
 use maskflow_core::dataset::{self, HashCache};
 use maskflow_core::runs::{RunRecord, StageRun};
-use maskflow_core::store::{Invalid, Outcome, StageSpec, Store};
+use maskflow_core::store::{now_unix, Invalid, Outcome, StageSpec, Store};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -475,8 +475,4 @@ pub fn describe(graph: &Graph, reg: &Registry, rt: &Runtime, dot: bool) -> Resul
         ));
     }
     Ok(s)
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

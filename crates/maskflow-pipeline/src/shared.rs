@@ -51,8 +51,7 @@ pub fn obtain(
     let mut via = Via::default();
     let mut repair = false;
     if !force {
-        if store.verify(kind, &key).is_ok() {
-            let outcome = store.ensure(spec, false, build)?;
+        if let Some(outcome) = store.lookup(kind, &key)? {
             if !sh.read_only {
                 via.published = publish_if_absent(sh.remote, &outcome.dir, kind, &key)?;
             }
@@ -137,9 +136,10 @@ fn wait_for_manifest_or_lapse(sh: &Shared, kind: &str, key: &str) {
 
 fn install(store: &Store, remote: &Remote, kind: &str, key: &str, rm: &maskflow_remote::RemoteManifest) -> Result<(Outcome, Transfer), RemoteError> {
     let mut transfer = None;
+    // A local failure (disk full, …) is an I/O error, never taken for a corrupt shared copy.
     let installed = store
         .install(kind, key, &rm.bytes, |tmp| remote.fetch(&rm.manifest, tmp).map(|t| transfer = Some(t)))
-        .map_err(|e| RemoteError::BadManifest { at: format!("{}/{kind}/{key}", remote.url()), why: e.to_string() })?;
+        .map_err(|e| RemoteError::Io { path: store.artifact_dir(kind, key), source: std::io::Error::other(e.to_string()) })?;
     let outcome = installed?;
     Ok((outcome, transfer.unwrap_or_default()))
 }

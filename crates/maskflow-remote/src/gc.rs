@@ -6,7 +6,6 @@
 //! `n` run records of each pipeline, or younger than the grace period, are kept; the rest go.
 
 use crate::{Remote, RemoteError};
-use futures::TryStreamExt;
 use maskflow_core::runs::RunRecord;
 use maskflow_core::store::Manifest;
 use object_store::ObjectMeta;
@@ -94,27 +93,16 @@ fn classify(rel: &str) -> Object {
 impl Remote {
     /// Lists the store once, marks, and sweeps (or reports) what no root references.
     pub fn gc(&self, opts: &GcOptions) -> Result<GcReport, RemoteError> {
-        let root = self.path("");
-        let listed: Vec<ObjectMeta> = self
-            .block_on(self.store.list(if self.prefix.is_empty() { None } else { Some(&root) }).try_collect())
-            .map_err(self.backend(""))?;
-        let now = chrono_now();
+        let listed = self.list_all()?;
+        let now = crate::now_unix() as i64;
         let old = |m: &ObjectMeta| now - m.last_modified.timestamp() >= opts.grace.as_secs() as i64;
-        let strip = |m: &ObjectMeta| -> String {
-            let full = m.location.to_string();
-            match self.prefix.is_empty() {
-                true => full,
-                false => full.strip_prefix(&format!("{}/", self.prefix)).unwrap_or(&full).to_string(),
-            }
-        };
 
         let mut blobs: Vec<(String, ObjectMeta)> = Vec::new();
         let mut manifests: Vec<(String, String, ObjectMeta)> = Vec::new();
         let mut checkpoints: Vec<(String, ObjectMeta)> = Vec::new();
         let mut runs: Vec<(String, ObjectMeta)> = Vec::new();
         let mut stale_other: Vec<String> = Vec::new();
-        for m in listed {
-            let rel = strip(&m);
+        for (rel, m) in listed {
             match classify(&rel) {
                 Object::Blob(h) => blobs.push((h, m)),
                 Object::Manifest { kind, key } => manifests.push((kind, key, m)),
@@ -201,8 +189,4 @@ impl Remote {
         }
         Ok(keys)
     }
-}
-
-fn chrono_now() -> i64 {
-    crate::now_unix() as i64
 }

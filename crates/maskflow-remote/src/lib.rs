@@ -341,6 +341,11 @@ impl Remote {
     /// Every object's path relative to the store (a listing: for inspection and tests, never on
     /// the way of a run).
     pub fn list_objects(&self) -> Result<Vec<String>, RemoteError> {
+        Ok(self.list_all()?.into_iter().map(|(rel, _)| rel).collect())
+    }
+
+    /// One listing of the store: each object's path relative to it, with its metadata.
+    pub(crate) fn list_all(&self) -> Result<Vec<(String, object_store::ObjectMeta)>, RemoteError> {
         use futures::TryStreamExt;
         let root = self.path("");
         let metas: Vec<object_store::ObjectMeta> = self
@@ -351,7 +356,7 @@ impl Remote {
             .into_iter()
             .map(|m| {
                 let full = m.location.to_string();
-                full.strip_prefix(&strip).map(str::to_string).unwrap_or(full)
+                (full.strip_prefix(&strip).map(str::to_string).unwrap_or(full), m)
             })
             .collect())
     }
@@ -407,9 +412,7 @@ pub fn failpoint(name: &str) {
     }
 }
 
-pub fn now_unix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
+pub use maskflow_core::store::now_unix;
 
 #[cfg(test)]
 mod tests;
