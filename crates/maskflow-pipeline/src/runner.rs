@@ -171,14 +171,11 @@ pub fn run(graph: &Graph, reg: &Registry, rt: &Runtime, opts: &RunOptions) -> Re
             };
             st.run(&p.node.params, &ctx)
         };
-        let (outcome, via) = match opts.shared {
-            None => (store.ensure(&p.spec, force, build).map_err(anyhow::Error::from), Via::default()),
-            Some(sh) => match shared::obtain(&store, sh, &p.spec, force, &scratch, build) {
-                Ok((o, v)) => (Ok(o), v),
-                Err(e) => (Err(e), Via::default()),
-            },
+        let obtained = match opts.shared {
+            None => store.ensure(&p.spec, force, build).map(|o| (o, Via::default())).map_err(anyhow::Error::from),
+            Some(sh) => shared::obtain(&store, sh, &p.spec, force, &scratch, build),
         };
-        let outcome = outcome.with_context(|| format!("[{}]", p.node.name))?;
+        let (outcome, via) = obtained.with_context(|| format!("[{}]", p.node.name))?;
         if scratch.exists() {
             let _ = std::fs::remove_dir_all(&scratch);
         }
