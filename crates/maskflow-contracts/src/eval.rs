@@ -39,6 +39,94 @@ pub struct Metrics {
     pub roc_auc: Option<f64>,
     /// Classes with no image in the evaluated data (their recall is undefined, reported as 0).
     pub classes_without_support: Vec<String>,
+    /// The same data under corruptions (absent when the eval scored none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub robustness: Option<Robustness>,
+}
+
+/// Accuracy under ImageNet-C-style corruptions (`maskflow_data::corrupt`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Robustness {
+    /// Accuracy on the clean images (the same as the top level's).
+    pub clean_accuracy: f64,
+    /// Mean accuracy over every corruption × severity scored.
+    pub mean_corruption_accuracy: f64,
+    /// Per family: mean accuracy over its severities.
+    pub per_family: Vec<FamilyAccuracy>,
+    /// Every corruption × severity.
+    pub scores: Vec<CorruptionScore>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FamilyAccuracy {
+    pub family: String,
+    pub accuracy: f64,
+}
+
+/// One corruption at one severity.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CorruptionScore {
+    pub family: String,
+    /// 1 (mildest) … 5.
+    pub severity: u8,
+    /// The strength in the family's unit (`unit`).
+    pub level: f64,
+    pub unit: String,
+    pub accuracy: f64,
+    pub log_loss: f64,
+    /// Recall per class, in class order (which class the corruption hurts).
+    pub recall: Vec<f64>,
+}
+
+/// Test-time augmentation: which views of each image are averaged (eval and predict).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tta {
+    /// The plain view.
+    #[default]
+    None,
+    /// The plain view and its mirror image, probabilities averaged.
+    Flip,
+    /// fastai's `TTA(beta=0.4, scale=1.35)`: 0.4 × the plain view + 0.6 × the mean of eight views
+    /// (zoomed 1.35× towards each corner, each also mirrored). Nine passes.
+    Fastai,
+}
+
+impl Tta {
+    /// The views — output → source transforms in normalised coordinates (row-major 3×3) — and
+    /// the weight of each view's probabilities (summing to 1).
+    pub fn views(self) -> Vec<([f64; 9], f64)> {
+        const ID: [f64; 9] = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
+        const FLIP: [f64; 9] = [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
+        match self {
+            Tta::None => vec![(ID, 1.0)],
+            Tta::Flip => vec![(ID, 0.5), (FLIP, 0.5)],
+            Tta::Fastai => {
+                let (scale, beta) = (1.35f64, 0.4);
+                let k = 1.0 - 1.0 / scale;
+                let mut v = vec![(ID, beta)];
+                // fastai's order: i & 1 → row, i & 2 → column, i & 4 → flipped.
+                for i in 0..8u32 {
+                    let row = if i & 1 != 0 { 1.0 } else { 0.0 };
+                    let col = if i & 2 != 0 { 1.0 } else { 0.0 };
+                    let mut z = [1.0 / scale, 0.0, k * (2.0 * col - 1.0), 0.0, 1.0 / scale, k * (2.0 * row - 1.0), 0.0, 0.0, 1.0];
+                    if i & 4 != 0 {
+                        z[0] = -z[0]; // mirror, then zoom: (x, y) → (−x/s + t, y/s + u)
+                    }
+                    v.push((z, (1.0 - beta) / 8.0));
+                }
+                v
+            }
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tta::None => "none",
+            Tta::Flip => "flip",
+            Tta::Fastai => "fastai",
+        }
+    }
 }
 
 pub fn read_metrics(dir: &std::path::Path) -> Result<Metrics, crate::ContractError> {

@@ -6,6 +6,8 @@
 //! in logit space. The draws come from a SplitMix64 seeded with (seed, epoch, batch index), so a batch's
 //! augmentation is reproducible on its own (what resuming needs) and identical on CPU and CUDA.
 
+use crate::corrupt::{self, Degrade};
+use anyhow::Result;
 use maskflow_core::rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -31,6 +33,23 @@ pub struct AugmentParams {
     pub max_lighting: f64,
     /// Probability of each of brightness and contrast (`p_lighting=0.75`).
     pub p_lighting: f64,
+    /// Real-world damage (not in fastai; off by default): probability of a small-face downscale to a
+    /// side log-uniform in [`min_face`, 224] px (at 224), then bilinear back up.
+    ///
+    /// [`min_face`]: AugmentParams::min_face
+    pub p_downscale: f64,
+    /// Smallest face side of the downscale, in pixels at 224.
+    pub min_face: f64,
+    /// Probability of a Gaussian blur with σ uniform in [0.5, `max_blur`] px (at 224).
+    pub p_blur: f64,
+    pub max_blur: f64,
+    /// Probability of additive Gaussian noise with σ uniform in [0, `max_noise`] (of the [0, 1] range).
+    pub p_noise: f64,
+    pub max_noise: f64,
+    /// Probability of a JPEG round trip at a quality uniform in [`min_jpeg_quality`, 90] (on the CPU,
+    /// per image).
+    pub p_jpeg: f64,
+    pub min_jpeg_quality: u8,
 }
 
 impl Default for AugmentParams {
@@ -43,6 +62,14 @@ impl Default for AugmentParams {
             p_affine: 0.75,
             max_lighting: 0.2,
             p_lighting: 0.75,
+            p_downscale: 0.0,
+            min_face: 24.0,
+            p_blur: 0.0,
+            max_blur: 3.0,
+            p_noise: 0.0,
+            max_noise: 0.15,
+            p_jpeg: 0.0,
+            min_jpeg_quality: 15,
         }
     }
 }
@@ -58,7 +85,17 @@ impl AugmentParams {
             p_affine: 0.0,
             max_lighting: 0.0,
             p_lighting: 0.0,
+            p_downscale: 0.0,
+            p_blur: 0.0,
+            p_noise: 0.0,
+            p_jpeg: 0.0,
+            ..AugmentParams::default()
         }
+    }
+
+    /// Whether any real-world damage is drawn.
+    pub fn degrades(&self) -> bool {
+        self.p_downscale > 0.0 || self.p_blur > 0.0 || self.p_noise > 0.0 || self.p_jpeg > 0.0
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -71,6 +108,19 @@ impl AugmentParams {
         };
         p(self.p_affine, "p_affine")?;
         p(self.p_lighting, "p_lighting")?;
+        p(self.p_downscale, "p_downscale")?;
+        p(self.p_blur, "p_blur")?;
+        p(self.p_noise, "p_noise")?;
+        p(self.p_jpeg, "p_jpeg")?;
+        if !(self.min_face >= 2.0 && self.min_face <= 224.0) {
+            return Err(format!("augment.min_face = {} must be in [2, 224] (pixels at 224)", self.min_face));
+        }
+        if !(self.max_blur >= 0.5) || !(0.0..=1.0).contains(&self.max_noise) {
+            return Err("augment: max_blur must be ≥ 0.5, max_noise in [0, 1]".into());
+        }
+        if !(1..=90).contains(&self.min_jpeg_quality) {
+            return Err(format!("augment.min_jpeg_quality = {} must be in [1, 90]", self.min_jpeg_quality));
+        }
         if !(self.max_zoom >= 1.0) || !(0.0..1.0).contains(&self.max_lighting) || self.max_warp < 0.0 {
             return Err("augment: max_zoom must be ≥ 1, max_lighting in [0, 1), max_warp ≥ 0".into());
         }
@@ -87,6 +137,8 @@ pub struct Draw {
     pub brightness: f64,
     /// Multiplies the logit.
     pub contrast: f64,
+    /// Real-world damage after the lighting (none unless drawn, or a corruption view).
+    pub degrade: Degrade,
 }
 
 type M3 = [f64; 9];
@@ -101,7 +153,8 @@ fn mul(a: &M3, b: &M3) -> M3 {
     c
 }
 
-const IDENTITY: M3 = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
+/// The identity view.
+pub const IDENTITY: M3 = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
 
 /// fastai's `_find_coeffs`: the perspective map taking each `from` point to its `to` point.
 fn perspective(from: &[[f64; 2]; 4], to: &[[f64; 2]; 4]) -> M3 {
@@ -209,19 +262,48 @@ impl AugmentParams {
             homography: m,
             brightness: if do_bright && self.max_lighting > 0.0 { logit(c) } else { 0.0 },
             contrast: if do_contrast && self.max_lighting > 0.0 { s } else { 1.0 },
+            degrade: self.draw_degrade(seed, epoch, batch, i),
+        }
+    }
+
+    /// The real-world damage of one sample, from its own stream (so that turning it on leaves every
+    /// other draw as it was).
+    fn draw_degrade(&self, seed: u64, epoch: u64, batch: u64, i: u64) -> Degrade {
+        if !self.degrades() {
+            return Degrade::default();
+        }
+        let mut r = SplitMix64::derive(seed, &[0xde9, epoch, batch, i]);
+        let (do_down, face) = (r.f64() < self.p_downscale, r.range(self.min_face.ln(), 224f64.ln()).exp());
+        let (do_blur, sigma) = (r.f64() < self.p_blur, r.range(0.5, self.max_blur));
+        let (do_noise, std, noise_seed) = (r.f64() < self.p_noise, r.range(0.0, self.max_noise), r.next_u64());
+        let (do_jpeg, q) = (r.f64() < self.p_jpeg, r.int(i64::from(self.min_jpeg_quality), 90));
+        Degrade {
+            downscale: do_down.then_some(face),
+            blur: do_blur.then_some(sigma),
+            noise: do_noise.then_some((std, noise_seed)),
+            jpeg: do_jpeg.then_some(q as u8),
+            ..Degrade::default()
         }
     }
 }
 
 /// The validation view: centre crop of `out` from `src`, nothing else.
 pub fn centre_draw(src: i64, out: i64) -> Draw {
+    view_draw(src, out, &IDENTITY)
+}
+
+/// An evaluation view: the centre crop of `out` from `src` after `view` (output coordinates → source
+/// coordinates, normalised: a flip or a zoom for test-time augmentation).
+pub fn view_draw(src: i64, out: i64, view: &[f64; 9]) -> Draw {
     let off = ((src - out) / 2) as f64;
-    Draw { homography: crop_matrix(src, out, off, off), brightness: 0.0, contrast: 1.0 }
+    let m = if *view == IDENTITY { crop_matrix(src, out, off, off) } else { mul(&crop_matrix(src, out, off, off), view) };
+    Draw { homography: m, brightness: 0.0, contrast: 1.0, degrade: Degrade::default() }
 }
 
 /// Turns a uint8 batch (N, H, W, 3) into normalised float (N, 3, out, out) on `device`, applying
-/// `draws` (one per sample). `channels_last` lays the result out in channels-last strides.
-pub fn apply(batch_u8: &Tensor, draws: &[Draw], out: i64, device: Device, channels_last: bool) -> Tensor {
+/// `draws` (one per sample). `channels_last` lays the result out in channels-last strides. Fails
+/// only if a JPEG round trip of the damage fails.
+pub fn apply(batch_u8: &Tensor, draws: &[Draw], out: i64, device: Device, channels_last: bool) -> Result<Tensor> {
     let n = batch_u8.size()[0];
     let src = batch_u8.size()[1];
     let x = batch_u8.to_device(device).permute([0, 3, 1, 2]).to_kind(Kind::Float) / 255.0;
@@ -252,14 +334,12 @@ pub fn apply(batch_u8: &Tensor, draws: &[Draw], out: i64, device: Device, channe
         let l = x.clamp(1e-7, 1.0 - 1e-7).logit(None::<f64>);
         x = ((l + b) * c).sigmoid();
     }
+    let degrades: Vec<Degrade> = draws.iter().map(|d| d.degrade).collect();
+    let x = corrupt::apply(&x, &degrades)?;
     let mean = Tensor::from_slice(&MEAN.map(|v| v as f32)).view([1, 3, 1, 1]).to_device(device);
     let std = Tensor::from_slice(&STD.map(|v| v as f32)).view([1, 3, 1, 1]).to_device(device);
     let x = (x - mean) / std;
-    if channels_last {
-        maskflow_models::arch::to_channels_last(&x)
-    } else {
-        x.contiguous()
-    }
+    Ok(if channels_last { maskflow_models::arch::to_channels_last(&x) } else { x.contiguous() })
 }
 
 #[cfg(test)]
@@ -301,19 +381,19 @@ mod tests {
     fn identity_flip_and_centre_crop_are_exact() {
         let img = Tensor::randint(256, [2, 8, 8, 3], (Kind::Uint8, Device::Cpu));
         let none = AugmentParams::none().draw(0, 0, 0, 0, 8, 8);
-        let x = apply(&img, &[none, none], 8, Device::Cpu, false);
-        let expect = apply(&img, &[], 8, Device::Cpu, false); // no draws: identity path
+        let x = apply(&img, &[none, none], 8, Device::Cpu, false).unwrap();
+        let expect = apply(&img, &[], 8, Device::Cpu, false).unwrap(); // no draws: identity path
         assert!(x.allclose(&expect, 1e-6, 1e-6, false));
         // A flip through grid_sample equals flipping the pixels.
         let mut flip = none;
         flip.homography[0] = -1.0;
-        let x = apply(&img, &[flip, flip], 8, Device::Cpu, false);
-        let expect = apply(&img.flip([2]), &[none, none], 8, Device::Cpu, false);
+        let x = apply(&img, &[flip, flip], 8, Device::Cpu, false).unwrap();
+        let expect = apply(&img.flip([2]), &[none, none], 8, Device::Cpu, false).unwrap();
         assert!(x.allclose(&expect, 1e-5, 1e-5, false), "{}", (&x - &expect).abs().max());
         // Centre crop of 6 from 8 equals slicing.
         let c = centre_draw(8, 6);
-        let x = apply(&img, &[c, c], 6, Device::Cpu, false);
-        let expect = apply(&img.narrow(1, 1, 6).narrow(2, 1, 6), &[none, none], 6, Device::Cpu, false);
+        let x = apply(&img, &[c, c], 6, Device::Cpu, false).unwrap();
+        let expect = apply(&img.narrow(1, 1, 6).narrow(2, 1, 6), &[none, none], 6, Device::Cpu, false).unwrap();
         assert!(x.allclose(&expect, 1e-5, 1e-5, false));
     }
 
@@ -322,8 +402,8 @@ mod tests {
         let a = AugmentParams::default();
         let img = Tensor::randint(256, [4, 32, 32, 3], (Kind::Uint8, Device::Cpu));
         let draws: Vec<Draw> = (0..4).map(|i| a.draw(5, 1, 2, i, 32, 28)).collect();
-        let x1 = apply(&img, &draws, 28, Device::Cpu, true);
-        let x2 = apply(&img, &draws, 28, Device::Cpu, true);
+        let x1 = apply(&img, &draws, 28, Device::Cpu, true).unwrap();
+        let x2 = apply(&img, &draws, 28, Device::Cpu, true).unwrap();
         assert!(x1.equal(&x2));
         assert_eq!(x1.size(), [4, 3, 28, 28]);
         assert!(x1.isfinite().all().int64_value(&[]) == 1);

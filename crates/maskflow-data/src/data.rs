@@ -2,6 +2,7 @@
 //! through a shuffle buffer), epoch orders, and a background batch producer.
 
 use crate::augment::{self, AugmentParams, Draw};
+use crate::corrupt::Family;
 use anyhow::{bail, Context, Result};
 use maskflow_core::rng::SplitMix64;
 use maskflow_contracts::shards::{self, read_shard_meta, PixelReader};
@@ -270,8 +271,10 @@ pub struct EpochPlan {
     pub order: Vec<usize>,
     pub batch_size: usize,
     pub drop_last: bool,
-    /// `Some((params, seed, epoch id))` for training augmentation, `None` for the centre view.
+    /// `Some((params, seed, epoch id))` for training augmentation, `None` for `view`.
     pub augment: Option<(AugmentParams, u64, u64)>,
+    /// The evaluation view when not augmenting (default: the plain centre crop).
+    pub view: View,
     pub out_size: i64,
     pub device: Device,
     pub channels_last: bool,
@@ -287,25 +290,45 @@ impl EpochPlan {
     }
 }
 
+/// The evaluation view of every image: the centre crop after a test-time-augmentation transform,
+/// optionally corrupted (robustness scoring).
+#[derive(Clone, Default)]
+pub struct View {
+    /// Output → source transform (normalised coordinates) before the centre crop; `None` = plain.
+    pub transform: Option<[f64; 9]>,
+    /// One corruption at one severity for every image, its noise seeded per split row by `seeds`.
+    pub corruption: Option<(Family, u8, Arc<Vec<u64>>)>,
+}
+
+impl View {
+    fn draw(&self, src: i64, out: i64, row: usize) -> Draw {
+        let mut d = augment::view_draw(src, out, &self.transform.unwrap_or(augment::IDENTITY));
+        if let Some((family, severity, seeds)) = &self.corruption {
+            d.degrade = family.degrade(*severity, seeds.get(row).copied().unwrap_or(row as u64));
+        }
+        d
+    }
+}
+
 /// Makes batch `b` of `plan` from in-memory `images` / `labels`.
-pub fn make_batch(images: &Tensor, labels: &Tensor, plan: &EpochPlan, b: usize) -> Batch {
+pub fn make_batch(images: &Tensor, labels: &Tensor, plan: &EpochPlan, b: usize) -> Result<Batch> {
     let idx = plan.batch_rows(b);
     let raw = images.index_select(0, &Tensor::from_slice(&idx));
     finish_batch(raw, labels, &idx, plan, b)
 }
 
 /// Augments (or centres), normalises and moves batch `b`'s raw (n, H, W, 3) uint8 pixels.
-fn finish_batch(raw: Tensor, labels: &Tensor, idx: &[i64], plan: &EpochPlan, b: usize) -> Batch {
+fn finish_batch(raw: Tensor, labels: &Tensor, idx: &[i64], plan: &EpochPlan, b: usize) -> Result<Batch> {
     let src = raw.size()[1];
     let draws: Vec<Draw> = match &plan.augment {
         Some((a, seed, epoch)) => {
             (0..idx.len() as u64).map(|i| a.draw(*seed, *epoch, b as u64, i, src, plan.out_size)).collect()
         }
-        None => vec![augment::centre_draw(src, plan.out_size); idx.len()],
+        None => idx.iter().map(|&r| plan.view.draw(src, plan.out_size, r as usize)).collect(),
     };
-    let x = augment::apply(&raw, &draws, plan.out_size, plan.device, plan.channels_last);
+    let x = augment::apply(&raw, &draws, plan.out_size, plan.device, plan.channels_last)?;
     let y = labels.index_select(0, &Tensor::from_slice(idx)).to_device(plan.device);
-    Batch { index: b, x, y }
+    Ok(Batch { index: b, x, y })
 }
 
 impl EpochPlan {
@@ -412,7 +435,7 @@ fn stream_batches(
             }
         }
         let raw = Tensor::from_data_size(&raw, &[idx.len() as i64, side, side, 3], Kind::Uint8);
-        if !send(Ok(finish_batch(raw, labels, &idx, plan, b))) {
+        if !send(finish_batch(raw, labels, &idx, plan, b)) {
             break;
         }
     }
@@ -432,7 +455,7 @@ pub fn spawn_producer(split: &SplitData, plan: EpochPlan, buffer: usize) -> mpsc
             std::thread::spawn(move || {
                 let _guard = tch::no_grad_guard();
                 for b in 0..plan.batches() {
-                    if tx.send(Ok(make_batch(&images, &labels, &plan, b))).is_err() {
+                    if tx.send(make_batch(&images, &labels, &plan, b)).is_err() {
                         break;
                     }
                 }
@@ -468,6 +491,7 @@ mod tests {
             batch_size: 8,
             drop_last: false,
             augment: None,
+            view: View::default(),
             out_size: 16,
             device: Device::Cpu,
             channels_last: false,
@@ -519,7 +543,7 @@ mod tests {
         let (batches, stats) = streamed(&st, &p, buffer);
         assert_eq!(batches.len(), p.batches());
         for (b, x) in batches.iter().enumerate() {
-            assert!(x.equal(&make_batch(images, &mem.labels, &p, b).x), "batch {b}");
+            assert!(x.equal(&make_batch(images, &mem.labels, &p, b).unwrap().x), "batch {b}");
         }
         assert_eq!(stats.groups_read, src.groups.len());
         assert!(stats.peak_rows <= buffer + 4, "{stats:?}");
@@ -529,7 +553,7 @@ mod tests {
         let p = plan(epoch_order(&mem.label_idx, 2, 9, 0, 0, false));
         let (batches, stats) = streamed(&st, &p, buffer);
         for (b, x) in batches.iter().enumerate() {
-            assert!(x.equal(&make_batch(images, &mem.labels, &p, b).x), "batch {b}");
+            assert!(x.equal(&make_batch(images, &mem.labels, &p, b).unwrap().x), "batch {b}");
         }
         assert!(stats.peak_rows <= buffer + 3 * 4, "{stats:?}");
         assert!(stats.groups_read > src.groups.len(), "{stats:?}");

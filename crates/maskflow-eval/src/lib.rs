@@ -8,11 +8,14 @@
 
 pub mod metrics;
 mod report;
+pub mod robustness;
 #[cfg(test)]
 mod tests;
 
 use anyhow::{bail, Context, Result};
 use maskflow_contracts::eval::{write_predictions, PredictionRow};
+pub use maskflow_contracts::eval::Tta;
+pub use maskflow_data::corrupt::Family;
 pub use maskflow_contracts::eval::{Metrics, METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE};
 use maskflow_contracts::index::{IndexDataset, IndexSummary};
 use maskflow_contracts::model::{CURVES_FILE, LR_FIND_PNG, METRICS_FILE as TRAIN_METRICS_FILE, SHOW_BATCH_FILE};
@@ -62,11 +65,28 @@ pub struct EvalParams {
     /// `valid`, `train` or `all`. Default: `valid` on the pipeline's own data, `all` for an instance
     /// with `data = "FOLDER"` (every good image of a folder the model never saw).
     pub splits: Option<Splits>,
+    /// Corruption families of the robustness section, each scored at every one of `severities`
+    /// (ImageNet-C style; `maskflow_data::corrupt` has the levels): `downscale` (a small face scaled
+    /// back up), `blur`, `jpeg`, `noise`, `brightness` (dim), `contrast`. `[]` = no robustness section.
+    pub robustness: Vec<Family>,
+    /// Severities 1 (mildest) … 5 scored for each family. Default `[1, 3, 5]`: each pass costs about
+    /// as much as the clean one, so the default is 18 passes; `[1, 2, 3, 4, 5]` is ImageNet-C's grid.
+    pub severities: Vec<u8>,
+    /// Test-time augmentation of every prediction, clean and corrupted: `none`, `flip` (2 passes) or
+    /// `fastai` (fastai's `TTA()`: 9 passes).
+    pub tta: Tta,
 }
 
 impl Default for EvalParams {
     fn default() -> Self {
-        EvalParams { top_losses: 9, most_confused_min: 1, splits: None }
+        EvalParams {
+            top_losses: 9,
+            most_confused_min: 1,
+            splits: None,
+            robustness: Family::ALL.to_vec(),
+            severities: vec![1, 3, 5],
+            tta: Tta::None,
+        }
     }
 }
 
@@ -75,7 +95,7 @@ pub struct EvalStage;
 
 impl Stage for EvalStage {
     const KIND: &'static str = "eval";
-    const VERSION: u32 = 3;
+    const VERSION: u32 = 4;
     const OUTPUT: &'static str = kinds::EVAL_RESULT;
     type Params = EvalParams;
     type Report = EvalReport;
@@ -86,6 +106,15 @@ impl Stage for EvalStage {
             Slot::new("data", kinds::SHARD_SET).data(),
             Slot::new("index", kinds::INDEX_TABLE).optional().data(),
         ]
+    }
+    fn validate(p: &EvalParams) -> std::result::Result<(), String> {
+        if let Some(s) = p.severities.iter().find(|s| !(1..=maskflow_data::corrupt::SEVERITIES).contains(s)) {
+            return Err(format!("eval.severities: {s} is not a severity (1 … {})", maskflow_data::corrupt::SEVERITIES));
+        }
+        if !p.robustness.is_empty() && p.severities.is_empty() {
+            return Err("eval.severities is empty but eval.robustness names corruptions: give severities 1 … 5, or robustness = []".into());
+        }
+        Ok(())
     }
     fn place(p: &mut EvalParams, at: Placement) {
         if p.splits.is_none() {
@@ -100,11 +129,12 @@ impl Stage for EvalStage {
             provenance: Provenance { key: ctx.key.to_string(), params: p.clone(), inputs: ctx.input_keys() },
         };
         let device = maskflow_models::parse_device(&ctx.runtime.device)?;
-        run(&inputs, p, device, ctx.runtime.threads, ctx.out)
+        let rt = EvalRuntime { device, threads: ctx.runtime.threads, progress: ctx.runtime.progress };
+        run(&inputs, p, &rt, ctx.out)
     }
     fn summary(r: &EvalReport) -> String {
         format!(
-            "{} images of {}: accuracy {:.4}, error rate {:.4}, log loss {:.4}, ROC AUC {}; confusion [actual][predicted] {:?}; report {}",
+            "{} images of {}: accuracy {:.4}, error rate {:.4}, log loss {:.4}, ROC AUC {}; confusion [actual][predicted] {:?}{}; report {}",
             r.images,
             r.data,
             r.accuracy,
@@ -112,6 +142,7 @@ impl Stage for EvalStage {
             r.log_loss,
             r.roc_auc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "—".into()),
             r.confusion_matrix,
+            r.mean_corruption_accuracy.map(|a| format!("; mean corruption accuracy {a:.4}")).unwrap_or_default(),
             REPORT_FILE,
         )
     }
@@ -150,7 +181,17 @@ pub struct EvalReport {
     pub confusion_matrix: Vec<Vec<u64>>,
     pub classes: Vec<String>,
     pub classes_without_support: Vec<String>,
+    /// Mean accuracy over the corruptions scored (none when the robustness section is off).
+    #[serde(default)]
+    pub mean_corruption_accuracy: Option<f64>,
     pub seconds: f64,
+}
+
+/// Where and how the stage computes.
+pub struct EvalRuntime {
+    pub device: Device,
+    pub threads: usize,
+    pub progress: bool,
 }
 
 /// Maps the evaluated data's labels onto the model's classes; refuses data with classes the model
@@ -167,9 +208,10 @@ pub fn class_mapping(data_classes: &[String], model_classes: &[String]) -> Resul
 }
 
 /// Runs the stage into `out_dir`.
-pub fn run(inputs: &Inputs, params: &EvalParams, device: Device, threads: usize, out_dir: &Path) -> Result<EvalReport> {
+pub fn run(inputs: &Inputs, params: &EvalParams, rt: &EvalRuntime, out_dir: &Path) -> Result<EvalReport> {
     let started = std::time::Instant::now();
-    tch::set_num_threads(threads.max(1) as i32);
+    let device = rt.device;
+    tch::set_num_threads(rt.threads.max(1) as i32);
     let (model, cfg) = maskflow_models::load_trained(inputs.model_dir, device)?;
     let meta = ShardSetMeta::read(inputs.data_dir)?;
     let mapping = class_mapping(&meta.classes, &cfg.classes)?;
@@ -197,14 +239,27 @@ pub fn run(inputs: &Inputs, params: &EvalParams, device: Device, threads: usize,
         device,
         channels_last: cfg.channels_last,
         precision: cfg.inference_precision,
+        view: Default::default(),
     };
-    let (_, _, probs) = infer::evaluate_split(&model, &data, &options)?;
+    let (_, _, probs) = infer::evaluate_tta(&model, &data, &options, params.tta)?;
     let probs = probs.to_kind(tch::Kind::Double);
     let k = cfg.classes.len();
     let flat: Vec<f64> = Vec::<f64>::try_from(probs.flatten(0, -1)).context("reading probabilities")?;
     let rows: Vec<Vec<f64>> = flat.chunks(k).map(<[f64]>::to_vec).collect();
     let actual: Vec<usize> = data.label_idx.iter().map(|&l| l as usize).collect();
-    let m = metrics::compute(&actual, &rows, &cfg.classes);
+    let mut m = metrics::compute(&actual, &rows, &cfg.classes);
+    if !params.robustness.is_empty() {
+        let plan = robustness::Plan {
+            families: &params.robustness,
+            severities: &params.severities,
+            tta: params.tta,
+            progress: rt.progress,
+            classes: k,
+        };
+        let r = robustness::score(&model, &data, &options, &plan, m.accuracy)?;
+        robustness::heatmap(out_dir, &r)?;
+        m.robustness = Some(r);
+    }
     let predicted: Vec<usize> = rows.iter().map(|p| metrics::argmax(p)).collect();
     let cm = metrics::confusion_matrix(&actual, &predicted, k);
     let losses: Vec<f64> = actual.iter().zip(&rows).map(|(&a, p)| -p[a].clamp(1e-15, 1.0).ln()).collect();
@@ -273,6 +328,7 @@ pub fn run(inputs: &Inputs, params: &EvalParams, device: Device, threads: usize,
         confusion_matrix: cm,
         classes: cfg.classes.clone(),
         classes_without_support: m.classes_without_support.clone(),
+        mean_corruption_accuracy: m.robustness.as_ref().map(|r| r.mean_corruption_accuracy),
         seconds: started.elapsed().as_secs_f64(),
     })
 }

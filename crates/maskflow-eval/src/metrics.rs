@@ -64,6 +64,7 @@ pub fn compute(actual: &[usize], probs: &[Vec<f64>], class_names: &[String]) -> 
         roc_auc,
         classes_without_support: per_class.iter().filter(|c| c.support == 0).map(|c| c.class.clone()).collect(),
         per_class,
+        robustness: None,
     }
 }
 

@@ -5,6 +5,7 @@
 use crate::metrics::Metrics;
 use crate::{Provenance, REPORT_FILE};
 use anyhow::Result;
+use maskflow_contracts::eval::Robustness;
 use maskflow_contracts::index::IndexSummary;
 use maskflow_contracts::model::TrainConfig;
 use std::fmt::Write;
@@ -28,6 +29,44 @@ fn img(out_dir: &Path, file: &str, alt: &str) -> String {
     } else {
         format!("<p class=\"note\">({} not available)</p>", esc(alt))
     }
+}
+
+/// Accuracy under corruption: the heat map and the table behind it.
+fn robustness_section(h: &mut String, out_dir: &Path, r: &Robustness, classes: &[String]) -> Result<()> {
+    write!(
+        h,
+        "<h2>Robustness</h2><p>The same images under ImageNet-C-style corruptions (deterministic: the same \
+         pixels on every run). Clean accuracy <b>{:.4}</b>, mean corruption accuracy <b>{:.4}</b> over {} \
+         corruption × severity pairs. Sizes are in pixels of the 224-pixel input: a downscale to 24 px is \
+         a face that small in the photo, scaled up.</p>",
+        r.clean_accuracy,
+        r.mean_corruption_accuracy,
+        r.scores.len()
+    )?;
+    h.push_str(&img(out_dir, crate::robustness::HEATMAP_FILE, "accuracy under corruption"));
+    write!(h, "<table><tr><th class=l>corruption</th><th>severity</th><th class=l>level</th><th>accuracy</th><th>log loss</th>")?;
+    for c in classes {
+        write!(h, "<th>recall {}</th>", esc(c))?;
+    }
+    h.push_str("</tr>");
+    for s in &r.scores {
+        write!(
+            h,
+            "<tr><td class=l>{}</td><td>{}</td><td class=l>{} {}</td><td>{:.4}</td><td>{:.4}</td>",
+            esc(&s.family),
+            s.severity,
+            s.level,
+            esc(&s.unit),
+            s.accuracy,
+            s.log_loss
+        )?;
+        for v in &s.recall {
+            write!(h, "<td>{v:.4}</td>")?;
+        }
+        h.push_str("</tr>");
+    }
+    h.push_str("</table>");
+    Ok(())
 }
 
 pub fn write(out_dir: &Path, page: &Page, m: &Metrics, cm: &[Vec<u64>], most_confused: &[crate::Confused]) -> Result<()> {
@@ -177,6 +216,16 @@ pub fn write(out_dir: &Path, page: &Page, m: &Metrics, cm: &[Vec<u64>], most_con
         write!(h, "{}.</p>", items.join("; "))?;
     }
     h.push_str(&img(out_dir, "top_losses.png", "top losses"));
+    if page.provenance.params.tta != maskflow_contracts::eval::Tta::None {
+        write!(
+            h,
+            "<p class=note>Every prediction above is test-time augmented (<code>tta = \"{}\"</code>).</p>",
+            page.provenance.params.tta.name()
+        )?;
+    }
+    if let Some(r) = &m.robustness {
+        robustness_section(&mut h, out_dir, r, &cfg.classes)?;
+    }
 
     // Provenance.
     write!(

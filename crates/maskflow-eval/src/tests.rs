@@ -31,7 +31,7 @@ fn run(dir: &Path, splits: Splits, out: &str) -> anyhow::Result<crate::EvalRepor
     };
     let out = dir.join(out);
     std::fs::create_dir_all(&out)?;
-    crate::run(&inputs, &params, tch::Device::Cpu, 1, &out)
+    crate::run(&inputs, &params, &crate::EvalRuntime { device: tch::Device::Cpu, threads: 1, progress: false }, &out)
 }
 
 #[test]
@@ -65,9 +65,58 @@ fn every_image_of_the_asked_splits_is_evaluated_and_the_outputs_agree() {
     assert!(html.contains("&quot;resnet18&quot;"), "recipe missing");
     assert!(html.contains("&quot;key&quot;: &quot;k&quot;") && html.contains("&quot;model&quot;: &quot;m&quot;"), "provenance missing");
     assert!(!html.contains(".toml"), "the report names a pipeline file, which its key does not cover");
-    for f in ["metrics.json", "confusion_matrix.png", "top_losses.png", "summary.json", "most_confused.csv"] {
+    for f in ["metrics.json", "confusion_matrix.png", "top_losses.png", "summary.json", "most_confused.csv", "robustness.png"] {
         assert!(out.join(f).is_file(), "{f}");
     }
+    // The robustness section: every family at the default severities, its means, in the report.
+    let m = maskflow_contracts::eval::read_metrics(&out).unwrap();
+    let r = m.robustness.expect("robustness in metrics.json");
+    assert_eq!(r.clean_accuracy, m.accuracy);
+    assert_eq!(r.scores.len(), 6 * 3);
+    assert_eq!(r.per_family.len(), 6);
+    let mean = r.scores.iter().map(|s| s.accuracy).sum::<f64>() / 18.0;
+    assert!((r.mean_corruption_accuracy - mean).abs() < 1e-12);
+    assert_eq!(all.mean_corruption_accuracy, Some(r.mean_corruption_accuracy));
+    for s in &r.scores {
+        assert!((0.0..=1.0).contains(&s.accuracy) && s.recall.len() == 2 && [1, 3, 5].contains(&s.severity), "{s:?}");
+    }
+    assert!(html.contains("<h2>Robustness</h2>") && html.contains("robustness.png"));
+}
+
+#[test]
+fn robustness_can_be_turned_off_and_tta_is_recorded() {
+    let d = tempfile::tempdir().unwrap();
+    let (model, shards, index) = artifacts(d.path());
+    let params = EvalParams {
+        splits: Some(Splits::All),
+        robustness: vec![],
+        tta: crate::Tta::Flip,
+        ..Default::default()
+    };
+    let inputs = Inputs {
+        model_dir: &model,
+        data_dir: &shards,
+        index_dir: Some(&index),
+        provenance: Provenance { key: "k".into(), params: params.clone(), inputs: Default::default() },
+    };
+    let out = d.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let rt = crate::EvalRuntime { device: tch::Device::Cpu, threads: 1, progress: false };
+    let report = crate::run(&inputs, &params, &rt, &out).unwrap();
+    assert_eq!(report.mean_corruption_accuracy, None);
+    assert!(!out.join("robustness.png").exists());
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(!html.contains("<h2>Robustness</h2>") && html.contains("tta = \"flip\""));
+}
+
+#[test]
+fn severities_outside_one_to_five_are_refused() {
+    use maskflow_pipeline::Stage;
+    let bad = EvalParams { severities: vec![0, 3], ..Default::default() };
+    assert!(EvalStage::validate(&bad).unwrap_err().contains("not a severity"));
+    let none = EvalParams { severities: vec![], ..Default::default() };
+    assert!(EvalStage::validate(&none).is_err());
+    assert!(EvalStage::validate(&EvalParams { severities: vec![], robustness: vec![], ..Default::default() }).is_ok());
 }
 
 #[test]
@@ -86,7 +135,7 @@ fn data_with_a_class_the_model_does_not_know_is_refused() {
     };
     let out = d.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
-    let err = crate::run(&inputs, &params, tch::Device::Cpu, 1, &out).unwrap_err().to_string();
+    let err = crate::run(&inputs, &params, &crate::EvalRuntime { device: tch::Device::Cpu, threads: 1, progress: false }, &out).unwrap_err().to_string();
     assert!(err.contains("does not know") && err.contains("cats"), "{err}");
 }
 

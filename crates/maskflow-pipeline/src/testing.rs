@@ -39,14 +39,17 @@ fn candidates(stage: &dyn DynStage, base: &Value, path: &[String]) -> Vec<Value>
         }
         Value::String(s) => vec![Value::String(format!("{s}x"))],
         Value::Array(a) if !a.is_empty() => {
-            candidates_for(&a[0])
+            let mut c: Vec<Value> = candidates_for(&a[0])
                 .into_iter()
                 .map(|x| {
                     let mut b = a.clone();
                     b[0] = x;
                     Value::Array(b)
                 })
-                .collect()
+                .collect();
+            // A list of enum names (or anything whose first item has no accepted change): one item fewer.
+            c.push(Value::Array(a[..a.len() - 1].to_vec()));
+            c
         }
         Value::Null => vec![serde_json::json!(1), serde_json::json!(0.5), serde_json::json!("x"), serde_json::json!(true)],
         _ => vec![],

@@ -205,51 +205,112 @@ pub fn image_grid(path: &Path, tiles: &[Tile], cols: usize, side: u32, heading: 
 /// A confusion matrix: rows = actual, columns = predicted, each cell shaded by `values` (counts, or
 /// row fractions when `normalized`) with its value written in it.
 pub fn confusion_png(path: &Path, values: &[Vec<f64>], names: &[String], normalized: bool, title: &str) -> Result<()> {
+    let max = values.iter().flatten().copied().fold(0.0f64, f64::max).max(1e-12);
+    heatmap_png(
+        path,
+        &Heatmap {
+            values,
+            rows: names,
+            cols: names,
+            title,
+            axes: "actual ↓  predicted →",
+            decimals: if normalized { Some(3) } else { None },
+            shading: Shading::Blues { max },
+        },
+    )
+}
+
+/// How a heat map's cells are coloured.
+#[derive(Debug, Clone, Copy)]
+pub enum Shading {
+    /// White → dark blue as the value goes 0 → `max`.
+    Blues { max: f64 },
+    /// Red at `lo` (or below) → yellow → green at `hi`: for accuracies, where lower is worse.
+    RedGreen { lo: f64, hi: f64 },
+}
+
+impl Shading {
+    /// The cell colour and whether its text should be white.
+    fn colour(self, v: f64) -> (RGBColor, bool) {
+        match self {
+            Shading::Blues { max } => {
+                let t = (v / max.max(1e-12)).clamp(0.0, 1.0);
+                let c = |a: f64, b: f64| (a - t * (a - b)) as u8;
+                (RGBColor(c(247.0, 8.0), c(251.0, 48.0), c(255.0, 107.0)), t > 0.5)
+            }
+            Shading::RedGreen { lo, hi } => {
+                let t = ((v - lo) / (hi - lo).max(1e-12)).clamp(0.0, 1.0);
+                // red (215, 48, 39) → yellow (254, 224, 139) → green (26, 152, 80)
+                let mix = |a: (f64, f64, f64), b: (f64, f64, f64), u: f64| {
+                    RGBColor((a.0 + u * (b.0 - a.0)) as u8, (a.1 + u * (b.1 - a.1)) as u8, (a.2 + u * (b.2 - a.2)) as u8)
+                };
+                let (red, yellow, green) = ((215.0, 48.0, 39.0), (254.0, 224.0, 139.0), (26.0, 152.0, 80.0));
+                if t < 0.5 {
+                    (mix(red, yellow, t * 2.0), t < 0.15)
+                } else {
+                    (mix(yellow, green, (t - 0.5) * 2.0), t > 0.85)
+                }
+            }
+        }
+    }
+}
+
+/// A table of values drawn as coloured cells, each with its value written in it.
+pub struct Heatmap<'a> {
+    /// `values[row][col]`.
+    pub values: &'a [Vec<f64>],
+    pub rows: &'a [String],
+    pub cols: &'a [String],
+    pub title: &'a str,
+    /// A note on the axes, above the row names (e.g. "actual ↓  predicted →").
+    pub axes: &'a str,
+    /// Decimals of the written values; `None` = rounded to an integer.
+    pub decimals: Option<usize>,
+    pub shading: Shading,
+}
+
+/// Draws `map` as a PNG.
+pub fn heatmap_png(path: &Path, map: &Heatmap) -> Result<()> {
     fonts();
-    let k = names.len().max(1) as u32;
-    let cell = (480 / k).clamp(40, 140);
+    let (nr, nc) = (map.rows.len().max(1) as u32, map.cols.len().max(1) as u32);
+    let cell = (480 / nr.max(nc)).clamp(40, 140);
+    let cell_w = cell.max(64);
     let (left, top, bottom) = (170u32, 60u32, 60u32);
-    let (w, h) = (left + k * cell + 30, top + k * cell + bottom);
+    let (w, h) = ((left + nc * cell_w + 30).max(420), top + nr * cell + bottom);
+    let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("{e}");
     let mut buf = vec![255u8; (w * h * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        let max = values.iter().flatten().copied().fold(0.0f64, f64::max).max(1e-12);
-        root.draw(&Text::new(title.to_string(), (10, 10), ("sans-serif", 18).into_font().color(&BLACK)))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        for (a, row) in values.iter().enumerate() {
-            for (p, &v) in row.iter().enumerate() {
-                let (x0, y0) = ((left + p as u32 * cell) as i32, (top + a as u32 * cell) as i32);
-                let t = v / max;
-                let color = RGBColor(
-                    (247.0 - t * (247.0 - 8.0)) as u8,
-                    (251.0 - t * (251.0 - 48.0)) as u8,
-                    (255.0 - t * (255.0 - 107.0)) as u8,
-                );
-                root.draw(&Rectangle::new([(x0, y0), (x0 + cell as i32, y0 + cell as i32)], color.filled()))
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                root.draw(&Rectangle::new([(x0, y0), (x0 + cell as i32, y0 + cell as i32)], BLACK.stroke_width(1)))
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                let label = if normalized { format!("{v:.3}") } else { format!("{}", v.round() as i64) };
-                let text_color = if t > 0.5 { WHITE } else { BLACK };
-                root.draw(&Text::new(
-                    label,
-                    (x0 + cell as i32 / 2 - 18, y0 + cell as i32 / 2 - 8),
-                    ("sans-serif", 16).into_font().color(&text_color),
-                ))
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        root.draw(&Text::new(map.title.to_string(), (10, 10), ("sans-serif", 18).into_font().color(&BLACK)))
+            .map_err(|e| err(&e))?;
+        for (r, row) in map.values.iter().enumerate() {
+            for (c, &v) in row.iter().enumerate() {
+                let (x0, y0) = ((left + c as u32 * cell_w) as i32, (top + r as u32 * cell) as i32);
+                let (colour, white) = map.shading.colour(v);
+                let corners = [(x0, y0), (x0 + cell_w as i32, y0 + cell as i32)];
+                root.draw(&Rectangle::new(corners, colour.filled())).map_err(|e| err(&e))?;
+                root.draw(&Rectangle::new(corners, BLACK.stroke_width(1))).map_err(|e| err(&e))?;
+                let label = match map.decimals {
+                    Some(d) => format!("{v:.d$}"),
+                    None => format!("{}", v.round() as i64),
+                };
+                let text_colour = if white { WHITE } else { BLACK };
+                let text_x = x0 + cell_w as i32 / 2 - 4 * label.chars().count() as i32;
+                root.draw(&Text::new(label, (text_x, y0 + cell as i32 / 2 - 8), ("sans-serif", 16).into_font().color(&text_colour)))
+                    .map_err(|e| err(&e))?;
             }
         }
         let small = ("sans-serif", 13).into_font().color(&BLACK);
-        for (i, n) in names.iter().enumerate() {
+        for (i, n) in map.rows.iter().enumerate() {
             let y = (top + i as u32 * cell + cell / 2 - 7) as i32;
-            root.draw(&Text::new(n.clone(), (8, y), small.clone())).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let x = (left + i as u32 * cell + 4) as i32;
-            root.draw(&Text::new(n.clone(), (x, (top + k * cell + 8) as i32), small.clone()))
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            root.draw(&Text::new(n.clone(), (8, y), small.clone())).map_err(|e| err(&e))?;
         }
-        root.draw(&Text::new("actual ↓  predicted →".to_string(), (8, (top - 22) as i32), small.clone()))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+        for (i, n) in map.cols.iter().enumerate() {
+            let x = (left + i as u32 * cell_w + 4) as i32;
+            root.draw(&Text::new(n.clone(), (x, (top + nr * cell + 8) as i32), small.clone())).map_err(|e| err(&e))?;
+        }
+        root.draw(&Text::new(map.axes.to_string(), (8, (top - 22) as i32), small.clone())).map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
     }
     write_png(path, &buf, w, h)
 }

@@ -73,6 +73,7 @@ fn image_plan(ctx: &Ctx, order: seeds::Order, augment: seeds::Augment) -> EpochP
         batch_size: p.batch_size,
         drop_last: p.drop_last,
         augment: Some((p.augment.clone(), p.seed, augment.stream())),
+        view: Default::default(),
         out_size: ctx.out_size,
         device: ctx.rt.device,
         channels_last: p.channels_last,
@@ -105,6 +106,7 @@ pub(crate) fn evaluate(ctx: &Ctx, model: &Classifier, split: &SplitData) -> Resu
             device: ctx.rt.device,
             channels_last: ctx.params.channels_last,
             precision: ctx.params.inference_precision,
+            view: Default::default(),
         },
     )
 }
@@ -203,6 +205,7 @@ fn pooled_features(ctx: &Ctx, model: &Classifier, split: &SplitData, view: usize
         batch_size: ctx.params.valid_batch_size,
         drop_last: false,
         augment: (view > 0).then(|| (ctx.params.augment.clone(), ctx.params.seed, seeds::Augment::FeatureView { view }.stream())),
+        view: Default::default(),
         out_size: ctx.out_size,
         device: ctx.rt.device,
         channels_last: ctx.params.channels_last,

@@ -85,6 +85,7 @@ pub(crate) fn show_batch(path: &Path, prep_dir: &Path, classes: &[String], p: &T
         batch_size: n,
         drop_last: false,
         augment: Some((p.augment.clone(), p.seed, augment)),
+        view: Default::default(),
         out_size,
         device: Device::Cpu,
         channels_last: false,
