@@ -51,6 +51,20 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// List suspected label problems of a pipeline's data for a human to decide on: groups of copies
+    /// labelled differently, and images whose label out-of-fold probes (k linear models on the
+    /// pretrained body's features, folds by duplicate group) find unlikely. Writes review.csv,
+    /// review.html (thumbnails, given vs suspected label, evidence) and overrides-draft.csv (to
+    /// uncomment and name in `[dataset] overrides`). A cached stage (`[review]` params, or defaults).
+    Review {
+        pipeline: PathBuf,
+        #[arg(long, default_value = "artifacts")]
+        artifacts: PathBuf,
+        #[command(flatten)]
+        compute: ComputeArgs,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Upload this machine's artifacts of a pipeline to the shared store (those it lacks).
     Push(ShareArgs),
     /// Download a pipeline's published artifacts from the shared store into the local one (each
@@ -306,6 +320,9 @@ fn real_main() -> Result<()> {
     match cli.command {
         Command::Run { pipeline, artifacts, force, until, compute, store } => {
             runner::run(&pipeline, &artifacts, force.as_deref(), until.as_deref(), &compute.options()?, &store.options())
+        }
+        Command::Review { pipeline, artifacts, compute, store } => {
+            runner::review(&pipeline, &artifacts, &compute.options()?, &store.options())
         }
         Command::Push(a) => runner::push_pull(&a.pipeline, &a.artifacts, a.until.as_deref(), &a.store.options(), true),
         Command::Pull(a) => runner::push_pull(&a.pipeline, &a.artifacts, a.until.as_deref(), &a.store.options(), false),

@@ -21,6 +21,7 @@ pub fn registry() -> Registry {
         .register::<maskflow_train::TrainStage>()
         .register::<maskflow_eval::EvalStage>()
         .register::<maskflow_export::ExportStage>()
+        .register::<maskflow_review::ReviewStage>()
 }
 
 /// Where and how compute runs (not part of any key).
@@ -155,6 +156,37 @@ pub fn run(pipeline: &Path, artifacts: &Path, force: Option<&str>, until: Option
     let remote = store.open(true)?;
     let shared = remote.as_ref().map(|remote| Shared { remote, read_only: store.read_only, lease_ttl: store.lease_ttl });
     runner::run(&g, &reg, &c.runtime(artifacts), &RunOptions { force, until, verbose: true, shared: shared.as_ref() })?;
+    Ok(())
+}
+
+/// `maskflow review`: the pipeline's `[review]` (with default params when it declares none), and what
+/// it needs, run like any stage; then where the results are and the first suspects.
+pub fn review(pipeline: &Path, artifacts: &Path, c: &Compute, store: &StoreOptions) -> Result<()> {
+    let (reg, mut g) = load(pipeline)?;
+    if g.node("review").is_none() {
+        let text = std::fs::read_to_string(pipeline).with_context(|| pipeline.display().to_string())?;
+        g = Graph::parse(pipeline, &format!("{text}\n[review]\n"), &reg)?;
+    }
+    ensure_synth(&g)?;
+    let remote = store.open(true)?;
+    let shared = remote.as_ref().map(|remote| Shared { remote, read_only: store.read_only, lease_ttl: store.lease_ttl });
+    let rt = c.runtime(artifacts);
+    runner::run(&g, &reg, &rt, &RunOptions { force: None, until: Some("review"), verbose: true, shared: shared.as_ref() })?;
+    let only = runner::until_set(&g, "review")?;
+    let planned = runner::plan(&g, &reg, &rt, Some(&only))?;
+    let Some(review) = planned.iter().find(|p| p.node.name == "review") else { bail!("internal: review was not planned") };
+    let dir = maskflow_core::store::Store::new(artifacts).artifact_dir("review", &review.key());
+    let csv = std::fs::read_to_string(dir.join(maskflow_review::CSV_FILE)).with_context(|| dir.display().to_string())?;
+    let lines: Vec<&str> = csv.lines().skip(1).collect();
+    println!();
+    for l in lines.iter().take(12) {
+        println!("  {l}");
+    }
+    if lines.len() > 12 {
+        println!("  … {} more in {}", lines.len() - 12, maskflow_review::CSV_FILE);
+    }
+    println!("\nlook: {}\ndecide: copy {} beside the pipeline, uncomment what you agree with, and name it in [dataset] overrides",
+        dir.join(maskflow_review::HTML_FILE).display(), dir.join(maskflow_review::DRAFT_FILE).display());
     Ok(())
 }
 

@@ -20,7 +20,7 @@ fn pyarrow_reads_the_same_pixels_as_maskflow_decodes() {
         std::fs::create_dir_all(p).unwrap();
     }
     maskflow_synth::generate(&maskflow_synth::SynthParams { per_class: 10, ..Default::default() }, &data).unwrap();
-    maskflow_index::run(&data, "test", &IndexParams::default(), &idx, &|_| {}).unwrap();
+    maskflow_index::run(&data, "test", &IndexParams::default(), None, &idx, &|_| {}).unwrap();
     let rows = read_index(&idx.join(INDEX_FILE)).unwrap();
     let params = PrepParams { size: 40, shard_rows: 7, row_group_rows: 3, ..Default::default() };
     maskflow_prep::run(&data, &rows, &params, &shards, &|_| {}).unwrap();

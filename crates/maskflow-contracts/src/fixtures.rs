@@ -88,6 +88,7 @@ pub fn index_table(dir: &Path, root: &Path, classes: &[String], images: &[Fixtur
                 status: "ok".into(),
                 reason: None,
                 detail: None,
+                given_label: None,
             }
         })
         .collect();
@@ -184,6 +185,7 @@ pub fn index_rows_of_folder(root: &Path) -> anyhow::Result<Vec<IndexRow>> {
                 status: "ok".into(),
                 reason: None,
                 detail: None,
+                given_label: None,
             })
         })
         .collect()

@@ -55,6 +55,15 @@ pub struct IndexSummary {
     pub groups_across_sides: usize,
     /// Groups (exact or near) whose members carry different labels: worth a look.
     pub groups_across_classes: usize,
+    /// Files whose label a label-overrides file changed (counted under their new class).
+    #[serde(default)]
+    pub overridden: usize,
+    /// Files a label-overrides file excluded (neither accepted nor rejected).
+    #[serde(default)]
+    pub excluded: usize,
+    /// The label-overrides file applied (its path when indexed), if any.
+    #[serde(default)]
+    pub overrides_file: Option<String>,
     pub walk_notes: Vec<WalkNote>,
     pub seconds: f64,
 }
@@ -78,9 +87,13 @@ impl IndexSummary {
             0 => String::new(),
             k => format!("; {k} group(s) span classes (see {DUPLICATES_FILE})"),
         };
+        let overrides = match &self.overrides_file {
+            Some(f) => format!("; overrides {f}: {} relabelled, {} excluded", self.overridden, self.excluded),
+            None => String::new(),
+        };
         format!(
             "{} files, {} ok, {} rejected{}; classes {}; train {} / valid {}; {} exact-duplicate groups, \
-             {} near-duplicate groups, {} across sides{across_classes}",
+             {} near-duplicate groups, {} across sides{across_classes}{overrides}",
             self.files,
             self.accepted,
             self.rejected,

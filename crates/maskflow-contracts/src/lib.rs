@@ -38,6 +38,7 @@ pub mod kinds {
     pub const TRAINED_MODEL: &str = "trained_model";
     pub const EVAL_RESULT: &str = "eval_result";
     pub const BUNDLE: &str = "bundle";
+    pub const LABEL_REVIEW: &str = "label_review";
 }
 
 #[derive(Debug, thiserror::Error)]

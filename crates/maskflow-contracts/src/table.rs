@@ -2,7 +2,8 @@
 //! path utf8 (readable; non-UTF-8 bytes as \xNN), path_raw binary (exact bytes), label utf8,
 //! label_idx int32, content_hash utf8 (blake3 hex), group_hash utf8, bytes uint64, format utf8?,
 //! width uint32?, height uint32?, dhash utf8? (16 hex digits), split utf8? (train/valid; null when
-//! rejected), status utf8 (ok/rejected), reason utf8? (code), detail utf8? (message).
+//! rejected or excluded), status utf8 (ok/rejected/excluded), reason utf8? (code), detail utf8?
+//! (message), given_label utf8? (the folder's label when a label-overrides file changed it).
 
 use arrow::array::{
     Array, ArrayRef, BinaryArray, Int32Array, RecordBatch, StringArray, UInt32Array, UInt64Array,
@@ -32,6 +33,8 @@ pub struct IndexRow {
     pub status: String,
     pub reason: Option<String>,
     pub detail: Option<String>,
+    /// The label the folder gave, when a label-overrides file changed it (`label` is then the new one).
+    pub given_label: Option<String>,
 }
 
 fn schema() -> Schema {
@@ -51,6 +54,7 @@ fn schema() -> Schema {
         Field::new("status", DataType::Utf8, false),
         Field::new("reason", DataType::Utf8, true),
         Field::new("detail", DataType::Utf8, true),
+        Field::new("given_label", DataType::Utf8, true),
     ])
 }
 
@@ -73,6 +77,7 @@ pub fn write_index(path: &Path, rows: &[IndexRow]) -> anyhow::Result<()> {
         s(|r| &r.status),
         o(|r| r.reason.as_deref()),
         o(|r| r.detail.as_deref()),
+        o(|r| r.given_label.as_deref()),
     ];
     let schema = Arc::new(schema());
     let batch = RecordBatch::try_new(schema.clone(), columns)?;
@@ -117,6 +122,7 @@ pub fn read_index(path: &Path) -> anyhow::Result<Vec<IndexRow>> {
         let status = col::<StringArray>(&b, "status")?;
         let reason = col::<StringArray>(&b, "reason")?;
         let detail = col::<StringArray>(&b, "detail")?;
+        let given = col::<StringArray>(&b, "given_label")?;
         let opt_s = |a: &StringArray, i: usize| (!a.is_null(i)).then(|| a.value(i).to_string());
         let opt_u = |a: &UInt32Array, i: usize| (!a.is_null(i)).then(|| a.value(i));
         for i in 0..b.num_rows() {
@@ -136,6 +142,7 @@ pub fn read_index(path: &Path) -> anyhow::Result<Vec<IndexRow>> {
                 status: status.value(i).to_string(),
                 reason: opt_s(reason, i),
                 detail: opt_s(detail, i),
+                given_label: opt_s(given, i),
             });
         }
     }

@@ -117,6 +117,16 @@ pub fn write(out_dir: &Path, page: &Page, m: &Metrics, cm: &[Vec<u64>], most_con
                 r.groups_across_sides,
                 r.groups_across_classes
             )?;
+            if let Some(f) = &r.overrides_file {
+                write!(
+                    h,
+                    "<p>Label overrides applied (<code>{}</code>): {} file(s) relabelled, {} excluded — a human's decisions; \
+                     the folder itself is unchanged.</p>",
+                    esc(f),
+                    r.overridden,
+                    r.excluded
+                )?;
+            }
         }
         None => h.push_str("<p class=note>(no index summary was given to this eval)</p>"),
     }

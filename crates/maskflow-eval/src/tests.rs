@@ -170,6 +170,7 @@ fn byte_identical_copies_collapse_to_one_top_loss_tile_and_count_once_in_most_co
         status: "ok".into(),
         reason: None,
         detail: None,
+        given_label: None,
     };
     let rows = [row("a", "a"), row("b", "b"), row("c", "b")];
     let keys = crate::group_keys(&["a".into(), "b".into(), "c".into(), "d".into()], Some(&rows));

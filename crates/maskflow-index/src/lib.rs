@@ -12,6 +12,7 @@
 //! split is the same on every machine.
 
 mod groups;
+pub mod overrides;
 
 pub use maskflow_contracts::index::{
     read_index, ClassCounts, IndexDataset, IndexRow, IndexSummary, CLASSES_FILE, DUPLICATES_FILE, INDEX_FILE,
@@ -32,9 +33,10 @@ pub struct IndexStage;
 
 impl Stage for IndexStage {
     const KIND: &'static str = "index";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const OUTPUT: &'static str = kinds::INDEX_TABLE;
     const READS_DATASET: bool = true;
+    const READS_OVERRIDES: bool = true;
     type Params = IndexParams;
     type Report = IndexSummary;
 
@@ -48,7 +50,8 @@ impl Stage for IndexStage {
         let ds = ctx.external(maskflow_pipeline::runner::DATASET)?;
         let files = ds.files.as_ref().map(|f| f.len()).unwrap_or(0);
         let pb = maskflow_core::progress::bar(files as u64, "index", "files");
-        let r = run(&ds.path, &ds.key, p, ctx.out, &|n| pb.inc(n));
+        let overrides = ctx.externals.get(maskflow_pipeline::runner::OVERRIDES).map(|e| e.path.as_path());
+        let r = run(&ds.path, &ds.key, p, overrides, ctx.out, &|n| pb.inc(n));
         pb.finish_and_clear();
         r
     }
@@ -143,12 +146,13 @@ fn examine(root: &Path, f: &DatasetFile, limits: &Limits, resizer: &mut Resizer)
     Examined { content_hash, bytes: bytes.len() as u64, outcome }
 }
 
-/// Runs the stage: walks `root`, examines every file, splits, and writes the outputs into `out_dir`.
-/// `progress` is told about each file examined.
+/// Runs the stage: walks `root`, examines every file, splits, applies the label-overrides file if
+/// any, and writes the outputs into `out_dir`. `progress` is told about each file examined.
 pub fn run(
     root: &Path,
     fingerprint: &str,
     params: &IndexParams,
+    overrides: Option<&Path>,
     out_dir: &Path,
     progress: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<IndexSummary> {
@@ -165,8 +169,19 @@ pub fn run(
             e
         })
         .collect();
-    let rows = assemble(&listing, &examined, params);
-    let report = summarize(&listing, &rows, started.elapsed().as_secs_f64());
+    let mut rows = assemble(&listing, &examined, params);
+    let applied = match overrides {
+        Some(file) => {
+            let o = overrides::Overrides::read(file, &listing.classes)?;
+            let (relabelled, excluded) = o.apply(&mut rows, &listing.classes)?;
+            Some((file.display().to_string(), relabelled, excluded))
+        }
+        None => None,
+    };
+    let mut report = summarize(&listing, &rows, started.elapsed().as_secs_f64());
+    if let Some((file, relabelled, excluded)) = applied {
+        (report.overrides_file, report.overridden, report.excluded) = (Some(file), relabelled, excluded);
+    }
 
     index::write_index(&out_dir.join(INDEX_FILE), &rows)?;
     index::write_classes(out_dir, &listing.classes)?;
@@ -212,6 +227,7 @@ pub(crate) fn assemble(listing: &Listing, examined: &[Examined], params: &IndexP
                 status: status.to_string(),
                 reason,
                 detail,
+                given_label: None,
             }
         })
         .collect()
@@ -241,6 +257,7 @@ fn summarize(listing: &Listing, rows: &[IndexRow], seconds: f64) -> IndexSummary
                     pc.train += 1;
                 }
             }
+            None if row.status == "excluded" => {}
             None => {
                 r.rejected += 1;
                 *r.rejected_by_reason.entry(row.reason.clone().unwrap_or_default()).or_default() += 1;

@@ -8,7 +8,7 @@ fn no_progress(_: u64) {}
 
 fn index_dir(root: &Path, params: &IndexParams) -> (Vec<IndexRow>, IndexSummary) {
     let out = tempfile::tempdir().unwrap();
-    let report = run(root, "test", params, out.path(), &no_progress).unwrap();
+    let report = run(root, "test", params, None, out.path(), &no_progress).unwrap();
     (read_index(&out.path().join(INDEX_FILE)).unwrap(), report)
 }
 
@@ -150,7 +150,7 @@ fn output_is_identical_across_thread_counts() {
             .num_threads(threads)
             .build()
             .unwrap()
-            .install(|| run(d.path(), "test", &IndexParams::default(), out.path(), &no_progress).unwrap());
+            .install(|| run(d.path(), "test", &IndexParams::default(), None, out.path(), &no_progress).unwrap());
         std::fs::read(out.path().join(INDEX_FILE)).unwrap()
     };
     assert_eq!(run_with(1), run_with(2));
@@ -159,4 +159,41 @@ fn output_is_identical_across_thread_counts() {
 #[test]
 fn the_key_covers_every_index_param() {
     maskflow_pipeline::testing::assert_key_covers_every_param::<IndexStage>();
+}
+
+#[test]
+fn a_label_overrides_file_relabels_and_excludes_and_is_counted() {
+    let d = tempfile::tempdir().unwrap();
+    synth(d.path(), 20, 3);
+    let (plain, plain_report) = index_dir(d.path(), &IndexParams::default());
+    let ok: Vec<&IndexRow> = plain.iter().filter(|r| r.status == "ok").collect();
+    let (flip, drop) = (ok.iter().find(|r| r.label == "without_mask").unwrap(), ok[0]);
+    let file = d.path().join("overrides.csv");
+    std::fs::write(&file, format!("path,label\n# decided by a human\n{},with_mask\n{},exclude\n", flip.path, drop.path)).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let report = run(d.path(), "test", &IndexParams::default(), Some(&file), out.path(), &no_progress).unwrap();
+    let rows = read_index(&out.path().join(INDEX_FILE)).unwrap();
+    let by_path: HashMap<&str, &IndexRow> = rows.iter().map(|r| (r.path.as_str(), r)).collect();
+    let f = by_path[flip.path.as_str()];
+    assert_eq!((f.label.as_str(), f.label_idx, f.given_label.as_deref()), ("with_mask", 0, Some("without_mask")));
+    assert_eq!(f.split, flip.split, "a relabel moves nothing across the split");
+    let x = by_path[drop.path.as_str()];
+    assert_eq!((x.status.as_str(), x.split.as_deref()), ("excluded", None));
+    assert!(x.detail.as_deref().unwrap().contains("line 4"));
+    assert_eq!((report.overridden, report.excluded), (1, 1));
+    assert_eq!(report.accepted, plain_report.accepted - 1);
+    assert_eq!(report.rejected, plain_report.rejected, "an exclusion is not a rejection");
+    assert_eq!(report.per_class["with_mask"].accepted, plain_report.per_class["with_mask"].accepted + 1 - usize::from(drop.label == "with_mask"));
+    assert!(report.summary_line().contains("1 relabelled, 1 excluded"), "{}", report.summary_line());
+    // The rest is untouched.
+    for (a, b) in plain.iter().zip(&rows) {
+        if a.path != flip.path && a.path != drop.path {
+            assert_eq!(a, b);
+        }
+    }
+    // A path that names no file is an error naming the file and line, not a silent no-op.
+    std::fs::write(&file, "with_mask/nope.jpg,exclude\n").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let e = run(d.path(), "test", &IndexParams::default(), Some(&file), out.path(), &no_progress).unwrap_err().to_string();
+    assert!(e.contains("overrides.csv:1") && e.contains("with_mask/nope.jpg"), "{e}");
 }

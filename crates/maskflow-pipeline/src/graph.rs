@@ -63,6 +63,9 @@ pub struct Graph {
     pub name: String,
     /// The pipeline's labelled folder (`[dataset] root`).
     pub root: PathBuf,
+    /// `[dataset] overrides`: a label-overrides file (`path,label` or `path,exclude` per line) that
+    /// the stages reading labels from the folder apply; its content is part of their key.
+    pub overrides: Option<PathBuf>,
     /// Topological order (upstream first; otherwise declaration order).
     pub nodes: Vec<Node>,
     text: String,
@@ -126,6 +129,7 @@ impl Graph {
         let base = path.parent().unwrap_or(Path::new("."));
         let mut name = None;
         let mut root = None;
+        let mut overrides = None;
         let mut declared: Vec<Declared> = Vec::new();
         for (k, v) in root_table.iter() {
             let key: &str = k.get_ref();
@@ -145,13 +149,17 @@ impl Graph {
                                 Some(s) => root = Some(PathBuf::from(s)),
                                 None => return Err(err_at(path, text, dv.span().start, "key `root`: expected a path string".into())),
                             },
+                            "overrides" => match dv.get_ref().as_str() {
+                                Some(s) => overrides = Some(PathBuf::from(s)),
+                                None => return Err(err_at(path, text, dv.span().start, "key `overrides`: expected a path string".into())),
+                            },
                             "synth" => {}
                             other => {
                                 return Err(err_at(
                                     path,
                                     text,
                                     dk.span().start,
-                                    format!("unknown field `{other}` in [dataset], expected `root` or `synth`"),
+                                    format!("unknown field `{other}` in [dataset], expected `root`, `overrides` or `synth`"),
                                 ))
                             }
                         }
@@ -199,6 +207,7 @@ impl Graph {
             return Err(err_at(path, text, 0, "missing [dataset] root".into()));
         };
         let root = normalize(&if root.is_absolute() { root } else { base.join(root) });
+        let overrides = overrides.map(|o| normalize(&if o.is_absolute() { o } else { base.join(o) }));
         let name = name.unwrap_or_else(|| {
             path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "pipeline".into())
         });
@@ -214,7 +223,7 @@ impl Graph {
         }
         b.resolve_inputs()?;
         let nodes = b.sorted()?;
-        Ok(Graph { path: path.to_path_buf(), name, root, nodes, text: text.to_string() })
+        Ok(Graph { path: path.to_path_buf(), name, root, overrides, nodes, text: text.to_string() })
     }
 
     pub fn node(&self, name: &str) -> Option<&Node> {

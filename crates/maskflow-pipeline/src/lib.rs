@@ -133,6 +133,9 @@ pub trait Stage: 'static {
     const OUTPUT: &'static str;
     /// Reads the pipeline's labelled folder (gets the `dataset` outside input).
     const READS_DATASET: bool = false;
+    /// Applies the pipeline's label-overrides file (`[dataset] overrides`), given to it as the
+    /// outside input [`runner::OVERRIDES`] keyed by its content.
+    const READS_OVERRIDES: bool = false;
     /// Everything that shapes the output; `deny_unknown_fields`, every default documented.
     type Params: Serialize + DeserializeOwned + Default + Clone;
     type Report: Serialize + DeserializeOwned;
@@ -159,6 +162,7 @@ pub trait DynStage: Send + Sync {
     fn version(&self) -> u32;
     fn output(&self) -> &'static str;
     fn reads_dataset(&self) -> bool;
+    fn reads_overrides(&self) -> bool;
     /// Params from a pipeline-file table (errors keep the file position).
     fn parse(&self, de: toml::de::ValueDeserializer<'_>) -> Result<Value, toml::de::Error>;
     fn parse_value(&self, v: Value) -> Result<Value, String>;
@@ -195,6 +199,9 @@ impl<S: Stage> DynStage for Erased<S> {
     }
     fn reads_dataset(&self) -> bool {
         S::READS_DATASET
+    }
+    fn reads_overrides(&self) -> bool {
+        S::READS_OVERRIDES
     }
     fn parse(&self, de: toml::de::ValueDeserializer<'_>) -> Result<Value, toml::de::Error> {
         let p: S::Params = serde::Deserialize::deserialize(de)?;

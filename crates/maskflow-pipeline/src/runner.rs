@@ -15,6 +15,14 @@ use std::time::Instant;
 
 /// The name of the outside input every dataset-reading kind gets.
 pub const DATASET: &str = "dataset";
+/// The outside input of the pipeline's label-overrides file (`[dataset] overrides`).
+pub const OVERRIDES: &str = "label_overrides";
+
+/// The label-overrides file as an outside input: keyed by its bytes.
+pub fn overrides_external(path: &Path) -> Result<External> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading the label-overrides file {}", path.display()))?;
+    Ok(External { path: path.to_path_buf(), key: maskflow_core::hash::blake3_hex(&bytes), files: None })
+}
 
 /// A node with its key computed.
 #[derive(Debug, Clone)]
@@ -80,6 +88,11 @@ pub fn plan(graph: &Graph, reg: &Registry, rt: &Runtime, only: Option<&BTreeSet<
                 }
             };
             externals.insert(DATASET.to_string(), ext);
+            // The overrides name files of the pipeline's own folder, not of another (`data = …`).
+            if let (true, Some(file)) = (st.reads_overrides() && *root == graph.root, &graph.overrides) {
+                let ext = overrides_external(file).with_context(|| format!("{}: [dataset] overrides", graph.path.display()))?;
+                externals.insert(OVERRIDES.to_string(), ext);
+            }
         }
         let mut upstream: BTreeMap<String, String> = externals.iter().map(|(k, e)| (k.clone(), e.key.clone())).collect();
         for (slot, src) in &node.inputs {
