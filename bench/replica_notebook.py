@@ -1,6 +1,10 @@
 """A plain-PyTorch replica of the face-mask notebook, the peer for maskflow's end-to-end wall time.
 
 usage: replica_notebook.py DATASET [FROZEN_EPOCHS] [FULL_EPOCHS]
+       REPLICA_SPLIT=INDEX.parquet  train and validate on maskflow's content-hashed split (an index
+                                    artifact's index.parquet: its accepted rows, split and label)
+       REPLICA_SAVE=MODEL.pt        save the trained model as TorchScript (input: normalised float
+                                    N×3×224×224, output: logits) for bench/robustness_replica.sh
 
 What the notebook does, without fastai: a seeded random 80/20 split of the file list (as fastai's
 valid_pct=0.2 — duplicates may land on both sides), shorter side → 224 then a 224 crop (random for
@@ -35,11 +39,18 @@ random.seed(42)
 
 classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
 items = [(f, i) for i, c in enumerate(classes) for f in sorted(glob.glob(os.path.join(root, c, "*")))]
-perm = list(range(len(items)))
-random.Random(42).shuffle(perm)
-n_valid = int(0.2 * len(items))
-valid_items = [items[i] for i in perm[:n_valid]]
-train_items = [items[i] for i in perm[n_valid:]]
+if os.environ.get("REPLICA_SPLIT"):
+    import pyarrow.parquet as pq
+    t = pq.read_table(os.environ["REPLICA_SPLIT"], columns=["path", "label", "split", "status"]).to_pylist()
+    ok = [r for r in t if r["status"] == "ok"]
+    pick = lambda s: [(os.path.join(root, r["path"]), classes.index(r["label"])) for r in ok if r["split"] == s]
+    train_items, valid_items = pick("train"), pick("valid")
+else:
+    perm = list(range(len(items)))
+    random.Random(42).shuffle(perm)
+    n_valid = int(0.2 * len(items))
+    valid_items = [items[i] for i in perm[:n_valid]]
+    train_items = [items[i] for i in perm[n_valid:]]
 
 norm = T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 train_tf = T.Compose([
@@ -124,6 +135,9 @@ def evaluate():
 
 t1, _ = fit_one_cycle(frozen_epochs, [3e-3] * 3, True)
 t2, acc = fit_one_cycle(full_epochs, [1e-5, 1e-5 ** 0.5 * 1e-4 ** 0.5, 1e-4], False)
+if os.environ.get("REPLICA_SAVE"):
+    model.eval()
+    torch.jit.trace(model, torch.zeros(1, 3, 224, 224).contiguous(memory_format=torch.channels_last)).save(os.environ["REPLICA_SAVE"])
 rss_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 rss_workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 print(json.dumps({"wall_s": time.perf_counter() - t_start, "frozen_epoch_s": t1, "full_epoch_s": t2,
