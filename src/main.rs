@@ -155,6 +155,10 @@ enum Command {
         /// Images per forward pass.
         #[arg(long, default_value_t = 64)]
         batch: usize,
+        /// Test-time augmentation: none, flip (the image and its mirror, 2 passes) or fastai
+        /// (fastai's TTA(): 0.4 × plain + 0.6 × mean of 4 corner zooms × mirror, 9 passes).
+        #[arg(long, value_enum, default_value = "none")]
+        tta: TtaArg,
         #[command(flatten)]
         compute: ComputeArgs,
     },
@@ -307,6 +311,24 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs(n * mult))
 }
 
+/// `--tta` of predict.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TtaArg {
+    None,
+    Flip,
+    Fastai,
+}
+
+impl From<TtaArg> for maskflow_predict::Tta {
+    fn from(t: TtaArg) -> Self {
+        match t {
+            TtaArg::None => maskflow_predict::Tta::None,
+            TtaArg::Flip => maskflow_predict::Tta::Flip,
+            TtaArg::Fastai => maskflow_predict::Tta::Fastai,
+        }
+    }
+}
+
 fn main() {
     alloc::tune_malloc();
     if let Err(e) = real_main() {
@@ -341,7 +363,7 @@ fn real_main() -> Result<()> {
             },
             &compute.options()?,
         ),
-        Command::Predict { bundle, inputs, format, threshold, positive, batch, compute } => {
+        Command::Predict { bundle, inputs, format, threshold, positive, batch, tta, compute } => {
             let c = compute.options()?;
             let bad = predict_cmd::run(&predict_cmd::Options {
                 bundle: &bundle,
@@ -350,6 +372,7 @@ fn real_main() -> Result<()> {
                 threshold,
                 positive: positive.as_deref(),
                 batch,
+                tta: tta.into(),
                 device: c.device,
                 threads: c.threads,
             })?;

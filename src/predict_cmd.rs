@@ -21,6 +21,7 @@ pub struct Options<'a> {
     pub threshold: Option<f64>,
     pub positive: Option<&'a str>,
     pub batch: usize,
+    pub tta: predict::Tta,
     pub device: tch::Device,
     pub threads: usize,
 }
@@ -54,7 +55,7 @@ pub fn run(o: &Options) -> Result<usize> {
         }
     };
     let (files, mut failed) = predict::expand(o.inputs);
-    let mut results = predict::predict(&bundle, &files, o.batch, threshold)?;
+    let mut results = predict::predict_tta(&bundle, &files, o.batch, threshold, o.tta)?;
     results.append(&mut failed);
     let stdout = std::io::stdout();
     let mut w = stdout.lock();

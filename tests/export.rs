@@ -104,4 +104,32 @@ fn python_torchscript_matches_maskflow_predict_and_bad_files_are_reported() {
     );
     let good = ok(d.path(), &["predict", "--bundle", &b, "data/synth/with_mask/*.png"]);
     assert!(good.lines().next().unwrap().starts_with("path") && good.lines().count() >= 3, "{good}");
+
+    // Test-time augmentation: predict --tta flip gives what an eval with tta = "flip" measured.
+    let pipeline = d.path().join("pipelines/p.toml");
+    let text = fs::read_to_string(&pipeline).unwrap();
+    fs::write(&pipeline, format!("{text}\n[eval.flip]\ntta = \"flip\"\nrobustness = []\n")).unwrap();
+    ok(d.path(), &["run", "pipelines/p.toml", "--until", "eval.flip", "--device", "cpu"]);
+    let flip_key = keys(&art, "eval").into_iter().find(|k| eval_dir.file_name().unwrap() != k.as_str()).unwrap();
+    let (_, flip_rows) = maskflow_contracts::eval::read_predictions(&art.join("eval").join(flip_key).join("predictions.parquet")).unwrap();
+    let res = maskflow(d.path(), &["predict", "--bundle", &b, "data/synth", "--format", "jsonl", "--tta", "flip", "--device", "cpu"]);
+    let mut flipped = std::collections::HashMap::new();
+    for l in String::from_utf8(res.stdout).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        if let Some(p) = v.get("probabilities").and_then(|p| p.as_object()) {
+            let rel = v["path"].as_str().unwrap().trim_start_matches("data/synth/").to_string();
+            flipped.insert(rel, ["with_mask", "without_mask"].map(|c| p[c].as_f64().unwrap()));
+        }
+    }
+    let (mut max_tta, mut moved) = (0.0f64, 0.0f64);
+    for r in &flip_rows {
+        let mine = flipped[&r.path];
+        for (i, (a, e)) in mine.iter().zip(&r.probabilities).enumerate() {
+            max_tta = max_tta.max((a - *e as f64).abs());
+            moved = moved.max((a - ours[&r.path][i]).abs());
+        }
+    }
+    println!("predict --tta flip vs eval tta = flip: max abs difference {max_tta:.2e} (vs plain: {moved:.2e})");
+    assert!(max_tta <= 1e-5, "max diff {max_tta}");
+    assert!(moved > 1e-4, "the mirror view changed nothing: is TTA applied?");
 }

@@ -3,6 +3,7 @@
 //! with its reason; the others go on.
 
 use maskflow_contracts::bundle::{ModelCard, MODULE_FILE};
+pub use maskflow_contracts::eval::Tta;
 use maskflow_contracts::JsonFile;
 use anyhow::{Context, Result};
 use maskflow_imaging::Resizer;
@@ -115,9 +116,48 @@ fn label_of(probs: &[f32], classes: &[String], threshold: Threshold) -> String {
     classes[i].clone()
 }
 
+/// One test-time-augmentation view of a uint8 batch (N, H, W, 3): `view` maps output to source
+/// coordinates (normalised, as eval's views); a mirror is exact, a zoom is sampled bilinearly
+/// (reflection at the borders, as eval) and rounded back to 8 bits, since the bundle takes bytes.
+pub fn view_u8(x: &Tensor, view: &[f64; 9]) -> Tensor {
+    const ID: [f64; 9] = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
+    const MIRROR: [f64; 9] = [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
+    if *view == ID {
+        return x.shallow_clone();
+    }
+    if *view == MIRROR {
+        return x.flip([2]);
+    }
+    let (n, h, w) = (x.size()[0], x.size()[1], x.size()[2]);
+    let theta: Vec<f32> = view[..6].iter().map(|&v| v as f32).collect();
+    let theta = Tensor::from_slice(&theta).view([1, 2, 3]).expand([n, 2, 3], false).to_device(x.device());
+    let grid = Tensor::affine_grid_generator(&theta, [n, 3, h, w], false);
+    let f = x.permute([0, 3, 1, 2]).to_kind(Kind::Float).contiguous();
+    f.grid_sampler(&grid, 0, 2, false).round().clamp(0.0, 255.0).to_kind(Kind::Uint8).permute([0, 2, 3, 1]).contiguous()
+}
+
+/// The bundle's probabilities for a uint8 batch, averaged over `tta`'s views (weighted).
+fn forward(bundle: &Bundle, x: &Tensor, tta: Tta) -> Result<Tensor> {
+    let mut sum: Option<Tensor> = None;
+    for (view, weight) in tta.views() {
+        let y = tch::no_grad(|| bundle.module.forward_ts(&[view_u8(x, &view)])).context("running the TorchScript module")?;
+        let y = y.to_kind(Kind::Float) * weight;
+        sum = Some(match sum {
+            Some(s) => s + y,
+            None => y,
+        });
+    }
+    sum.context("no views")
+}
+
 /// Runs the bundle on `paths` in batches of `batch`, decoding each batch in parallel; results in input
 /// order.
 pub fn predict(bundle: &Bundle, paths: &[PathBuf], batch: usize, threshold: Threshold) -> Result<Vec<Outcome>> {
+    predict_tta(bundle, paths, batch, threshold, Tta::None)
+}
+
+/// [`predict`] with test-time augmentation (`Tta::None` is exactly [`predict`]).
+pub fn predict_tta(bundle: &Bundle, paths: &[PathBuf], batch: usize, threshold: Threshold, tta: Tta) -> Result<Vec<Outcome>> {
     let s = bundle.card.input.height;
     let mut out = Vec::with_capacity(paths.len());
     for chunk in paths.chunks(batch.max(1)) {
@@ -129,7 +169,11 @@ pub fn predict(bundle: &Bundle, paths: &[PathBuf], batch: usize, threshold: Thre
             let mut flat = Vec::with_capacity(good.len() * (s * s * 3) as usize);
             good.iter().for_each(|g| flat.extend_from_slice(g));
             let x = Tensor::from_data_size(&flat, &[good.len() as i64, s, s, 3], Kind::Uint8).to_device(bundle.device);
-            let y = tch::no_grad(|| bundle.module.forward_ts(&[x])).context("running the TorchScript module")?;
+            let y = if tta == Tta::None {
+                tch::no_grad(|| bundle.module.forward_ts(&[x])).context("running the TorchScript module")?
+            } else {
+                forward(bundle, &x, tta)?
+            };
             probs = Vec::<f32>::try_from(y.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1))?;
         }
         let k = bundle.card.classes.len();
@@ -152,6 +196,20 @@ pub fn predict(bundle: &Bundle, paths: &[PathBuf], batch: usize, threshold: Thre
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tta_views_of_bytes() {
+        let x = Tensor::randint(256, [2, 16, 16, 3], (Kind::Uint8, Device::Cpu));
+        let views = Tta::Fastai.views();
+        assert!(view_u8(&x, &views[0].0).equal(&x));
+        assert!(view_u8(&x, &Tta::Flip.views()[1].0).equal(&x.flip([2])));
+        // A zoom of a constant image is the same constant; of a real one, a different image.
+        let c = Tensor::full([1, 16, 16, 3], 77, (Kind::Uint8, Device::Cpu));
+        for (v, _) in &views[1..] {
+            assert!(view_u8(&c, v).equal(&c));
+            assert!(!view_u8(&x, v).equal(&x));
+        }
+    }
 
     #[test]
     fn threshold_rule() {
