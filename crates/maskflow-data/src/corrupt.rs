@@ -239,16 +239,15 @@ fn jpeg_round_trip(x: &Tensor, quality: u8) -> Result<Tensor> {
     Ok((t.permute([2, 0, 1]).to_kind(Kind::Float) / 255.0).to_device(x.device()))
 }
 
-/// A per-image seed for corruption `family` at `severity` from the image's content hash (hex), so that
-/// an image is corrupted the same way whatever batch or order it comes in.
+/// A per-image seed for corruption `family` at `severity` from the image's content hash (its first
+/// 64 bits; any other string is hashed first), so that an image is corrupted the same way whatever
+/// batch or order it comes in.
 pub fn image_seed(content_hash: &str, family: Family, severity: u8) -> u64 {
-    let head = content_hash.get(..16).and_then(|h| u64::from_str_radix(h, 16).ok()).unwrap_or_else(|| fnv1a(content_hash));
+    let first_64_bits = |hex: &str| hex.get(..16).and_then(|h| u64::from_str_radix(h, 16).ok());
+    let head = first_64_bits(content_hash)
+        .or_else(|| first_64_bits(&maskflow_core::hash::blake3_hex(content_hash.as_bytes())))
+        .unwrap_or(0);
     SplitMix64::derive(head, &[0xc0, family as u64, u64::from(severity)]).next_u64()
-}
-
-/// A stable 64-bit digest of a string that is not a hex hash (FNV-1a).
-fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 #[cfg(test)]

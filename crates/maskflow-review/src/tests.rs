@@ -30,11 +30,10 @@ fn a_mislabelled_photo_and_its_copies_are_unlikely_out_of_fold() {
     let photo = Tensor::randn([16], (Kind::Float, Device::Cpu)) - 2.0;
     let mut labels = labels;
     let mut groups: Vec<String> = (0..n).map(|i| format!("{i:064x}")).collect();
-    for extra in 0..3 {
+    for _ in 0..3 {
         x = Tensor::cat(&[x, photo.unsqueeze(0)], 0);
         labels.push(1);
         groups.push("f".repeat(64));
-        let _ = extra;
     }
     let p = ReviewParams { folds: 4, steps: 200, ..Default::default() };
     let probs = out_of_fold(&x, &labels, &groups, 2, &p).unwrap();
