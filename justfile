@@ -54,7 +54,8 @@ bench: bench-prep bench-prep-memory bench-train bench-store
 bench-train THREADS="2" ITERS="6": setup
     bench/train_bench.sh {{THREADS}} {{ITERS}}
 
-# The real-data pipeline end to end (fresh store) vs a plain-PyTorch replica of the notebook: wall, RSS.
+# The real-data pipeline end to end (fresh store) vs the plain-PyTorch replica of the notebook on the same
+# split: wall, RSS, ratio. BASELINE=1 also times the train stage without the recipe's damage and copies.
 bench-e2e DATASET="../shared/datasets/face-mask": build
     bench/e2e_bench.sh {{DATASET}}
 
