@@ -24,9 +24,9 @@ demo: build
     @{{bin}} run pipelines/demo.toml
 
 # The whole test suite (unit, integration, interop with the venv's pyarrow, the shared store against
-# a local S3 server that runs for the suite's duration on 127.0.0.1).
+# a local S3 server that runs for the suite's duration on 127.0.0.1, a two-node Ray cluster on loopback).
 test: setup
-    @scripts/bootstrap.sh --s3
+    @scripts/bootstrap.sh --s3 --ray
     scripts/with-s3.sh cargo test --workspace --no-fail-fast
 
 # Record every stage kind's version and source hash in stages.lock (after bumping a VERSION, or to
@@ -58,6 +58,12 @@ bench-train THREADS="2" ITERS="6": setup
 # split: wall, RSS, ratio. BASELINE=1 also times the train stage without the recipe's damage and copies.
 bench-e2e DATASET="../shared/datasets/face-mask": build
     bench/e2e_bench.sh {{DATASET}}
+
+# Index + prep of the real data: plain run vs plan/task/commit with the local executor vs Ray on a local
+# two-node cluster (wall, byte identity, per-task overhead, a scaling projection).
+bench-fanout PIPELINE="pipelines/facemask.toml" ITEMS="500": build
+    @scripts/bootstrap.sh --ray
+    bench/fanout_bench.sh {{PIPELINE}} {{ITEMS}}
 
 # predict: single-image latency and batch throughput vs the same TorchScript bundle driven from Python.
 bench-predict BUNDLE FOLDER="../shared/datasets/face-mask" N="256": setup

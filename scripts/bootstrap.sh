@@ -10,19 +10,36 @@
 #             (.cargo/config.toml), so ./target/release/maskflow runs with no environment set.
 #  - with --s3: also moto[server] (a local S3 server for the shared-store tests, started by
 #             scripts/s3-server.py on 127.0.0.1) and boto3 (the peer in `just bench-store`).
+#  - with --ray: also ray==2.60.0 (`maskflow run --executor ray`; the test cluster of
+#             scripts/ray-cluster.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 S3_REQS=("moto[server]==5.2.5" boto3==1.44.8)
+RAY_REQS=(ray==2.60.0)
 want_s3=0
-[[ ${1:-} == --s3 ]] && want_s3=1
+want_ray=0
+for arg in "$@"; do
+  case $arg in
+    --s3) want_s3=1 ;;
+    --ray) want_ray=1 ;;
+    *) echo "bootstrap: unknown option $arg (--s3, --ray)" >&2; exit 2 ;;
+  esac
+done
 s3_stamp=.venv/.maskflow-s3
+ray_stamp=.venv/.maskflow-ray
+install_extra() { # WANT STAMP WHAT REQS...
+  local want=$1 stamp=$2 what=$3
+  shift 3
+  [[ $want == 1 ]] || return 0
+  [[ -f $stamp && "$(cat "$stamp")" == "$*" ]] && return 0
+  echo "bootstrap: installing $what ($*)" >&2
+  .venv/bin/python -m pip install -q --disable-pip-version-check "$@"
+  echo "$*" > "$stamp"
+}
 install_s3() {
-  [[ $want_s3 == 1 ]] || return 0
-  [[ -f $s3_stamp && "$(cat "$s3_stamp")" == "${S3_REQS[*]}" ]] && return 0
-  echo "bootstrap: installing the local S3 server for the tests (${S3_REQS[*]})" >&2
-  .venv/bin/python -m pip install -q --disable-pip-version-check "${S3_REQS[@]}"
-  echo "${S3_REQS[*]}" > "$s3_stamp"
+  install_extra $want_s3 $s3_stamp "the local S3 server for the tests" "${S3_REQS[@]}"
+  install_extra $want_ray $ray_stamp "Ray, for the cluster executor and its tests" "${RAY_REQS[@]}"
 }
 
 STAMP_VERSION=1

@@ -1,6 +1,7 @@
 //! maskflow: a folder of labelled images → a deployable CNN classifier, as a chain of reproducible,
 //! cached pipeline stages. See README.md.
 
+mod fanout_cmd;
 mod predict_cmd;
 mod runner;
 mod weights_cmd;
@@ -50,6 +51,63 @@ enum Command {
         compute: ComputeArgs,
         #[command(flatten)]
         store: StoreArgs,
+        #[command(flatten)]
+        fanout: fanout_cmd::FanoutArgs,
+    },
+    /// Plan a splittable stage (index, prep) of a pipeline as tasks in the shared store, for an
+    /// executor of your own (a Slurm array, a Kubernetes Indexed Job): prints the plan's URL and
+    /// task count. Its inputs must be published. Then `maskflow task` for each index, then
+    /// `maskflow commit`. (`maskflow run --executor local|ray` does all three.)
+    Plan {
+        pipeline: PathBuf,
+        /// The instance to plan (`index`, `prep`, `prep.street`).
+        #[arg(long, value_name = "STAGE")]
+        stage: String,
+        #[arg(long, default_value = "artifacts")]
+        artifacts: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// About how many items (files, images) one task takes (never part of a key).
+        #[arg(long, value_name = "N")]
+        task_items: Option<usize>,
+        /// One JSON object ({instance, key, plan, tasks, done, created} or {committed: true}).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        compute: ComputeArgs,
+    },
+    /// Run one task of a plan (idempotent: a task already done, or of a committed plan, does
+    /// nothing; one killed midway is simply run again). The index comes from --index, else
+    /// $SLURM_ARRAY_TASK_ID or $JOB_COMPLETION_INDEX.
+    Task {
+        /// The plan's URL, as `maskflow plan` prints it (<store URL>/plans/<kind>/<key>).
+        #[arg(long)]
+        plan: String,
+        #[arg(long)]
+        index: Option<usize>,
+        /// This machine's local store (inputs are pulled into it).
+        #[arg(long, default_value = "artifacts")]
+        artifacts: PathBuf,
+        /// The labelled folder on this machine, when not at the path the planning machine had.
+        #[arg(long, value_name = "DIR")]
+        dataset_root: Option<PathBuf>,
+        /// No progress bars (one line at the end).
+        #[arg(long)]
+        quiet: bool,
+        #[command(flatten)]
+        compute: ComputeArgs,
+    },
+    /// Commit a plan whose tasks are all done: the artifact's remaining files and its manifest,
+    /// create-only — the artifact a single machine would have made, under the same key.
+    Commit {
+        #[arg(long)]
+        plan: String,
+        #[arg(long, default_value = "artifacts")]
+        artifacts: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        dataset_root: Option<PathBuf>,
+        #[command(flatten)]
+        compute: ComputeArgs,
     },
     /// List suspected label problems of a pipeline's data for a human to decide on: groups of copies
     /// labelled differently, and images whose label out-of-fold probes (k linear models on the
@@ -340,8 +398,26 @@ fn main() {
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { pipeline, artifacts, force, until, compute, store } => {
-            runner::run(&pipeline, &artifacts, force.as_deref(), until.as_deref(), &compute.options()?, &store.options())
+        Command::Run { pipeline, artifacts, force, until, compute, store, fanout } => {
+            runner::run(&pipeline, &artifacts, force.as_deref(), until.as_deref(), &compute.options()?, &store.options(), &fanout)
+        }
+        Command::Plan { pipeline, stage, artifacts, store, task_items, json, compute } => fanout_cmd::plan(
+            &pipeline,
+            &stage,
+            &artifacts,
+            &store.options(),
+            &maskflow_pipeline::fanout::SplitHint { items_per_task: task_items },
+            &compute.options()?,
+            json,
+        ),
+        Command::Task { plan, index, artifacts, dataset_root, quiet, compute } => {
+            let c = compute.options()?;
+            // This task's share of the machine: the pool's threads (libtorch's are set per stage).
+            let _ = rayon::ThreadPoolBuilder::new().num_threads(c.threads).build_global();
+            fanout_cmd::task(&plan, index, &artifacts, dataset_root.as_deref(), &c, quiet)
+        }
+        Command::Commit { plan, artifacts, dataset_root, compute } => {
+            fanout_cmd::commit(&plan, &artifacts, dataset_root.as_deref(), &compute.options()?)
         }
         Command::Review { pipeline, artifacts, compute, store } => {
             runner::review(&pipeline, &artifacts, &compute.options()?, &store.options())

@@ -16,8 +16,8 @@ use std::time::Instant;
 /// Every stage kind this binary knows, in the default chain's order. A new kind: one line here.
 pub fn registry() -> Registry {
     Registry::new()
-        .register::<maskflow_index::IndexStage>()
-        .register::<maskflow_prep::PrepStage>()
+        .register_split::<maskflow_index::IndexStage>()
+        .register_split::<maskflow_prep::PrepStage>()
         .register::<maskflow_train::TrainStage>()
         .register::<maskflow_eval::EvalStage>()
         .register::<maskflow_export::ExportStage>()
@@ -141,7 +141,7 @@ impl StoreOptions {
         Ok(Some(remote))
     }
 
-    fn require(&self, what: &str, writes: bool) -> Result<Remote> {
+    pub fn require(&self, what: &str, writes: bool) -> Result<Remote> {
         match self.open(writes)? {
             Some(r) => Ok(r),
             None => bail!("{what} needs a shared store: --store s3://bucket/prefix or file:///path (or MASKFLOW_STORE)"),
@@ -150,12 +150,31 @@ impl StoreOptions {
 }
 
 /// `maskflow run`.
-pub fn run(pipeline: &Path, artifacts: &Path, force: Option<&str>, until: Option<&str>, c: &Compute, store: &StoreOptions) -> Result<()> {
+pub fn run(
+    pipeline: &Path,
+    artifacts: &Path,
+    force: Option<&str>,
+    until: Option<&str>,
+    c: &Compute,
+    store: &StoreOptions,
+    fan: &crate::fanout_cmd::FanoutArgs,
+) -> Result<()> {
     let (reg, g) = load(pipeline)?;
     ensure_synth(&g)?;
     let remote = store.open(true)?;
     let shared = remote.as_ref().map(|remote| Shared { remote, read_only: store.read_only, lease_ttl: store.lease_ttl });
-    runner::run(&g, &reg, &c.runtime(artifacts), &RunOptions { force, until, verbose: true, shared: shared.as_ref() })?;
+    let rt = c.runtime(artifacts);
+    let local = maskflow_core::store::Store::new(artifacts);
+    let executor = match (fan.executor, &remote) {
+        (None, _) => None,
+        (Some(kind), Some(remote)) => {
+            let site = maskflow_pipeline::fanout::Site { reg: &reg, remote, store: &local, rt: &rt, dataset_root: None };
+            Some(crate::fanout_cmd::executor_for(kind, fan, artifacts, site)?)
+        }
+        (Some(_), None) => bail!("--executor runs tasks through a shared store: add --store s3://bucket/prefix or file:///path"),
+    };
+    let opts = RunOptions { force, until, verbose: true, shared: shared.as_ref(), executor: executor.as_deref(), split_hint: fan.hint() };
+    runner::run(&g, &reg, &rt, &opts)?;
     Ok(())
 }
 
@@ -171,7 +190,7 @@ pub fn review(pipeline: &Path, artifacts: &Path, c: &Compute, store: &StoreOptio
     let remote = store.open(true)?;
     let shared = remote.as_ref().map(|remote| Shared { remote, read_only: store.read_only, lease_ttl: store.lease_ttl });
     let rt = c.runtime(artifacts);
-    runner::run(&g, &reg, &rt, &RunOptions { force: None, until: Some("review"), verbose: true, shared: shared.as_ref() })?;
+    runner::run(&g, &reg, &rt, &RunOptions { force: None, until: Some("review"), verbose: true, shared: shared.as_ref(), executor: None, split_hint: Default::default() })?;
     let only = runner::until_set(&g, "review")?;
     let planned = runner::plan(&g, &reg, &rt, Some(&only))?;
     let Some(review) = planned.iter().find(|p| p.node.name == "review") else { bail!("internal: review was not planned") };
@@ -260,7 +279,7 @@ pub fn eval_folder(pipeline: &Path, artifacts: &Path, folder: &Path, c: &Compute
         .unwrap_or_else(|| "folder".into());
     let folder = std::fs::canonicalize(folder).with_context(|| format!("--data {}", folder.display()))?;
     let name = g.add_folder_instance(&reg, "eval", &suffix, &folder)?;
-    let (_, outcomes) = runner::run(&g, &reg, &c.runtime(artifacts), &RunOptions { force: None, until: Some(&name), verbose: true, shared: None })?;
+    let (_, outcomes) = runner::run(&g, &reg, &c.runtime(artifacts), &RunOptions { force: None, until: Some(&name), verbose: true, shared: None, executor: None, split_hint: Default::default() })?;
     if let Some(o) = outcomes.last() {
         println!("report  {}", o.dir.join(maskflow_eval::REPORT_FILE).display());
     }
@@ -274,7 +293,7 @@ pub fn lr_find(pipeline: &Path, artifacts: &Path, c: &Compute, out: &Path) -> Re
     let Some(train) = g.node("train") else { bail!("{}: no [train] to find a learning rate for", pipeline.display()) };
     let shards_node = train.inputs.get("shards").cloned().unwrap_or_default();
     let rt = c.runtime(artifacts);
-    let (_, outcomes) = runner::run(&g, &reg, &rt, &RunOptions { force: None, until: Some(&shards_node), verbose: true, shared: None })?;
+    let (_, outcomes) = runner::run(&g, &reg, &rt, &RunOptions { force: None, until: Some(&shards_node), verbose: true, shared: None, executor: None, split_hint: Default::default() })?;
     let Some(prep) = outcomes.last() else { bail!("internal: {shards_node} did not run") };
     let params: maskflow_train::TrainParams = serde_json::from_value(train.params.clone())?;
     let externals = reg.get("train").map(|s| s.externals(&train.params, &rt)).transpose()?.unwrap_or_default();

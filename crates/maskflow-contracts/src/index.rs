@@ -65,7 +65,6 @@ pub struct IndexSummary {
     #[serde(default)]
     pub overrides_file: Option<String>,
     pub walk_notes: Vec<WalkNote>,
-    pub seconds: f64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -60,10 +60,18 @@ fn props(params: &ShardLayout) -> WriterProperties {
 }
 
 /// Writes one split's rows into numbered shards, streaming (one row group buffered at a time).
+///
+/// Row groups end at every multiple of `row_group_rows` counted from the split's first row, and at
+/// shard ends; so a writer started at shard `i` ([`ShardSetWriter::starting_at`]) and given that
+/// shard's rows writes the very bytes the whole-split writer writes for it (prep's tasks).
 pub struct ShardSetWriter<'a> {
     dir: PathBuf,
     split: &'a str,
     params: &'a ShardLayout,
+    /// The number of the first shard written.
+    first_shard: usize,
+    /// Rows of the split before this writer's first row, plus rows pushed so far.
+    position: usize,
     pending: Vec<ShardRow>,
     current: Option<(ArrowWriter<File>, PathBuf, String, usize)>,
     done: Vec<ShardInfo>,
@@ -71,12 +79,27 @@ pub struct ShardSetWriter<'a> {
 
 impl<'a> ShardSetWriter<'a> {
     pub fn new(dir: &Path, split: &'a str, params: &'a ShardLayout) -> Self {
-        Self { dir: dir.to_path_buf(), split, params, pending: Vec::new(), current: None, done: Vec::new() }
+        Self::starting_at(dir, split, params, 0)
+    }
+
+    /// A writer whose first row is the first row of shard `first_shard` of the split.
+    pub fn starting_at(dir: &Path, split: &'a str, params: &'a ShardLayout, first_shard: usize) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            split,
+            params,
+            first_shard,
+            position: first_shard * params.shard_rows,
+            pending: Vec::new(),
+            current: None,
+            done: Vec::new(),
+        }
     }
 
     pub fn push(&mut self, row: ShardRow) -> anyhow::Result<()> {
         self.pending.push(row);
-        if self.pending.len() >= self.params.row_group_rows {
+        self.position += 1;
+        if self.position % self.params.row_group_rows == 0 {
             self.flush()?;
         }
         Ok(())
@@ -85,7 +108,7 @@ impl<'a> ShardSetWriter<'a> {
     fn flush(&mut self) -> anyhow::Result<()> {
         while !self.pending.is_empty() {
             if self.current.is_none() {
-                let name = format!("{}-{:05}.parquet", self.split, self.done.len());
+                let name = format!("{}-{:05}.parquet", self.split, self.first_shard + self.done.len());
                 let tmp = self.dir.join(format!("{name}.part"));
                 let value_len = (self.params.size * self.params.size * 3) as i32;
                 let w = ArrowWriter::try_new(File::create(&tmp)?, schema(value_len), Some(props(self.params)))?;
@@ -268,6 +291,56 @@ impl PixelReader {
             for i in 0..b.num_rows() {
                 each(row, px.value(i));
                 row += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shards::ShardCompression;
+
+    fn row(i: usize) -> ShardRow {
+        ShardRow {
+            content_hash: format!("{i:064x}"),
+            label_idx: (i % 2) as i32,
+            label: ["a", "b"][i % 2].to_string(),
+            split: "train".into(),
+            height: 4,
+            width: 4,
+            channels: 3,
+            pixels: (0..48).map(|k| (i * 7 + k) as u8).collect(),
+            path: format!("x/{i}.png"),
+        }
+    }
+
+    /// A writer started at shard i, given that shard's rows, writes the whole-split writer's bytes
+    /// for it — also when shards are not a whole number of row groups.
+    #[test]
+    fn shards_written_one_by_one_equal_the_whole_split() -> anyhow::Result<()> {
+        for (shard_rows, group_rows) in [(10, 5), (10, 4), (7, 3), (5, 5)] {
+            let layout = ShardLayout { size: 4, shard_rows, row_group_rows: group_rows, compression: ShardCompression::None };
+            let whole = tempfile::tempdir()?;
+            let mut w = ShardSetWriter::new(whole.path(), "train", &layout);
+            let n = 33;
+            for i in 0..n {
+                w.push(row(i))?;
+            }
+            let all = w.finish()?;
+            assert_eq!(all.len(), n.div_ceil(shard_rows));
+            for (s, info) in all.iter().enumerate() {
+                let one = tempfile::tempdir()?;
+                let mut w = ShardSetWriter::starting_at(one.path(), "train", &layout, s);
+                for i in s * shard_rows..((s + 1) * shard_rows).min(n) {
+                    w.push(row(i))?;
+                }
+                let got = w.finish()?;
+                assert_eq!(got, vec![info.clone()], "layout {shard_rows}/{group_rows} shard {s}");
+                let a = std::fs::read(whole.path().join(&info.file))?;
+                let b = std::fs::read(one.path().join(&info.file))?;
+                assert!(a == b, "layout {shard_rows}/{group_rows}: shard {s} differs when written alone");
             }
         }
         Ok(())

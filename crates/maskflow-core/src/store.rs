@@ -333,6 +333,33 @@ pub fn now_unix() -> u64 {
 }
 
 /// Hashes every file under `dir` (except the manifest) for the manifest, in parallel.
+/// Every file under `dir` (but a manifest) with its size and blake3, in manifest order (by path
+/// bytes).
+pub fn hash_files(dir: &Path) -> Result<Vec<FileEntry>, StoreError> {
+    hash_tree(dir)
+}
+
+impl Manifest {
+    /// The manifest of an artifact of `spec` made of `files` (in any order; sorted here as a local
+    /// build lists them): for artifacts assembled from parts made on several machines.
+    pub fn assemble(spec: &StageSpec, mut files: Vec<FileEntry>, report: Value, created_unix: u64, duration_s: f64) -> Manifest {
+        files.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+        Manifest {
+            format: MANIFEST_FORMAT,
+            stage: spec.stage.clone(),
+            stage_version: spec.version,
+            key: spec.key(),
+            params: spec.params.clone(),
+            upstream: spec.upstream.clone(),
+            tool_version: crate::TOOL_VERSION.to_string(),
+            created_unix,
+            duration_s,
+            files,
+            report,
+        }
+    }
+}
+
 fn hash_tree(dir: &Path) -> Result<Vec<FileEntry>, StoreError> {
     use rayon::prelude::*;
     let files = list_files_recursive(dir).map_err(io_err(dir))?;

@@ -12,13 +12,14 @@
 //! split is the same on every machine.
 
 mod groups;
+pub mod split;
 pub mod overrides;
 
 pub use maskflow_contracts::index::{
     read_index, ClassCounts, IndexDataset, IndexRow, IndexSummary, CLASSES_FILE, DUPLICATES_FILE, INDEX_FILE,
 };
 
-use maskflow_core::dataset::{self, DatasetFile, Listing};
+use maskflow_core::dataset::{self, Listing};
 use maskflow_core::hash::{blake3_hex, unit_interval};
 use maskflow_imaging::{decode, dhash, to_rgb8, Limits, Rejection, Resizer};
 use rayon::prelude::*;
@@ -33,7 +34,7 @@ pub struct IndexStage;
 
 impl Stage for IndexStage {
     const KIND: &'static str = "index";
-    const VERSION: u32 = 3;
+    const VERSION: u32 = 4;
     const OUTPUT: &'static str = kinds::INDEX_TABLE;
     const READS_DATASET: bool = true;
     const READS_OVERRIDES: bool = true;
@@ -109,30 +110,46 @@ impl IndexParams {
     }
 }
 
-/// One file examined (before splitting).
-#[derive(Debug, Clone)]
-pub(crate) struct Examined {
+/// One file examined (before splitting): what a task of the fanned-out index returns per file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Examined {
     pub content_hash: String,
     pub bytes: u64,
-    pub outcome: Result<Header, Rejection>,
+    pub outcome: Result<Header, Rejected>,
 }
 
-#[derive(Debug, Clone)]
-pub(crate) struct Header {
-    pub format: &'static str,
+/// What the decoder found in an accepted file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    pub format: String,
     pub width: u32,
     pub height: u32,
     pub dhash: u64,
 }
 
-fn examine(root: &Path, f: &DatasetFile, limits: &Limits, resizer: &mut Resizer) -> Examined {
-    let bytes = match std::fs::read(root.join(&f.rel)) {
+/// Why a file was rejected: the reason's code and its message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rejected {
+    pub code: String,
+    pub detail: String,
+}
+
+impl From<Rejection> for Rejected {
+    fn from(r: Rejection) -> Self {
+        Rejected { code: r.code().to_string(), detail: r.to_string() }
+    }
+}
+
+/// Reads, hashes, decodes (within `limits`) and dHashes one file (`rel` under `root`, `size` as
+/// listed, reported if it cannot be read).
+pub fn examine(root: &Path, rel: &Path, size: u64, limits: &Limits, resizer: &mut Resizer) -> Examined {
+    let bytes = match std::fs::read(root.join(rel)) {
         Ok(b) => b,
         Err(e) => {
             return Examined {
                 content_hash: blake3_hex(format!("unreadable: {e}").as_bytes()),
-                bytes: f.size,
-                outcome: Err(Rejection::Unreadable(e.to_string())),
+                bytes: size,
+                outcome: Err(Rejection::Unreadable(e.to_string()).into()),
             }
         }
     };
@@ -141,9 +158,15 @@ fn examine(root: &Path, f: &DatasetFile, limits: &Limits, resizer: &mut Resizer)
         let (width, height, format) = (d.width, d.height, d.format.name());
         let rgb = to_rgb8(d.image, [255, 255, 255]);
         let dh = dhash(&rgb, resizer).map_err(|e| Rejection::Corrupt { format, detail: e.to_string() })?;
-        Ok(Header { format, width, height, dhash: dh })
+        Ok(Header { format: format.to_string(), width, height, dhash: dh })
     });
-    Examined { content_hash, bytes: bytes.len() as u64, outcome }
+    Examined { content_hash, bytes: bytes.len() as u64, outcome: outcome.map_err(Rejected::from) }
+}
+
+impl IndexParams {
+    pub fn limits(&self) -> Limits {
+        Limits { max_pixels: self.max_pixels, max_side: self.max_side }
+    }
 }
 
 /// Runs the stage: walks `root`, examines every file, splits, applies the label-overrides file if
@@ -157,19 +180,37 @@ pub fn run(
     progress: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<IndexSummary> {
     params.validate()?;
-    let started = std::time::Instant::now();
     let listing = dataset::walk(root)?;
-    let limits = Limits { max_pixels: params.max_pixels, max_side: params.max_side };
+    let limits = params.limits();
     let examined: Vec<Examined> = listing
         .files
         .par_iter()
         .map_init(Resizer::default, |resizer, f| {
-            let e = examine(&listing.root, f, &limits, resizer);
+            let e = examine(&listing.root, &f.rel, f.size, &limits, resizer);
             progress(1);
             e
         })
         .collect();
-    let mut rows = assemble(&listing, &examined, params);
+    finish(&listing, &examined, fingerprint, params, overrides, out_dir)
+}
+
+/// The rest of the stage once every file is examined (`examined[i]` is `listing.files[i]`): rows,
+/// groups, split, overrides, and the outputs. The same for one machine and for a fanned-out run.
+pub fn finish(
+    listing: &Listing,
+    examined: &[Examined],
+    fingerprint: &str,
+    params: &IndexParams,
+    overrides: Option<&Path>,
+    out_dir: &Path,
+) -> anyhow::Result<IndexSummary> {
+    anyhow::ensure!(
+        examined.len() == listing.files.len(),
+        "internal: {} files examined for {} listed",
+        examined.len(),
+        listing.files.len()
+    );
+    let mut rows = assemble(listing, examined, params);
     let applied = match overrides {
         Some(file) => {
             let o = overrides::Overrides::read(file, &listing.classes)?;
@@ -178,7 +219,7 @@ pub fn run(
         }
         None => None,
     };
-    let mut report = summarize(&listing, &rows, started.elapsed().as_secs_f64());
+    let mut report = summarize(listing, &rows);
     if let Some((file, relabelled, excluded)) = applied {
         (report.overrides_file, report.overridden, report.excluded) = (Some(file), relabelled, excluded);
     }
@@ -209,7 +250,7 @@ pub(crate) fn assemble(listing: &Listing, examined: &[Examined], params: &IndexP
                     let valid = unit_interval(params.seed, &group_hash) < params.valid_pct;
                     ("ok", Some(if valid { "valid" } else { "train" }), Some(h.clone()), None, None)
                 }
-                Err(r) => ("rejected", None, None, Some(r.code().to_string()), Some(r.to_string())),
+                Err(r) => ("rejected", None, None, Some(r.code.clone()), Some(r.detail.clone())),
             };
             IndexRow {
                 path: f.display(),
@@ -219,7 +260,7 @@ pub(crate) fn assemble(listing: &Listing, examined: &[Examined], params: &IndexP
                 content_hash: e.content_hash.clone(),
                 group_hash,
                 bytes: e.bytes,
-                format: header.as_ref().map(|h| h.format.to_string()),
+                format: header.as_ref().map(|h| h.format.clone()),
                 width: header.as_ref().map(|h| h.width),
                 height: header.as_ref().map(|h| h.height),
                 dhash: header.as_ref().map(|h| format!("{:016x}", h.dhash)),
@@ -233,12 +274,14 @@ pub(crate) fn assemble(listing: &Listing, examined: &[Examined], params: &IndexP
         .collect()
 }
 
-fn summarize(listing: &Listing, rows: &[IndexRow], seconds: f64) -> IndexSummary {
+fn summarize(listing: &Listing, rows: &[IndexRow]) -> IndexSummary {
     let mut r = IndexSummary {
         schema: IndexSummary::SCHEMA,
         root: listing.root.display().to_string(),
         files: rows.len(),
-        classes: listing.classes.clone(), seconds, ..Default::default() };
+        classes: listing.classes.clone(),
+        ..Default::default()
+    };
     for c in &listing.classes {
         r.per_class.insert(c.clone(), ClassCounts::default());
     }

@@ -119,7 +119,7 @@ fn realised_fraction_on_10k_hashes_and_seed_changes_split() {
         .map(|i: usize| Examined {
             content_hash: blake3_hex(&i.to_le_bytes()),
             bytes: 1,
-            outcome: Ok(Header { format: "jpeg", width: 1, height: 1, dhash: 0 }),
+            outcome: Ok(Header { format: "jpeg".into(), width: 1, height: 1, dhash: 0 }),
         })
         .collect();
     let p = IndexParams::default();

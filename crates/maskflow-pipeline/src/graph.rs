@@ -126,7 +126,10 @@ impl Graph {
 
     pub fn parse(path: &Path, text: &str, registry: &Registry) -> Result<Graph, ConfigError> {
         let root_table = DeTable::parse(text).map_err(|e| config_error(path, text, &e))?.into_inner();
-        let base = path.parent().unwrap_or(Path::new("."));
+        // Absolute: the folder an index records, and what fanned-out tasks read from elsewhere.
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let base_abs = std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
+        let base = base_abs.as_path();
         let mut name = None;
         let mut root = None;
         let mut overrides = None;

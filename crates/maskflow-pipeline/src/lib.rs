@@ -8,7 +8,9 @@
 //!   anything runs (unknown kinds, missing inputs, slot-kind mismatches, cycles: `file:line:col`).
 //! - [`runner`]: keys, the store, `--force` / `--until`, run records, status with reasons.
 //! - [`shared`]: the local store as a read-through cache of a shared one (pull, publish, leases).
+//! - [`fanout`]: splittable kinds ([`fanout::Split`]) run as plan → tasks → commit on any executor.
 
+pub mod fanout;
 pub mod graph;
 pub mod runner;
 pub mod shared;
@@ -241,6 +243,7 @@ impl<S: Stage> DynStage for Erased<S> {
 #[derive(Default)]
 pub struct Registry {
     kinds: Vec<Box<dyn DynStage>>,
+    splits: Vec<(&'static str, Box<dyn fanout::DynSplit>)>,
 }
 
 impl Registry {
@@ -250,6 +253,18 @@ impl Registry {
     pub fn register<S: Stage>(mut self) -> Self {
         self.kinds.push(Box::new(Erased::<S>(std::marker::PhantomData)));
         self
+    }
+    /// Registers a kind that can also run as plan → tasks → commit.
+    pub fn register_split<S: fanout::Split>(mut self) -> Self {
+        self.splits.push((S::KIND, Box::new(fanout::ErasedSplit::<S>(std::marker::PhantomData))));
+        self.register::<S>()
+    }
+    /// The kind's split, if it has one.
+    pub fn split(&self, kind: &str) -> Option<&dyn fanout::DynSplit> {
+        self.splits.iter().find(|(k, _)| *k == kind).map(|(_, s)| s.as_ref())
+    }
+    pub fn split_names(&self) -> Vec<&'static str> {
+        self.splits.iter().map(|(k, _)| *k).collect()
     }
     pub fn get(&self, kind: &str) -> Option<&dyn DynStage> {
         self.kinds.iter().find(|k| k.kind() == kind).map(|k| k.as_ref())

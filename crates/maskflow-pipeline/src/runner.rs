@@ -134,6 +134,10 @@ pub struct RunOptions<'a> {
     pub verbose: bool,
     /// A shared store that the local one caches (pull what is published, publish what is built).
     pub shared: Option<&'a Shared<'a>>,
+    /// Run splittable kinds as plan → tasks → commit on this executor (needs `shared`).
+    pub executor: Option<&'a dyn crate::fanout::Executor>,
+    /// How to cut the work into tasks (an execution setting, never part of a key).
+    pub split_hint: crate::fanout::SplitHint,
 }
 
 /// Where a stage kind keeps its resumable work for a key (`<store>/<kind>/.checkpoints/<key>`).
@@ -184,6 +188,32 @@ pub fn run(graph: &Graph, reg: &Registry, rt: &Runtime, opts: &RunOptions) -> Re
             };
             st.run(&p.node.params, &ctx)
         };
+        if let (Some(ex), Some(sh), Some(_)) = (opts.executor, opts.shared, reg.split(st.kind())) {
+            if sh.read_only {
+                bail!("--executor {} needs a shared store it may write to (not --read-only)", ex.name());
+            }
+            // (`--force` builds here, as without an executor.)
+            if !force && store.lookup(st.kind(), &key)?.is_none() {
+                let input_kinds = p
+                    .node
+                    .inputs
+                    .iter()
+                    .map(|(slot, src)| {
+                        let kind = planned.iter().find(|q| &q.node.name == src).map(|q| q.spec.stage.clone()).unwrap_or_default();
+                        (slot.clone(), kind)
+                    })
+                    .collect();
+                let given = crate::fanout::PlanInputs {
+                    inputs: &inputs,
+                    input_kinds,
+                    externals: &p.externals,
+                    dataset_root: roots.get(p.node.name.as_str()).and_then(|r| r.as_deref()),
+                };
+                let site = crate::fanout::Site { reg, remote: sh.remote, store: &store, rt, dataset_root: None };
+                crate::fanout::fan_out(&site, ex, &graph.name, &p.node.name, &p.spec, &given, &opts.split_hint)
+                    .with_context(|| format!("[{}]", p.node.name))?;
+            }
+        }
         let obtained = match opts.shared {
             None => store.ensure(&p.spec, force, build).map(|o| (o, Via::default())).map_err(anyhow::Error::from),
             Some(sh) => shared::obtain(&store, sh, &p.spec, force, &scratch, build),

@@ -133,7 +133,7 @@ impl Fixture {
         Runtime { device: "cpu".into(), threads: 1, progress: false, artifacts: self.path().join("artifacts") }
     }
     fn run(&self, g: &Graph, force: Option<&str>, until: Option<&str>) -> Vec<(String, bool)> {
-        let (rec, _) = runner::run(g, &registry(), &self.rt(), &RunOptions { force, until, verbose: false, shared: None }).unwrap();
+        let (rec, _) = runner::run(g, &registry(), &self.rt(), &RunOptions { force, until, verbose: false, shared: None, executor: None, split_hint: Default::default() }).unwrap();
         rec.stages.into_iter().map(|s| (s.stage, s.cached)).collect()
     }
 }

@@ -137,16 +137,116 @@ impl Stage for PrepStage {
 pub fn run_on_index(index_dir: &Path, root: Option<&Path>, p: &PrepParams, out: &Path, progress: bool) -> anyhow::Result<PrepReport> {
     let dataset = IndexDataset::read(index_dir)?;
     let rows = read_index(&index_dir.join(INDEX_FILE)).with_context(|| format!("reading the index artifact {}", index_dir.display()))?;
-    let classes = maskflow_contracts::index::read_classes(index_dir)?;
     let root = root.unwrap_or(&dataset.root);
     let n = rows.iter().filter(|r| r.status == "ok").count();
     let pb = if progress { maskflow_core::progress::bar(n as u64, "prep", "images") } else { indicatif::ProgressBar::hidden() };
     let report = run(root, &rows, p, out, &|k| pb.inc(k));
     pb.finish_and_clear();
     let report = report?;
+    write_meta(index_dir, p, out)?;
+    Ok(report)
+}
+
+/// `shard_set.json`: how the pixels were made, the classes, the dataset's fingerprint.
+fn write_meta(index_dir: &Path, p: &PrepParams, out: &Path) -> anyhow::Result<()> {
+    let dataset = IndexDataset::read(index_dir)?;
+    let classes = maskflow_contracts::index::read_classes(index_dir)?;
     ShardSetMeta { schema: ShardSetMeta::SCHEMA, preprocess: p.preprocess(), classes, dataset_fingerprint: dataset.fingerprint }
         .write(out)?;
-    Ok(report)
+    Ok(())
+}
+
+/// One prep task of a fanned-out run: shard `shard` of `split`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardTask {
+    pub split: String,
+    pub shard: usize,
+}
+
+/// What a prep task made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardDone {
+    pub shards: Vec<ShardInfo>,
+    pub images: usize,
+    pub seconds: f64,
+    pub threads: usize,
+}
+
+/// The accepted rows of `split`, in index order (the order of the shards' rows).
+fn split_rows<'a>(rows: &'a [IndexRow], split: &str) -> Vec<&'a IndexRow> {
+    rows.iter().filter(|r| r.status == "ok" && r.split.as_deref() == Some(split)).collect()
+}
+
+fn index_rows(ctx: &RunCtx) -> anyhow::Result<Vec<IndexRow>> {
+    let index_dir = ctx.input("index")?;
+    read_index(&index_dir.join(INDEX_FILE)).with_context(|| format!("reading the index artifact {}", index_dir.display()))
+}
+
+/// Prep as plan → tasks → commit: one task per output shard (its rows are known from the index
+/// alone), written by a shard writer started at that shard — byte for byte the shard of a
+/// single-machine run.
+impl maskflow_pipeline::fanout::Split for PrepStage {
+    type Task = ShardTask;
+    type Done = ShardDone;
+
+    fn plan(p: &PrepParams, ctx: &RunCtx, _hint: &maskflow_pipeline::fanout::SplitHint) -> anyhow::Result<Vec<ShardTask>> {
+        p.validate()?;
+        let rows = index_rows(ctx)?;
+        Ok(SPLITS
+            .iter()
+            .flat_map(|split| {
+                let n = split_rows(&rows, split).len();
+                (0..n.div_ceil(p.shard_rows)).map(move |shard| ShardTask { split: split.to_string(), shard })
+            })
+            .collect())
+    }
+
+    fn task(p: &PrepParams, ctx: &RunCtx, t: &ShardTask) -> anyhow::Result<ShardDone> {
+        p.validate()?;
+        let started = std::time::Instant::now();
+        let index_dir = ctx.input("index")?;
+        let dataset = IndexDataset::read(index_dir)?;
+        let root = ctx.dataset_root.unwrap_or(&dataset.root);
+        let rows = index_rows(ctx)?;
+        let Some(s) = SPLITS.iter().position(|x| *x == t.split) else { anyhow::bail!("prep task: unknown split {:?}", t.split) };
+        let mine = split_rows(&rows, &t.split);
+        let start = t.shard * p.shard_rows;
+        anyhow::ensure!(start < mine.len(), "prep task: shard {} of {} is past its {} rows", t.shard, t.split, mine.len());
+        let jobs: Vec<(usize, &IndexRow)> = mine[start..(start + p.shard_rows).min(mine.len())].iter().map(|r| (s, *r)).collect();
+        let mut first = [0usize; SPLITS.len()];
+        first[s] = t.shard;
+        let shards = prepare_rows(root, &jobs, p, ctx.out, &first, &|_| {})?;
+        Ok(ShardDone { shards, images: jobs.len(), seconds: started.elapsed().as_secs_f64(), threads: rayon::current_num_threads() })
+    }
+
+    fn commit(
+        p: &PrepParams,
+        ctx: &RunCtx,
+        tasks: Vec<ShardTask>,
+        done: Vec<ShardDone>,
+        _files: &[maskflow_core::store::FileEntry],
+    ) -> anyhow::Result<PrepReport> {
+        let mut report = PrepReport::default();
+        let rows = index_rows(ctx)?;
+        for split in SPLITS {
+            let n = split_rows(&rows, split).len();
+            report.per_split.insert(split.to_string(), n);
+            report.images += n;
+        }
+        let made: usize = done.iter().map(|d| d.images).sum();
+        anyhow::ensure!(made == report.images, "prep tasks made {made} images, the index has {} accepted", report.images);
+        for (t, d) in tasks.iter().zip(&done) {
+            anyhow::ensure!(d.shards.len() == 1, "prep task {} {} made {} shards, not one", t.split, t.shard, d.shards.len());
+        }
+        report.shards = done.iter().flat_map(|d| d.shards.iter().cloned()).collect();
+        report.bytes_written = report.shards.iter().map(|s| s.bytes).sum();
+        report.seconds = done.iter().map(|d| d.seconds).sum();
+        report.images_per_second = report.images as f64 / report.seconds.max(1e-9);
+        report.threads = done.iter().map(|d| d.threads).max().unwrap_or(0);
+        shards::write_shard_list(ctx.out, &report.shards)?;
+        write_meta(ctx.input("index")?, p, ctx.out)?;
+        Ok(report)
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -210,7 +310,7 @@ pub fn run(
         report.images += rows.len();
         jobs.extend(rows.into_iter().map(|r| (i, r)));
     }
-    report.shards = prepare_rows(root, &jobs, params, out_dir, progress)?;
+    report.shards = prepare_rows(root, &jobs, params, out_dir, &[0; SPLITS.len()], progress)?;
     report.bytes_written = report.shards.iter().map(|s| s.bytes).sum();
     shards::write_shard_list(out_dir, &report.shards)?;
     report.seconds = started.elapsed().as_secs_f64();
@@ -220,7 +320,7 @@ pub fn run(
 
 use shards::SPLITS;
 
-/// Prepares `jobs` (split number, row) on the rayon pool's threads while a writer thread encodes
+/// Prepares `jobs` (split number, row) into shards (of each split, numbered from `first_shard`) on the rayon pool's threads while a writer thread encodes
 /// finished rows into each split's shards, in job order. Workers take the next job as soon as they
 /// are free (no barrier at chunk or split boundaries, so a large image never leaves a core idle),
 /// but never more than `window` jobs ahead of the writer: memory stays bounded by the window.
@@ -229,6 +329,7 @@ fn prepare_rows(
     jobs: &[(usize, &IndexRow)],
     params: &PrepParams,
     out_dir: &Path,
+    first_shard: &[usize; SPLITS.len()],
     progress: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<Vec<ShardInfo>> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -246,7 +347,8 @@ fn prepare_rows(
         let writer = scope.spawn(move || -> anyhow::Result<Vec<ShardInfo>> {
             let result = (|| {
                 let layout = params.layout();
-                let mut writers: Vec<_> = SPLITS.iter().map(|s| ShardSetWriter::new(out_dir, s, &layout)).collect();
+                let mut writers: Vec<_> =
+                    SPLITS.iter().zip(first_shard).map(|(s, first)| ShardSetWriter::starting_at(out_dir, s, &layout, *first)).collect();
                 let mut waiting: BTreeMap<usize, ShardRow> = BTreeMap::new();
                 let mut next = 0usize;
                 while next < jobs.len() {

@@ -55,7 +55,7 @@ impl std::fmt::Display for GcReport {
             self.bytes_swept as f64 / 1e6
         )?;
         if self.other_swept > 0 {
-            writeln!(f, "{} stale probe/lease/checkpoint objects {verb}", self.other_swept)?;
+            writeln!(f, "{} stale probe/lease/checkpoint/task objects {verb}", self.other_swept)?;
         }
         for m in &self.unreadable {
             writeln!(f, "unreadable manifest kept: {m}")?;
@@ -73,6 +73,8 @@ enum Object {
     Checkpoint,
     Run,
     Lease,
+    /// A finished task's record in a plan (`plans/<kind>/<key>/done-<i>.json`): names its blobs.
+    TaskDone,
     Probe,
     Other,
 }
@@ -82,6 +84,7 @@ fn classify(rel: &str) -> Object {
     match parts.as_slice() {
         ["cas", h] => Object::Blob(h.to_string()),
         ["checkpoints", _, _] => Object::Checkpoint,
+        ["plans", _, _, f] if f.starts_with("done-") => Object::TaskDone,
         ["runs", ..] => Object::Run,
         ["leases", ..] => Object::Lease,
         ["probes", _] => Object::Probe,
@@ -106,7 +109,7 @@ impl Remote {
             match classify(&rel) {
                 Object::Blob(h) => blobs.push((h, m)),
                 Object::Manifest { kind, key } => manifests.push((kind, key, m)),
-                Object::Checkpoint => checkpoints.push((rel, m)),
+                Object::Checkpoint | Object::TaskDone => checkpoints.push((rel, m)),
                 Object::Run => runs.push((rel, m)),
                 Object::Probe if old(&m) => stale_other.push(rel),
                 Object::Lease if old(&m) => {
@@ -142,7 +145,7 @@ impl Remote {
         for (rel, meta) in &checkpoints {
             if !old(meta) {
                 if let Some(b) = self.get_optional(rel)? {
-                    if let Ok(idx) = serde_json::from_slice::<crate::CheckpointIndex>(&b) {
+                    if let Ok(idx) = serde_json::from_slice::<crate::FileList>(&b) {
                         live.extend(idx.files.into_iter().map(|f| f.blake3));
                     }
                 }

@@ -291,6 +291,76 @@ impl Remote {
         }
     }
 
+    // ---- objects for the plan → task → commit protocol (`maskflow_pipeline::fanout`) ----
+
+    /// Reads an object by its path relative to the store; `None` when it does not exist.
+    pub fn read(&self, rel: &str) -> Result<Option<Vec<u8>>, RemoteError> {
+        Ok(self.get_optional(rel)?.map(|b| b.to_vec()))
+    }
+
+    /// Creates an object unless it exists (If-None-Match: *): true when this call created it.
+    pub fn create_once(&self, rel: &str, bytes: Vec<u8>) -> Result<bool, RemoteError> {
+        Ok(self.create(rel, Bytes::from(bytes))?.is_some())
+    }
+
+    /// Deletes an object (a missing one is not an error).
+    pub fn remove(&self, rel: &str) -> Result<(), RemoteError> {
+        self.delete(rel)
+    }
+
+    /// The paths (relative to the store) of the objects under `prefix` (a folder, no trailing '/').
+    pub fn list_under(&self, prefix: &str) -> Result<Vec<String>, RemoteError> {
+        use futures::TryStreamExt;
+        let at = self.path(prefix);
+        let metas: Vec<object_store::ObjectMeta> =
+            self.block_on(self.store.list(Some(&at)).try_collect()).map_err(self.backend(prefix))?;
+        let strip = if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
+        Ok(metas
+            .into_iter()
+            .map(|m| {
+                let full = m.location.to_string();
+                full.strip_prefix(&strip).map(str::to_string).unwrap_or(full)
+            })
+            .collect())
+    }
+
+    /// Uploads the files `files` of `dir` as blobs (those already stored are skipped).
+    pub fn upload_blobs(&self, dir: &Path, files: &[FileEntry]) -> Result<Transfer, RemoteError> {
+        blobs::upload(self, dir, files, false, false)
+    }
+
+    /// Checks that every file's blob is stored with its size (one HEAD each): `BlobMissing` for
+    /// the first that is not.
+    pub fn check_blobs(&self, files: &[FileEntry]) -> Result<(), RemoteError> {
+        use futures::{StreamExt, TryStreamExt};
+        self.block_on(
+            futures::stream::iter(files)
+                .map(|f| async move {
+                    let rel = blobs::blob_rel(&f.blake3);
+                    match self.store.head(&self.path(&rel)).await {
+                        Ok(meta) if meta.size == f.bytes => Ok(()),
+                        Ok(_) | Err(object_store::Error::NotFound { .. }) => {
+                            Err(RemoteError::BlobMissing { file: f.path.clone(), blake3: f.blake3.clone() })
+                        }
+                        Err(e) => Err(self.backend(&rel)(e)),
+                    }
+                })
+                .buffer_unordered(16)
+                .try_collect::<Vec<()>>(),
+        )
+        .map(|_| ())
+    }
+
+    /// Commits a manifest whose blobs are already stored (made by tasks on other machines):
+    /// create-only, like [`Remote::publish`]. True when this call created it.
+    pub fn commit_manifest(&self, manifest_bytes: &[u8]) -> Result<bool, RemoteError> {
+        let manifest: Manifest = serde_json::from_slice(manifest_bytes)
+            .map_err(|e| RemoteError::BadManifest { at: "(manifest to commit)".into(), why: e.to_string() })?;
+        self.check_blobs(&manifest.files)?;
+        let rel = Self::manifest_rel(&manifest.stage, &manifest.key);
+        Ok(self.create(&rel, Bytes::copy_from_slice(manifest_bytes))?.is_some())
+    }
+
     /// Stores a run record (`runs/<pipeline>/<name>.json`): `gc --keep-runs` keeps what they name.
     pub fn put_run_record(&self, pipeline: &str, name: &str, bytes: Vec<u8>) -> Result<(), RemoteError> {
         self.put(&format!("runs/{pipeline}/{name}.json"), bytes)
@@ -379,6 +449,13 @@ impl Remote {
     }
 }
 
+/// Any stored record that names blobs by a `files` list (a checkpoint index, a task's record):
+/// what `gc` reads to keep them.
+#[derive(Debug, Deserialize)]
+pub(crate) struct FileList {
+    files: Vec<FileEntry>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct CheckpointIndex {
     kind: String,
@@ -399,8 +476,16 @@ fn install_tls_provider() {
 /// Fault injection for the tests: with `MASKFLOW_FAILPOINT=<name>`, the process announces the
 /// point on stderr and kills itself there with SIGKILL, as a machine that dies at that moment
 /// would: no destructor, no cleanup, no lease released.
+///
+/// With `MASKFLOW_FAILPOINT_ONCE=<file>` as well, only the first process to reach the point (the one
+/// that creates the file) dies: a retried task then passes it.
 pub fn failpoint(name: &str) {
     if std::env::var("MASKFLOW_FAILPOINT").is_ok_and(|v| v == name) {
+        if let Some(marker) = std::env::var_os("MASKFLOW_FAILPOINT_ONCE") {
+            if std::fs::OpenOptions::new().write(true).create_new(true).open(&marker).is_err() {
+                return;
+            }
+        }
         eprintln!("failpoint {name}: SIGKILL");
         // SAFETY: plain libc calls on our own pid.
         unsafe {
