@@ -5,12 +5,9 @@
 mod common;
 use common::s3::*;
 use common::*;
-use maskflow_remote::Remote;
-use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::path::Path;
+use std::process::Command;
 
 const KINDS: [&str; 5] = ["index", "prep", "train", "eval", "export"];
 
