@@ -177,20 +177,7 @@ impl Store {
         };
         let duration_s = started.elapsed().as_secs_f64();
         let manifest = (|| -> Result<Manifest, StoreError> {
-            let files = hash_tree(&tmp)?;
-            let manifest = Manifest {
-                format: MANIFEST_FORMAT,
-                stage: spec.stage.clone(),
-                stage_version: spec.version,
-                key: key.clone(),
-                params: spec.params.clone(),
-                upstream: spec.upstream.clone(),
-                tool_version: crate::TOOL_VERSION.to_string(),
-                created_unix,
-                duration_s,
-                files,
-                report,
-            };
+            let manifest = Manifest::assemble(spec, hash_tree(&tmp)?, report, created_unix, duration_s);
             let mpath = tmp.join(MANIFEST);
             write_json_atomic(&mpath, &manifest).map_err(io_err(&mpath))?;
             Ok(manifest)

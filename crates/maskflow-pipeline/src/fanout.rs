@@ -334,6 +334,22 @@ struct Prepared {
     root: Option<PathBuf>,
 }
 
+impl Prepared {
+    /// What a task or the commit of `doc` gets.
+    fn ctx<'a>(&'a self, site: &'a Site, doc: &'a PlanDoc, key: &'a str, scratch: &'a Path, out: &'a Path) -> RunCtx<'a> {
+        RunCtx {
+            instance: &doc.instance,
+            key,
+            inputs: &self.inputs,
+            externals: &self.externals,
+            runtime: site.rt,
+            dataset_root: self.root.as_deref(),
+            scratch,
+            out,
+        }
+    }
+}
+
 /// The plan's inputs on this machine: artifacts pulled into the local store, outside inputs at the
 /// plan's paths (or `site.dataset_root`), their keys as planned.
 fn prepare(site: &Site, doc: &PlanDoc) -> Result<Prepared> {
@@ -397,16 +413,7 @@ pub fn run_task(site: &Site, kind: &str, key: &str, i: usize) -> Result<TaskOutc
     let out = work_dir(site.store, &format!("task-{}-{i}", short(key)))?;
     let scratch = work_dir(site.store, "scratch")?;
     let started = Instant::now();
-    let ctx = RunCtx {
-        instance: &doc.instance,
-        key,
-        inputs: &p.inputs,
-        externals: &p.externals,
-        runtime: site.rt,
-        dataset_root: p.root.as_deref(),
-        scratch: scratch.path(),
-        out: out.path(),
-    };
+    let ctx = p.ctx(site, &doc, key, scratch.path(), out.path());
     let done = split.task(&doc.spec.params, &ctx, task).with_context(|| format!("[{}] task {i}", doc.instance))?;
     let files = hash_files(out.path())?;
     remote.upload_blobs(out.path(), &files)?;
@@ -470,16 +477,7 @@ pub fn commit(site: &Site, kind: &str, key: &str) -> Result<Committed> {
     let p = prepare(site, &doc)?;
     let out = work_dir(site.store, &format!("commit-{}", short(key)))?;
     let scratch = work_dir(site.store, "scratch")?;
-    let ctx = RunCtx {
-        instance: &doc.instance,
-        key,
-        inputs: &p.inputs,
-        externals: &p.externals,
-        runtime: site.rt,
-        dataset_root: p.root.as_deref(),
-        scratch: scratch.path(),
-        out: out.path(),
-    };
+    let ctx = p.ctx(site, &doc, key, scratch.path(), out.path());
     let report = split.commit(&doc.spec.params, &ctx, tasks, results, &files).with_context(|| format!("committing [{}]", doc.instance))?;
     let own = hash_files(out.path())?;
     let mut seen: BTreeMap<&str, ()> = BTreeMap::new();
