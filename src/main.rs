@@ -83,6 +83,7 @@ enum Command {
         /// The plan's URL, as `maskflow plan` prints it (<store URL>/plans/<kind>/<key>).
         #[arg(long)]
         plan: String,
+        /// The task's index, 0-based (default: $SLURM_ARRAY_TASK_ID, else $JOB_COMPLETION_INDEX).
         #[arg(long)]
         index: Option<usize>,
         /// This machine's local store (inputs are pulled into it).
