@@ -391,7 +391,7 @@ pub fn stage_alone(a: &StageArgs, c: &Compute) -> Result<()> {
 pub fn list_stages(json: bool) {
     let reg = registry();
     if !json {
-        println!("{:<8} {:<8} {:<14} inputs", "kind", "version", "writes");
+        println!("{:<8} {:<8} {:<14} {:<7} inputs", "kind", "version", "writes", "splits");
     }
     for st in reg.kinds() {
         let slots = st.inputs(&st.default_params());
@@ -400,7 +400,7 @@ pub fn list_stages(json: bool) {
                 .iter()
                 .map(|s| serde_json::json!({"name": s.name, "kind": s.kind, "required": s.required, "data": s.data}))
                 .collect();
-            let v = serde_json::json!({"kind": st.kind(), "version": st.version(), "output": st.output(), "reads_dataset": st.reads_dataset(), "inputs": slots});
+            let v = serde_json::json!({"kind": st.kind(), "version": st.version(), "output": st.output(), "reads_dataset": st.reads_dataset(), "splits": reg.split(st.kind()).is_some(), "inputs": slots});
             println!("{v}");
         } else {
             let mut from: Vec<String> = slots
@@ -410,7 +410,8 @@ pub fn list_stages(json: bool) {
             if st.reads_dataset() {
                 from.insert(0, "a labelled folder".into());
             }
-            println!("{:<8} {:<8} {:<14} {}", st.kind(), st.version(), st.output(), from.join(", "));
+            let splits = if reg.split(st.kind()).is_some() { "yes" } else { "no" };
+            println!("{:<8} {:<8} {:<14} {:<7} {}", st.kind(), st.version(), st.output(), splits, from.join(", "));
         }
     }
 }

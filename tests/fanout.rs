@@ -133,6 +133,14 @@ fn run_with_the_local_executor_equals_run_without_one() {
     let out = mf_ok(&dir, &["run", "pipelines/p.toml", "--device", "cpu", "--until", "train", "--store", &shared, "--executor", "local"]);
     assert!(!out.contains("task(s) on local"), "index and prep are cached: nothing to fan out\n{out}");
     assert!(out.contains("train   built"), "{out}");
+    // `maskflow stages` says which kinds split.
+    let kinds = ok(&dir, &["stages", "--json"]);
+    let splits: BTreeMap<String, bool> = kinds
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| (v["kind"].as_str().unwrap().to_string(), v["splits"].as_bool().unwrap()))
+        .collect();
+    assert_eq!((splits["index"], splits["prep"], splits["train"], splits["eval"]), (true, true, false, false), "{kinds}");
     // An executor without a store is a clear error.
     let err = fails(&dir, &["run", "pipelines/p.toml", "--device", "cpu", "--executor", "local"]);
     assert!(err.contains("--store"), "{err}");
