@@ -4,7 +4,8 @@ usage: replica_notebook.py DATASET [FROZEN_EPOCHS] [FULL_EPOCHS]
        REPLICA_SPLIT=INDEX.parquet  train and validate on maskflow's content-hashed split (an index
                                     artifact's index.parquet: its accepted rows, split and label)
        REPLICA_SAVE=MODEL.pt        save the trained model as TorchScript (input: normalised float
-                                    N×3×224×224, output: logits) for bench/robustness_replica.sh
+                                    N×3×224×224, output: logits) for the robustness_torchscript example
+                                    of maskflow-eval (scores it on eval's corruption set)
 
 What the notebook does, without fastai: a seeded random 80/20 split of the file list (as fastai's
 valid_pct=0.2 — duplicates may land on both sides), shorter side → 224 then a 224 crop (random for

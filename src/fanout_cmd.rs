@@ -145,14 +145,9 @@ pub fn plan(pipeline: &Path, instance: &str, artifacts: &Path, store: &StoreOpti
     let only = prunner::until_set(&g, instance)?;
     let planned = prunner::plan(&g, &reg, &rt, Some(&only))?;
     let local = Store::new(artifacts);
-    let mut roots: BTreeMap<&str, Option<PathBuf>> = BTreeMap::new();
-    for p in &planned {
-        let root = p.node.dataset.clone().or_else(|| p.node.inputs.values().find_map(|src| roots.get(src.as_str()).cloned().flatten()));
-        roots.insert(&p.node.name, root);
-    }
+    let roots = prunner::dataset_roots(&planned);
     let Some(me) = planned.iter().find(|p| p.node.name == instance) else { bail!("internal: [{instance}] not planned") };
     let mut inputs = BTreeMap::new();
-    let mut input_kinds = BTreeMap::new();
     for (slot, src) in &me.node.inputs {
         let Some(up) = planned.iter().find(|p| &p.node.name == src) else { bail!("internal: input {src} not planned") };
         let (kind, key) = (up.spec.stage.as_str(), up.key());
@@ -160,11 +155,10 @@ pub fn plan(pipeline: &Path, instance: &str, artifacts: &Path, store: &StoreOpti
             format!("[{instance}] needs [{src}] (key {}) published in {}: plan, run and commit it first, or `maskflow run --until {src} --store …`", &key[..12], remote.url())
         })?;
         inputs.insert(slot.clone(), InputArtifact { dir, key });
-        input_kinds.insert(slot.clone(), kind.to_string());
     }
     let given = PlanInputs {
         inputs: &inputs,
-        input_kinds,
+        input_kinds: prunner::input_kinds(&planned, me),
         externals: &me.externals,
         dataset_root: roots.get(instance).and_then(|r| r.as_deref()),
     };
@@ -230,12 +224,8 @@ pub fn commit(url: &str, artifacts: &Path, dataset_root: Option<&Path>, c: &Comp
     let rt = c.runtime(artifacts);
     let site = Site { reg: &reg, remote: &remote, store: &local, rt: &rt, dataset_root };
     let done = fanout::commit(&site, &kind, &key)?;
-    let summary = done
-        .manifest
-        .as_ref()
-        .and_then(|m| reg.get(&kind).map(|st| prunner::summary_of(st, &m.report)))
-        .unwrap_or_default();
-    let files = done.manifest.as_ref().map_or(0, |m| m.files.len());
+    let summary = reg.get(&kind).map(|st| prunner::summary_of(st, &done.manifest.report)).unwrap_or_default();
+    let files = done.manifest.files.len();
     if done.created {
         println!("{kind:<7} committed key {} ({files} files) to {}\n        {summary}", &key[..12], remote.url());
     } else {

@@ -177,7 +177,7 @@ impl Store {
         };
         let duration_s = started.elapsed().as_secs_f64();
         let manifest = (|| -> Result<Manifest, StoreError> {
-            let manifest = Manifest::assemble(spec, hash_tree(&tmp)?, report, created_unix, duration_s);
+            let manifest = Manifest::assemble(spec, hash_files(&tmp)?, report, created_unix, duration_s);
             let mpath = tmp.join(MANIFEST);
             write_json_atomic(&mpath, &manifest).map_err(io_err(&mpath))?;
             Ok(manifest)
@@ -319,12 +319,6 @@ pub fn now_unix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// Hashes every file under `dir` (except the manifest) for the manifest, in parallel.
-/// Every file under `dir` (but a manifest) with its size and blake3, in manifest order (by path
-/// bytes).
-pub fn hash_files(dir: &Path) -> Result<Vec<FileEntry>, StoreError> {
-    hash_tree(dir)
-}
 
 impl Manifest {
     /// The manifest of an artifact of `spec` made of `files` (in any order; sorted here as a local
@@ -347,7 +341,9 @@ impl Manifest {
     }
 }
 
-fn hash_tree(dir: &Path) -> Result<Vec<FileEntry>, StoreError> {
+/// Every file under `dir` (but a manifest) with its size and blake3, hashed in parallel, in
+/// manifest order (by path bytes).
+pub fn hash_files(dir: &Path) -> Result<Vec<FileEntry>, StoreError> {
     use rayon::prelude::*;
     let files = list_files_recursive(dir).map_err(io_err(dir))?;
     files

@@ -227,11 +227,11 @@ pub fn plan(
     }
     let rel = plan_rel(&spec.stage, &key);
     let url = plan_url(remote, &spec.stage, &key);
-    if let Some(doc) = read_json::<PlanDoc>(remote, &format!("{rel}/plan.json"))? {
+    if let Some(doc) = read_plan(remote, &spec.stage, &key)? {
         let done = count_done(remote, &rel)?;
         return Ok(PlanState::Plan { doc, url, created: false, done });
     }
-    let scratch = tempfile::Builder::new().prefix(".plan-").tempdir_in(ensure_dir(&rt.artifacts)?)?;
+    let scratch = work_dir(&Store::new(&rt.artifacts), "plan")?;
     let ctx = RunCtx {
         instance,
         key: &key,
@@ -270,7 +270,7 @@ pub fn plan(
     let created = remote.create_once(&format!("{rel}/plan.json"), serde_json::to_vec_pretty(&doc)?)?;
     if !created {
         // Another machine planned the same key meanwhile: its plan is the plan.
-        let theirs = read_json::<PlanDoc>(remote, &format!("{rel}/plan.json"))?.context("plan vanished")?;
+        let theirs = read_plan(remote, &spec.stage, &key)?.context("plan vanished")?;
         let done = count_done(remote, &rel)?;
         return Ok(PlanState::Plan { doc: theirs, url, created: false, done });
     }
@@ -279,11 +279,6 @@ pub fn plan(
 
 fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
-}
-
-fn ensure_dir(p: &Path) -> Result<&Path> {
-    std::fs::create_dir_all(p).with_context(|| format!("{}", p.display()))?;
-    Ok(p)
 }
 
 fn splittable<'r>(reg: &'r Registry, kind: &str) -> Result<(&'r dyn DynStage, &'r dyn DynSplit)> {
@@ -296,7 +291,7 @@ fn count_done(remote: &Remote, rel: &str) -> Result<usize> {
     Ok(remote.list_under(rel)?.iter().filter(|p| p.rsplit('/').next().is_some_and(|f| f.starts_with("done-"))).count())
 }
 
-/// Reads a plan by its URL's store and kind/key.
+/// The plan of `kind`/`key` in the store, if any, checked to be one (its format, kind and key).
 pub fn read_plan(remote: &Remote, kind: &str, key: &str) -> Result<Option<PlanDoc>> {
     let doc: Option<PlanDoc> = read_json(remote, &format!("{}/plan.json", plan_rel(kind, key)))?;
     if let Some(d) = &doc {
@@ -429,14 +424,14 @@ pub fn run_task(site: &Site, kind: &str, key: &str, i: usize) -> Result<TaskOutc
 pub struct Committed {
     /// False when the artifact was committed already (by another commit, or a build elsewhere).
     pub created: bool,
-    pub manifest: Option<Manifest>,
+    pub manifest: Manifest,
 }
 
 /// Commits the plan `kind`/`key`: every task must be done.
 pub fn commit(site: &Site, kind: &str, key: &str) -> Result<Committed> {
     let remote = site.remote;
     if let Some(rm) = remote.manifest(kind, key)? {
-        return Ok(Committed { created: false, manifest: Some(rm.manifest) });
+        return Ok(Committed { created: false, manifest: rm.manifest });
     }
     let doc = read_plan(remote, kind, key)?.with_context(|| format!("no plan at {}", plan_url(remote, kind, key)))?;
     let rel = doc.rel();
@@ -494,7 +489,7 @@ pub fn commit(site: &Site, kind: &str, key: &str) -> Result<Committed> {
     for obj in remote.list_under(&rel)? {
         let _ = remote.remove(&obj);
     }
-    Ok(Committed { created, manifest: Some(manifest) })
+    Ok(Committed { created, manifest })
 }
 
 /// Runs every task of a plan: the executors differ only in where the indices run.

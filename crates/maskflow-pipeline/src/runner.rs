@@ -107,6 +107,28 @@ pub fn plan(graph: &Graph, reg: &Registry, rt: &Runtime, only: Option<&BTreeSet<
     Ok(planned)
 }
 
+/// Each planned instance's dataset folder on this machine: its own, or the first upstream one's.
+pub fn dataset_roots(planned: &[Planned]) -> BTreeMap<String, Option<PathBuf>> {
+    let mut roots: BTreeMap<String, Option<PathBuf>> = BTreeMap::new();
+    for p in planned {
+        let root = p.node.dataset.clone().or_else(|| p.node.inputs.values().find_map(|src| roots.get(src).cloned().flatten()));
+        roots.insert(p.node.name.clone(), root);
+    }
+    roots
+}
+
+/// The stage kind of the instance feeding each input slot of `p`.
+pub fn input_kinds(planned: &[Planned], p: &Planned) -> BTreeMap<String, String> {
+    p.node
+        .inputs
+        .iter()
+        .map(|(slot, src)| {
+            let kind = planned.iter().find(|q| &q.node.name == src).map(|q| q.spec.stage.clone()).unwrap_or_default();
+            (slot.clone(), kind)
+        })
+        .collect()
+}
+
 /// `--force` / `--until` take an instance name, a kind (every instance of it) or `all`.
 fn select(graph: &Graph, name: &str, what: &str) -> Result<BTreeSet<String>> {
     if name == "all" {
@@ -155,12 +177,7 @@ pub fn run(graph: &Graph, reg: &Registry, rt: &Runtime, opts: &RunOptions) -> Re
     let store = Store::new(&rt.artifacts);
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut runs: Vec<StageRun> = Vec::new();
-    // Each instance's dataset folder on this machine: its own, or the first upstream one's.
-    let mut roots: BTreeMap<&str, Option<PathBuf>> = BTreeMap::new();
-    for p in &planned {
-        let root = p.node.dataset.clone().or_else(|| p.node.inputs.values().find_map(|src| roots.get(src.as_str()).cloned().flatten()));
-        roots.insert(&p.node.name, root);
-    }
+    let roots = dataset_roots(&planned);
     for p in &planned {
         let st = stage(reg, &p.node);
         let key = p.key();
@@ -192,20 +209,12 @@ pub fn run(graph: &Graph, reg: &Registry, rt: &Runtime, opts: &RunOptions) -> Re
             if sh.read_only {
                 bail!("--executor {} needs a shared store it may write to (not --read-only)", ex.name());
             }
-            // (`--force` builds here, as without an executor.)
-            if !force && store.lookup(st.kind(), &key)?.is_none() {
-                let input_kinds = p
-                    .node
-                    .inputs
-                    .iter()
-                    .map(|(slot, src)| {
-                        let kind = planned.iter().find(|q| &q.node.name == src).map(|q| q.spec.stage.clone()).unwrap_or_default();
-                        (slot.clone(), kind)
-                    })
-                    .collect();
+            // Fanned out unless built here already (`obtain` below verifies it; a corrupt one is
+            // rebuilt here, as is everything under `--force`).
+            if !force && store.read_manifest(st.kind(), &key).is_none() {
                 let given = crate::fanout::PlanInputs {
                     inputs: &inputs,
-                    input_kinds,
+                    input_kinds: input_kinds(&planned, p),
                     externals: &p.externals,
                     dataset_root: roots.get(p.node.name.as_str()).and_then(|r| r.as_deref()),
                 };

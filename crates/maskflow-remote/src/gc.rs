@@ -1,4 +1,5 @@
-//! Garbage collection of a shared store: mark the blobs that manifests (and live checkpoints)
+//! Garbage collection of a shared store: mark the blobs that manifests (and live checkpoints and
+//! task records of plans)
 //! name, sweep the others — only once they are older than a grace period, so a build that is
 //! uploading blobs for a manifest it has not written yet never loses them. Dry-run by default.
 //!
@@ -102,14 +103,15 @@ impl Remote {
 
         let mut blobs: Vec<(String, ObjectMeta)> = Vec::new();
         let mut manifests: Vec<(String, String, ObjectMeta)> = Vec::new();
-        let mut checkpoints: Vec<(String, ObjectMeta)> = Vec::new();
+        // Records that name blobs by a `files` list: checkpoints and finished tasks of plans.
+        let mut file_lists: Vec<(String, ObjectMeta)> = Vec::new();
         let mut runs: Vec<(String, ObjectMeta)> = Vec::new();
         let mut stale_other: Vec<String> = Vec::new();
         for (rel, m) in listed {
             match classify(&rel) {
                 Object::Blob(h) => blobs.push((h, m)),
                 Object::Manifest { kind, key } => manifests.push((kind, key, m)),
-                Object::Checkpoint | Object::TaskDone => checkpoints.push((rel, m)),
+                Object::Checkpoint | Object::TaskDone => file_lists.push((rel, m)),
                 Object::Run => runs.push((rel, m)),
                 Object::Probe if old(&m) => stale_other.push(rel),
                 Object::Lease if old(&m) => {
@@ -142,7 +144,7 @@ impl Remote {
                 None => {}
             }
         }
-        for (rel, meta) in &checkpoints {
+        for (rel, meta) in &file_lists {
             if !old(meta) {
                 if let Some(b) = self.get_optional(rel)? {
                     if let Ok(idx) = serde_json::from_slice::<crate::FileList>(&b) {

@@ -310,18 +310,7 @@ impl Remote {
 
     /// The paths (relative to the store) of the objects under `prefix` (a folder, no trailing '/').
     pub fn list_under(&self, prefix: &str) -> Result<Vec<String>, RemoteError> {
-        use futures::TryStreamExt;
-        let at = self.path(prefix);
-        let metas: Vec<object_store::ObjectMeta> =
-            self.block_on(self.store.list(Some(&at)).try_collect()).map_err(self.backend(prefix))?;
-        let strip = if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
-        Ok(metas
-            .into_iter()
-            .map(|m| {
-                let full = m.location.to_string();
-                full.strip_prefix(&strip).map(str::to_string).unwrap_or(full)
-            })
-            .collect())
+        Ok(self.list_metas(Some(prefix))?.into_iter().map(|(rel, _)| rel).collect())
     }
 
     /// Uploads the files `files` of `dir` as blobs (those already stored are skipped).
@@ -416,11 +405,17 @@ impl Remote {
 
     /// One listing of the store: each object's path relative to it, with its metadata.
     pub(crate) fn list_all(&self) -> Result<Vec<(String, object_store::ObjectMeta)>, RemoteError> {
+        self.list_metas(None)
+    }
+
+    /// The objects under `folder` (relative to the store; `None`: all), with their metadata.
+    fn list_metas(&self, folder: Option<&str>) -> Result<Vec<(String, object_store::ObjectMeta)>, RemoteError> {
         use futures::TryStreamExt;
-        let root = self.path("");
-        let metas: Vec<object_store::ObjectMeta> = self
-            .block_on(self.store.list(if self.prefix.is_empty() { None } else { Some(&root) }).try_collect())
-            .map_err(self.backend(""))?;
+        let rel = folder.unwrap_or("");
+        let at = self.path(rel);
+        let scope = if folder.is_none() && self.prefix.is_empty() { None } else { Some(&at) };
+        let metas: Vec<object_store::ObjectMeta> =
+            self.block_on(self.store.list(scope).try_collect()).map_err(self.backend(rel))?;
         let strip = format!("{}/", self.prefix);
         Ok(metas
             .into_iter()
