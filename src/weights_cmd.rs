@@ -16,7 +16,7 @@ pub fn list(store: &Path) -> Result<()> {
                 Err(_) => "not imported; no source found offline (see `maskflow weights import NAME`)".into(),
             },
         };
-        println!("{:<14} {:<13} {:<28} {status}", spec.name, spec.arch.name(), spec.file_name);
+        println!("{:<14} {:<13} {:<28} {status}", spec.name, spec.network.name(), spec.file_name);
     }
     Ok(())
 }
@@ -60,7 +60,7 @@ pub fn verify(store: &Path) -> Result<()> {
                     },
                     _ => "source no longer present".to_owned(),
                 };
-                println!("ok    {} ({}) {} — {source}", w.name, w.arch, w.safetensors().display());
+                println!("ok    {} ({}) {} — {source}", w.name, w.network, w.safetensors().display());
             }
             Err(e) => {
                 bad += 1;

@@ -6,6 +6,7 @@
 //!   loading named tensors with missing / unexpected / mismatched tensors listed by name.
 //! - [`pickle`] and [`checkpoint`]: reading `torch.save` state dicts (legacy and zip format) without
 //!   Python; the pickle is treated as data, never executed.
+//! - [`mtcnn`]: the MTCNN face detector (P/R/O-Net, pyramid, NMS, landmarks) as facenet-pytorch runs it.
 //! - [`normalize`]: the ImageNet input statistics.
 //! - [`trained`]: a `trained_model` artifact → a runnable model (and a fixture of one for tests).
 //! - [`weights`]: the registry of pretrained weights and the cached import into safetensors.
@@ -13,6 +14,7 @@
 pub mod arch;
 pub mod checkpoint;
 pub mod classifier;
+pub mod mtcnn;
 pub mod normalize;
 pub mod trained;
 pub mod pickle;

@@ -3,6 +3,7 @@
 //! under `<artifacts>/weights/<sha256>/`.
 
 use crate::arch::Arch;
+use crate::mtcnn::MtcnnNet;
 use crate::checkpoint::{read_checkpoint_bytes, CheckpointError, CheckpointFormat};
 use crate::classifier::{imagenet_model, load_named, LoadError};
 use maskflow_core::fsutil::{unique_suffix, write_json_atomic};
@@ -35,11 +36,51 @@ impl Sha256 {
     }
 }
 
+/// The network a set of weights is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Network {
+    /// A torchvision ImageNet model (checked whole, classifier included).
+    Backbone(Arch),
+    /// One net of the MTCNN face detector (facenet-pytorch's names).
+    Mtcnn(MtcnnNet),
+}
+
+impl Network {
+    pub fn name(self) -> &'static str {
+        match self {
+            Network::Backbone(a) => a.name(),
+            Network::Mtcnn(n) => n.name(),
+        }
+    }
+
+    /// Checks that `tensors` fill this network's variables exactly (names and shapes).
+    fn check_fits(self, tensors: &[(String, tch::Tensor)]) -> Result<(), LoadError> {
+        match self {
+            Network::Backbone(arch) => {
+                let (vs, _model) = imagenet_model(arch, Device::Cpu);
+                load_named(&vs, tensors, &[], &[]).map(|_| ())
+            }
+            Network::Mtcnn(net) => {
+                let vs = tch::nn::VarStore::new(Device::Cpu);
+                let _net = net.build(&vs.root());
+                load_named(&vs, tensors, &[], &[]).map(|_| ())
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A named set of pretrained weights.
 #[derive(Debug, Clone, Copy)]
 pub struct WeightsSpec {
     pub name: &'static str,
-    pub arch: Arch,
+    pub network: Network,
     pub file_name: &'static str,
     pub sha256: Sha256,
     /// A file inside an installed Python package: (package directory in site-packages, path inside it).
@@ -47,11 +88,12 @@ pub struct WeightsSpec {
     pub url: &'static str,
 }
 
-/// The weights maskflow knows by name (torchvision's ImageNet-1k V1 weights).
-pub const REGISTRY: [WeightsSpec; 4] = [
+/// The weights maskflow knows by name: torchvision's ImageNet-1k V1 weights, and MTCNN's three nets
+/// as facenet-pytorch 2.6.0 ships them (converted by that project from the original MTCNN release).
+pub const REGISTRY: [WeightsSpec; 7] = [
     WeightsSpec {
         name: "mobilenet_v2",
-        arch: Arch::MobilenetV2,
+        network: Network::Backbone(Arch::MobilenetV2),
         file_name: "mobilenet_v2-b0353104.pth",
         sha256: Sha256::Full("b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"),
         python_package: Some((
@@ -63,7 +105,7 @@ pub const REGISTRY: [WeightsSpec; 4] = [
     },
     WeightsSpec {
         name: "resnet18",
-        arch: Arch::Resnet18,
+        network: Network::Backbone(Arch::Resnet18),
         file_name: "resnet18-f37072fd.pth",
         sha256: Sha256::Prefix("f37072fd"),
         python_package: None,
@@ -71,7 +113,7 @@ pub const REGISTRY: [WeightsSpec; 4] = [
     },
     WeightsSpec {
         name: "resnet34",
-        arch: Arch::Resnet34,
+        network: Network::Backbone(Arch::Resnet34),
         file_name: "resnet34-b627a593.pth",
         sha256: Sha256::Prefix("b627a593"),
         python_package: None,
@@ -79,11 +121,35 @@ pub const REGISTRY: [WeightsSpec; 4] = [
     },
     WeightsSpec {
         name: "resnet50",
-        arch: Arch::Resnet50,
+        network: Network::Backbone(Arch::Resnet50),
         file_name: "resnet50-0676ba61.pth",
         sha256: Sha256::Prefix("0676ba61"),
         python_package: None,
         url: "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+    },
+    WeightsSpec {
+        name: "mtcnn_pnet",
+        network: Network::Mtcnn(MtcnnNet::Pnet),
+        file_name: "pnet.pt",
+        sha256: Sha256::Full("a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f"),
+        python_package: Some(("facenet-pytorch==2.6.0", "facenet_pytorch", "data/pnet.pt")),
+        url: "https://github.com/timesler/facenet-pytorch/raw/v2.6.0/data/pnet.pt",
+    },
+    WeightsSpec {
+        name: "mtcnn_rnet",
+        network: Network::Mtcnn(MtcnnNet::Rnet),
+        file_name: "rnet.pt",
+        sha256: Sha256::Full("bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86"),
+        python_package: Some(("facenet-pytorch==2.6.0", "facenet_pytorch", "data/rnet.pt")),
+        url: "https://github.com/timesler/facenet-pytorch/raw/v2.6.0/data/rnet.pt",
+    },
+    WeightsSpec {
+        name: "mtcnn_onet",
+        network: Network::Mtcnn(MtcnnNet::Onet),
+        file_name: "onet.pt",
+        sha256: Sha256::Full("165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d"),
+        python_package: Some(("facenet-pytorch==2.6.0", "facenet_pytorch", "data/onet.pt")),
+        url: "https://github.com/timesler/facenet-pytorch/raw/v2.6.0/data/onet.pt",
     },
 ];
 
@@ -93,7 +159,7 @@ pub fn spec(name: &str) -> Option<&'static WeightsSpec> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
-    #[error("unknown weights `{0}`; known: mobilenet_v2, resnet18, resnet34, resnet50")]
+    #[error("unknown weights `{0}`; known: {known}", known = REGISTRY.map(|s| s.name).join(", "))]
     Unknown(String),
     #[error("{0}")]
     NotFound(String),
@@ -179,7 +245,9 @@ impl SearchPaths {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ImportedWeights {
     pub name: String,
-    pub arch: Arch,
+    /// The network (written as `arch` before the MTCNN nets joined the registry).
+    #[serde(alias = "arch")]
+    pub network: Network,
     pub sha256: String,
     pub source: PathBuf,
     pub format: CheckpointFormat,
@@ -234,7 +302,7 @@ pub fn locate(spec: &WeightsSpec, explicit: Option<&Path>, search: &SearchPaths)
     Err(WeightsError::NotFound(format!(
         "pretrained weights `{}` ({}) not found offline. Place the file {} (sha256 {}; published at {}) at\n  {place}\n{package} or import it from anywhere once: `maskflow weights import {} --from PATH`. Tried:\n{}",
         spec.name,
-        spec.arch,
+        spec.network,
         spec.file_name,
         spec.sha256.describe(),
         spec.url,
@@ -257,16 +325,16 @@ pub fn import(spec: &WeightsSpec, source: &Path, store: &Path) -> Result<Importe
     }
     let dir = store.join("weights").join(&sha);
     if let Ok(mut cached) = read_imported(&dir) {
-        if verify_imported(&cached).is_ok() && cached.arch == spec.arch {
+        if verify_imported(&cached).is_ok() && cached.network == spec.network {
             cached.cached = true;
             return Ok(cached);
         }
     }
     let ckpt = read_checkpoint_bytes(&bytes, source)?;
     drop(bytes);
-    // The state dict must fit torchvision's model exactly (classifier included).
-    let (vs, _model) = imagenet_model(spec.arch, Device::Cpu);
-    load_named(&vs, &ckpt.tensors, &[], &[])
+    // The state dict must fit the network exactly (a torchvision model with its classifier).
+    spec.network
+        .check_fits(&ckpt.tensors)
         .map_err(|source_err| WeightsError::DoesNotFit { path: source.to_owned(), source: source_err })?;
 
     let parent = store.join("weights");
@@ -281,7 +349,7 @@ pub fn import(spec: &WeightsSpec, source: &Path, store: &Path) -> Result<Importe
         let blake = maskflow_core::hash::blake3_file(&st).map_err(io_err(&st))?.0;
         let rec = ImportedWeights {
             name: spec.name.to_owned(),
-            arch: spec.arch,
+            network: spec.network,
             sha256: sha.clone(),
             source: source.to_owned(),
             format: ckpt.format,
@@ -355,7 +423,7 @@ pub fn ensure(
         let found = list_imported(store)
             .into_iter()
             .flatten()
-            .find(|w| w.name == spec.name && w.arch == spec.arch && spec.sha256.matches(&w.sha256));
+            .find(|w| w.name == spec.name && w.network == spec.network && spec.sha256.matches(&w.sha256));
         if let Some(mut w) = found {
             if verify_imported(&w).is_ok() {
                 w.cached = true;
@@ -365,4 +433,17 @@ pub fn ensure(
     }
     let source = locate(spec, explicit, search)?;
     import(spec, &source, store)
+}
+
+/// The MTCNN detector with its three registered nets (located, checked, imported once into `store`).
+pub fn mtcnn(
+    store: &Path,
+    search: &SearchPaths,
+    params: crate::mtcnn::MtcnnParams,
+    device: Device,
+) -> Result<crate::mtcnn::Mtcnn, WeightsError> {
+    let [p, r, o] = MtcnnNet::ALL.map(|n| ensure(n.name(), None, store, search));
+    let files = [p?.safetensors(), r?.safetensors(), o?.safetensors()];
+    crate::mtcnn::Mtcnn::load([&files[0], &files[1], &files[2]], params, device)
+        .map_err(|e| WeightsError::Store { path: store.join("weights"), why: e.to_string() })
 }
