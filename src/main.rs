@@ -2,6 +2,7 @@
 //! cached pipeline stages. See README.md.
 
 mod fanout_cmd;
+mod detect_cmd;
 mod predict_cmd;
 mod runner;
 mod weights_cmd;
@@ -218,6 +219,56 @@ enum Command {
         /// (fastai's TTA(): 0.4 × plain + 0.6 × mean of 4 corner zooms × mirror, 9 passes).
         #[arg(long, value_enum, default_value = "none")]
         tta: TtaArg,
+        #[command(flatten)]
+        compute: ComputeArgs,
+    },
+    /// Find faces in whole photos (MTCNN, facenet-pytorch's weights and defaults), cut each out with
+    /// a margin, classify it with an exported bundle (its own resize and crop), and write into --out
+    /// per photo NAME.json (each face: box, detector score, five landmarks, label, probabilities) and
+    /// NAME.annotated.jpg (boxes coloured by class, label and probability), plus detections.jsonl
+    /// with every photo. A photo with no face says so; a bad file gets its reason and the rest go on;
+    /// the exit code is 2 when any input failed.
+    Detect {
+        /// The bundle directory (model.pt, model_card.json).
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Photo files, folders (recursive) or glob patterns.
+        #[arg(required = true)]
+        inputs: Vec<String>,
+        /// Output folder for the JSON files and annotated photos.
+        #[arg(long, default_value = "detections")]
+        out: PathBuf,
+        /// The store whose weights/ holds (or receives) the imported detector weights.
+        #[arg(long, default_value = "artifacts")]
+        artifacts: PathBuf,
+        /// Context around each face box given to the classifier, per side, as a fraction of the
+        /// box's longer side (default 0: the face-mask pictures are about the size of the box).
+        #[arg(long, default_value_t = maskflow_predict::detect::DEFAULT_MARGIN)]
+        margin: f32,
+        /// Smallest face searched for, in pixels (facenet-pytorch: 20).
+        #[arg(long, default_value_t = 20.0)]
+        min_face_size: f64,
+        /// The P-, R- and O-Net score thresholds (facenet-pytorch: 0.6,0.7,0.7).
+        #[arg(long, value_delimiter = ',', num_args = 1, default_values_t = [0.6, 0.7, 0.7])]
+        thresholds: Vec<f64>,
+        /// Scale step of the image pyramid (facenet-pytorch: 0.709).
+        #[arg(long, default_value_t = 0.709)]
+        factor: f64,
+        /// Label a face with the positive class when its probability is at least this.
+        #[arg(long)]
+        threshold: Option<f64>,
+        /// The positive class for --threshold (default: the last class).
+        #[arg(long)]
+        positive: Option<String>,
+        /// Faces per classifier forward pass.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Write no annotated copies (JSON only).
+        #[arg(long)]
+        no_annotate: bool,
+        /// Print each photo's JSON record on stdout instead of a summary line.
+        #[arg(long)]
+        jsonl: bool,
         #[command(flatten)]
         compute: ComputeArgs,
     },
@@ -450,6 +501,46 @@ fn real_main() -> Result<()> {
                 positive: positive.as_deref(),
                 batch,
                 tta: tta.into(),
+                device: c.device,
+                threads: c.threads,
+            })?;
+            if bad > 0 {
+                std::process::exit(2);
+            }
+            Ok(())
+        }
+        Command::Detect {
+            bundle,
+            inputs,
+            out,
+            artifacts,
+            margin,
+            min_face_size,
+            thresholds,
+            factor,
+            threshold,
+            positive,
+            batch,
+            no_annotate,
+            jsonl,
+            compute,
+        } => {
+            let c = compute.options()?;
+            let [t1, t2, t3] = thresholds[..] else {
+                anyhow::bail!("--thresholds takes three values (P-, R-, O-Net), got {}", thresholds.len());
+            };
+            let bad = detect_cmd::run(&detect_cmd::Options {
+                bundle: &bundle,
+                inputs: &inputs,
+                out: &out,
+                artifacts: &artifacts,
+                mtcnn: maskflow_models::mtcnn::MtcnnParams { min_face_size, thresholds: [t1, t2, t3], factor },
+                margin,
+                threshold,
+                positive: positive.as_deref(),
+                batch,
+                annotate: !no_annotate,
+                jsonl,
                 device: c.device,
                 threads: c.threads,
             })?;

@@ -34,12 +34,9 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-/// Runs the prediction; returns the number of inputs that failed.
-pub fn run(o: &Options) -> Result<usize> {
-    tch::set_num_threads(o.threads.max(1) as i32);
-    let bundle = predict::load(o.bundle, o.device)?;
-    let classes = bundle.card.classes.clone();
-    let threshold = match (o.threshold, o.positive) {
+/// `--threshold` / `--positive` as a decision rule (none given: the most probable class).
+pub fn decision(classes: &[String], threshold: Option<f64>, positive: Option<&str>) -> Result<predict::Threshold> {
+    Ok(match (threshold, positive) {
         (None, None) => None,
         (t, pos) => {
             let t = t.unwrap_or(0.5);
@@ -53,7 +50,15 @@ pub fn run(o: &Options) -> Result<usize> {
                 .ok_or_else(|| anyhow::anyhow!("--positive {name:?}: the model's classes are {classes:?}"))?;
             Some((idx, t))
         }
-    };
+    })
+}
+
+/// Runs the prediction; returns the number of inputs that failed.
+pub fn run(o: &Options) -> Result<usize> {
+    tch::set_num_threads(o.threads.max(1) as i32);
+    let bundle = predict::load(o.bundle, o.device)?;
+    let classes = bundle.card.classes.clone();
+    let threshold = decision(&classes, o.threshold, o.positive)?;
     let (files, mut failed) = predict::expand(o.inputs);
     let mut results = predict::predict_tta(&bundle, &files, o.batch, threshold, o.tta)?;
     results.append(&mut failed);

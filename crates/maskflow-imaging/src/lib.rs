@@ -438,3 +438,25 @@ pub fn prepare_pixels(bytes: &[u8], p: &Preprocess, resizer: &mut Resizer, limit
 
 #[cfg(test)]
 mod tests;
+
+/// The region a face classifier sees around a detected face box `[x1, y1, x2, y2]`: the square on
+/// the box's centre whose side is the box's longer side × (1 + 2 × `margin`), clipped to the image.
+/// `None` when nothing of it is inside the image.
+pub fn face_region(width: u32, height: u32, bbox: [f32; 4], margin: f32) -> Option<[u32; 4]> {
+    let [x1, y1, x2, y2] = bbox;
+    if !bbox.iter().all(|v| v.is_finite()) || x2 <= x1 || y2 <= y1 {
+        return None;
+    }
+    let side = (x2 - x1).max(y2 - y1) * (1.0 + 2.0 * margin.max(0.0));
+    let (cx, cy) = ((x1 + x2) / 2.0, (y1 + y2) / 2.0);
+    let clip = |v: f32, hi: u32| v.round().clamp(0.0, hi as f32) as u32;
+    let (l, t) = (clip(cx - side / 2.0, width), clip(cy - side / 2.0, height));
+    let (r, b) = (clip(cx + side / 2.0, width), clip(cy + side / 2.0, height));
+    (r > l && b > t).then_some([l, t, r, b])
+}
+
+/// The pixels of [`face_region`].
+pub fn crop_face(img: &RgbImage, bbox: [f32; 4], margin: f32) -> Option<RgbImage> {
+    let [l, t, r, b] = face_region(img.width(), img.height(), bbox, margin)?;
+    Some(image::imageops::crop_imm(img, l, t, r - l, b - t).to_image())
+}

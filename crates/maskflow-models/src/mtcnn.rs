@@ -278,8 +278,6 @@ impl Module for ONet {
 pub enum MtcnnError {
     #[error("{path}: {why}")]
     Weights { path: String, why: String },
-    #[error("photos of one batch must have one size: {0:?} and {1:?}")]
-    MixedSizes((i64, i64), (i64, i64)),
     #[error("expected uint8 photos (N, H, W, 3), got {0:?} {1:?}")]
     BadInput(Kind, Vec<i64>),
     #[error("{0}")]
@@ -288,13 +286,20 @@ pub enum MtcnnError {
 
 /// The loaded cascade.
 pub struct Mtcnn {
-    _vs: nn::VarStore,
-    pnet: Box<dyn Module>,
-    rnet: Box<dyn Module>,
-    onet: Box<dyn Module>,
+    vs: nn::VarStore,
+    pnet: PNet,
+    rnet: RNet,
+    onet: ONet,
     pub params: MtcnnParams,
     pub device: Device,
 }
+
+// A detector moves to a worker thread (tensors are not `Sync`: each worker holds its own, see
+// [`Mtcnn::duplicate`]).
+const _: fn() = || {
+    fn movable<T: Send>() {}
+    movable::<Mtcnn>();
+};
 
 impl std::fmt::Debug for Mtcnn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -333,7 +338,9 @@ impl Mtcnn {
         params.validate().map_err(MtcnnError::Params)?;
         let mut vs = nn::VarStore::new(device);
         let root = vs.root();
-        let nets: Vec<Box<dyn Module>> = MtcnnNet::ALL.iter().map(|n| n.build(&(&root / n.name()))).collect();
+        let pnet = PNet::new(&(&root / MtcnnNet::Pnet.name()));
+        let rnet = RNet::new(&(&root / MtcnnNet::Rnet.name()));
+        let onet = ONet::new(&(&root / MtcnnNet::Onet.name()));
         for (net, file) in MtcnnNet::ALL.iter().zip(files) {
             let err = |why: String| MtcnnError::Weights { path: file.display().to_string(), why };
             let tensors = Tensor::read_safetensors(file).map_err(|e| err(e.to_string()))?;
@@ -347,12 +354,29 @@ impl Mtcnn {
             debug_assert!(prefixed.iter().all(|(n, _)| n.starts_with(&own)));
         }
         vs.freeze();
-        let mut it = nets.into_iter();
-        let (pnet, rnet, onet) = match (it.next(), it.next(), it.next()) {
-            (Some(p), Some(r), Some(o)) => (p, r, o),
-            _ => unreachable!("three nets built above"),
-        };
-        Ok(Mtcnn { _vs: vs, pnet, rnet, onet, params, device })
+        Ok(Mtcnn { vs, pnet, rnet, onet, params, device })
+    }
+
+    /// A copy with its own tensors (one per worker thread; the weights are ≈ 2 MB).
+    pub fn duplicate(&self) -> Mtcnn {
+        let mut vs = nn::VarStore::new(self.device);
+        let root = vs.root();
+        let pnet = PNet::new(&(&root / MtcnnNet::Pnet.name()));
+        let rnet = RNet::new(&(&root / MtcnnNet::Rnet.name()));
+        let onet = ONet::new(&(&root / MtcnnNet::Onet.name()));
+        // Same variables, same names: copying cannot fail.
+        vs.copy(&self.vs).expect("same variable set");
+        vs.freeze();
+        Mtcnn { vs, pnet, rnet, onet, params: self.params.clone(), device: self.device }
+    }
+
+    /// Faces in one photo given as packed RGB bytes (`width × height × 3`), largest first.
+    pub fn detect_rgb(&self, width: u32, height: u32, rgb: &[u8]) -> Result<Vec<Face>, MtcnnError> {
+        let size = vec![height as i64, width as i64, 3];
+        if rgb.len() as i64 != size.iter().product::<i64>() {
+            return Err(MtcnnError::BadInput(Kind::Uint8, size));
+        }
+        self.detect(&Tensor::from_data_size(rgb, &size, Kind::Uint8))
     }
 
     /// Faces in one photo (`(H, W, 3)` uint8), largest first.
@@ -424,7 +448,7 @@ impl Mtcnn {
         let Some((c, crops)) = self.crops(imgs, c, h, w, 24) else {
             return Candidates::default();
         };
-        let out = batched(&*self.rnet, &crops);
+        let out = batched(&self.rnet, &crops);
         let score = out.select(1, 5);
         let pass = score.gt(threshold);
         let b = c.tensor(self.device).narrow(1, 0, 4).index(&[Some(&pass)]);
@@ -446,7 +470,7 @@ impl Mtcnn {
         let Some((c, crops)) = self.crops(imgs, c, h, w, 48) else {
             return Vec::new();
         };
-        let out = batched(&*self.onet, &crops);
+        let out = batched(&self.onet, &crops);
         let score = out.select(1, 15);
         let pass = score.gt(threshold);
         let points = out.narrow(1, 4, 10).index(&[Some(&pass)]);

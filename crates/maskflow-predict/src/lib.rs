@@ -11,6 +11,8 @@ use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
+pub mod detect;
+
 pub struct Bundle {
     pub module: tch::CModule,
     pub card: ModelCard,
@@ -36,6 +38,18 @@ pub enum Outcome {
 impl Outcome {
     pub fn is_ok(&self) -> bool {
         matches!(self, Outcome::Ok { .. })
+    }
+    pub fn path(&self) -> &str {
+        match self {
+            Outcome::Ok { path, .. } | Outcome::Failed { path, .. } => path,
+        }
+    }
+    /// Why it failed (empty for a success).
+    pub fn reason(&self) -> &str {
+        match self {
+            Outcome::Ok { .. } => "",
+            Outcome::Failed { reason, .. } => reason,
+        }
     }
 }
 
@@ -86,19 +100,31 @@ pub fn prepare(path: &Path, card: &ModelCard, resizer: &mut Resizer) -> Result<V
     let limits = maskflow_imaging::Limits::default();
     let img = maskflow_imaging::prepare_pixels(&bytes, &card.preprocessing, resizer, &limits)
         .map_err(|e| e.to_string())?;
+    Ok(centre_crop(img, card))
+}
+
+/// An already decoded picture (a face cut from a photo) as the model takes it: the bundle's resize,
+/// then its centre crop.
+pub fn prepare_rgb(img: &image::RgbImage, card: &ModelCard, resizer: &mut Resizer) -> Result<Vec<u8>, String> {
+    let p = &card.preprocessing;
+    let img = resizer.square(img, p.size, p.resize, p.filter, p.background).map_err(|e| e.to_string())?;
+    Ok(centre_crop(img, card))
+}
+
+fn centre_crop(img: image::RgbImage, card: &ModelCard) -> Vec<u8> {
     let (s, w) = (card.input.height as u32, img.width());
     if w == s {
-        return Ok(img.into_raw());
+        return img.into_raw();
     }
     let off = (w.saturating_sub(s)) / 2;
-    Ok(image::imageops::crop_imm(&img, off, off, s, s).to_image().into_raw())
+    image::imageops::crop_imm(&img, off, off, s, s).to_image().into_raw()
 }
 
 /// A decision rule: `Some((class, threshold))` labels an image `class` when its probability is at least
 /// the threshold, else the most probable other class; `None` takes the most probable class.
 pub type Threshold = Option<(usize, f64)>;
 
-fn label_of(probs: &[f32], classes: &[String], threshold: Threshold) -> String {
+pub fn label_of(probs: &[f32], classes: &[String], threshold: Threshold) -> String {
     let argmax = |skip: Option<usize>| {
         probs
             .iter()
@@ -134,6 +160,21 @@ pub fn view_u8(x: &Tensor, view: &[f64; 9]) -> Tensor {
     let grid = Tensor::affine_grid_generator(&theta, [n, 3, h, w], false);
     let f = x.permute([0, 3, 1, 2]).to_kind(Kind::Float).contiguous();
     f.grid_sampler(&grid, 0, 2, false).round().clamp(0.0, 255.0).to_kind(Kind::Uint8).permute([0, 2, 3, 1]).contiguous()
+}
+
+/// The bundle's probabilities for `(N, S, S, 3)` uint8 pixels (`images` packed), in batches of
+/// `batch`: `N × classes` values.
+pub fn classify_pixels(bundle: &Bundle, images: &[u8], batch: usize) -> Result<Vec<f32>> {
+    let s = bundle.card.input.height;
+    let per = (s * s * 3) as usize;
+    let mut probs = Vec::with_capacity(images.len() / per.max(1) * bundle.card.classes.len());
+    for chunk in images.chunks(per * batch.max(1)) {
+        let n = (chunk.len() / per) as i64;
+        let x = Tensor::from_data_size(chunk, &[n, s, s, 3], Kind::Uint8).to_device(bundle.device);
+        let y = tch::no_grad(|| bundle.module.forward_ts(&[x])).context("running the TorchScript module")?;
+        probs.extend(Vec::<f32>::try_from(y.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1))?);
+    }
+    Ok(probs)
 }
 
 /// The bundle's probabilities for a uint8 batch, averaged over `tta`'s views (weighted).

@@ -179,10 +179,10 @@ impl TrainParams {
                         self.pretrained
                     ))
                 }
-                Some(s) if s.arch != self.arch => {
+                Some(s) if s.network != maskflow_models::weights::Network::Backbone(self.arch) => {
                     return Err(format!(
                         "train.pretrained: weights {:?} are for {}, not {}",
-                        self.pretrained, s.arch, self.arch
+                        self.pretrained, s.network, self.arch
                     ))
                 }
                 _ => {}

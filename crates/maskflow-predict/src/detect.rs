@@ -1,0 +1,275 @@
+//! `maskflow detect`: faces in whole photos. Each photo is decoded and run through the MTCNN
+//! detector in parallel (one detector per worker; photos of one size detected as a batch); each face
+//! is cut out with a margin and brought to the bundle's input exactly as its training images were
+//! (the bundle's own resize, filter and crop); the faces of many photos are classified together in
+//! batches. Per photo: a JSON record (box, detector score, landmarks, label, probabilities per face)
+//! and optionally an annotated copy.
+
+use crate::{classify_pixels, label_of, prepare_rgb, Bundle, Threshold};
+use anyhow::Result;
+use image::Rgb;
+pub use image::RgbImage;
+use maskflow_imaging::{Limits, Resizer};
+use maskflow_models::mtcnn::{Face, Mtcnn};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// How faces are cut out and labelled.
+#[derive(Debug, Clone)]
+pub struct DetectOptions {
+    /// Added around the face box on every side, as a fraction of its longer side (see
+    /// [`maskflow_imaging::face_region`]).
+    pub margin: f32,
+    /// Faces per classifier forward pass.
+    pub batch: usize,
+    /// Photos decoded and detected per round (their faces are classified together).
+    pub photos_per_round: usize,
+    pub threshold: Threshold,
+}
+
+impl Default for DetectOptions {
+    fn default() -> Self {
+        DetectOptions { margin: DEFAULT_MARGIN, batch: 64, photos_per_round: 32, threshold: None }
+    }
+}
+
+/// The default margin: none. The classifier was trained on the face-mask dataset's pictures, which
+/// are tight: over 242 of them (150 + 150 sampled, faces found in 242), the detector's box side is on
+/// median 1.09× the picture's shorter side (the picture is 0.92× the box), so the box itself — made
+/// square on its longer side by [`maskflow_imaging::face_region`] — is what training looked like
+/// (docs/DETECT.md).
+pub const DEFAULT_MARGIN: f32 = 0.0;
+
+/// One face found and classified.
+#[derive(Debug, Clone, Serialize)]
+pub struct DetectedFace {
+    /// `[x1, y1, x2, y2]` in the photo's pixels.
+    #[serde(rename = "box")]
+    pub bbox: [f32; 4],
+    /// The detector's face probability.
+    pub score: f32,
+    /// Left eye, right eye, nose, left and right mouth corner.
+    pub landmarks: [[f32; 2]; 5],
+    /// The region given to the classifier (`[left, top, right, bottom]`, margin included).
+    pub crop: [u32; 4],
+    pub label: String,
+    pub probabilities: BTreeMap<String, f32>,
+}
+
+/// One photo's result.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum PhotoResult {
+    Ok { path: String, width: u32, height: u32, faces: Vec<DetectedFace> },
+    Failed { path: String, error: String },
+}
+
+impl PhotoResult {
+    pub fn path(&self) -> &str {
+        match self {
+            PhotoResult::Ok { path, .. } | PhotoResult::Failed { path, .. } => path,
+        }
+    }
+}
+
+/// A decoded photo with its faces and the classifier inputs cut from it.
+struct Detected {
+    image: RgbImage,
+    faces: Vec<(Face, [u32; 4])>,
+    pixels: Vec<u8>,
+}
+
+fn decode(path: &Path) -> Result<RgbImage, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let d = maskflow_imaging::decode(&bytes, &Limits::default()).map_err(|e| e.to_string())?;
+    Ok(maskflow_imaging::to_rgb8(d.image, [255, 255, 255]))
+}
+
+/// Faces of the photos of one size together (the pyramid's levels run once for all of them), then
+/// each face cut out and prepared for the bundle.
+fn detect_group(mtcnn: &Mtcnn, bundle_card: &maskflow_contracts::bundle::ModelCard, images: Vec<RgbImage>, margin: f32, resizer: &mut Resizer) -> Vec<Result<Detected, String>> {
+    let (w, h) = images[0].dimensions();
+    let mut flat = Vec::with_capacity(images.len() * (w * h * 3) as usize);
+    images.iter().for_each(|i| flat.extend_from_slice(i.as_raw()));
+    let batch = tch::Tensor::from_data_size(&flat, &[images.len() as i64, h as i64, w as i64, 3], tch::Kind::Uint8);
+    drop(flat);
+    let found = match mtcnn.detect_batch(&batch) {
+        Ok(f) => f,
+        Err(e) => return images.iter().map(|_| Err(format!("detector: {e}"))).collect(),
+    };
+    images
+        .into_iter()
+        .zip(found)
+        .map(|(image, faces)| {
+            let mut kept = Vec::with_capacity(faces.len());
+            let mut pixels = Vec::new();
+            for face in faces {
+                let Some(region) = maskflow_imaging::face_region(w, h, face.bbox, margin) else {
+                    continue;
+                };
+                let [l, t, r, b] = region;
+                let crop = image::imageops::crop_imm(&image, l, t, r - l, b - t).to_image();
+                pixels.extend(prepare_rgb(&crop, bundle_card, resizer)?);
+                kept.push((face, region));
+            }
+            Ok(Detected { image, faces: kept, pixels })
+        })
+        .collect()
+}
+
+/// Detects, cuts out and classifies the faces of `paths` (results in input order). `on_photo` is
+/// called with each finished photo (its result and, when it decoded, the photo itself) — the
+/// command writes its files there; `progress` counts photos.
+pub fn detect_photos(
+    bundle: &Bundle,
+    mtcnn: &Mtcnn,
+    paths: &[PathBuf],
+    o: &DetectOptions,
+    on_photo: &mut dyn FnMut(&PhotoResult, Option<&RgbImage>) -> Result<()>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Vec<PhotoResult>> {
+    let classes = &bundle.card.classes;
+    let k = classes.len();
+    let threads = tch::get_num_threads();
+    // Tensors are not `Sync`: each worker duplicates the detector from behind a lock.
+    let source = std::sync::Mutex::new(mtcnn.duplicate());
+    let card = &bundle.card;
+    let mut out = Vec::with_capacity(paths.len());
+    for round in paths.chunks(o.photos_per_round.max(1)) {
+        // Decode in parallel, then group by size: one detector batch per size (≤ 8 photos each).
+        let decoded: Vec<Result<RgbImage, String>> = round.par_iter().map(|p| decode(p)).collect();
+        let mut groups: BTreeMap<(u32, u32), Vec<usize>> = BTreeMap::new();
+        for (i, d) in decoded.iter().enumerate() {
+            if let Ok(img) = d {
+                groups.entry(img.dimensions()).or_default().push(i);
+            }
+        }
+        let jobs: Vec<Vec<usize>> = groups.into_values().flat_map(|g| g.chunks(8).map(<[usize]>::to_vec).collect::<Vec<_>>()).collect();
+        let mut slots: Vec<Option<Result<RgbImage, String>>> = decoded.into_iter().map(Some).collect();
+        let job_images: Vec<Vec<RgbImage>> = jobs
+            .iter()
+            .map(|j| j.iter().filter_map(|&i| slots[i].take().and_then(Result::ok)).collect())
+            .collect();
+        // One intra-op thread per worker while the workers run detectors side by side.
+        tch::set_num_threads(1);
+        let detected: Vec<Vec<Result<Detected, String>>> = job_images
+            .into_par_iter()
+            .map_init(
+                || (source.lock().unwrap_or_else(|p| p.into_inner()).duplicate(), Resizer::default()),
+                |(m, r), images| {
+                    let n = images.len() as u64;
+                    let d = detect_group(m, card, images, o.margin, r);
+                    progress(n);
+                    d
+                },
+            )
+            .collect();
+        tch::set_num_threads(threads);
+        let mut per_photo: Vec<Option<Result<Detected, String>>> = slots
+            .into_iter()
+            .map(|s| match s {
+                Some(Err(e)) => Some(Err(e)),
+                _ => None,
+            })
+            .collect();
+        for (job, results) in jobs.iter().zip(detected) {
+            for (&i, r) in job.iter().zip(results) {
+                per_photo[i] = Some(r);
+            }
+        }
+        progress(per_photo.iter().filter(|r| matches!(r, Some(Err(_)))).count() as u64);
+        // Every face of the round through the classifier together.
+        let pixels: Vec<u8> = per_photo.iter().flatten().flatten().flat_map(|d| d.pixels.iter().copied()).collect();
+        let probs = if pixels.is_empty() { Vec::new() } else { classify_pixels(bundle, &pixels, o.batch)? };
+        let mut next = 0;
+        for (path, r) in round.iter().zip(per_photo) {
+            let path = path.display().to_string();
+            let (result, image) = match r {
+                Some(Ok(d)) => {
+                    let faces = d
+                        .faces
+                        .into_iter()
+                        .map(|(f, crop)| {
+                            let p = probs[next * k..(next + 1) * k].to_vec();
+                            next += 1;
+                            DetectedFace {
+                                bbox: f.bbox,
+                                score: f.score,
+                                landmarks: f.landmarks,
+                                crop,
+                                label: label_of(&p, classes, o.threshold),
+                                probabilities: classes.iter().cloned().zip(p).collect(),
+                            }
+                        })
+                        .collect();
+                    let (width, height) = d.image.dimensions();
+                    (PhotoResult::Ok { path, width, height, faces }, Some(d.image))
+                }
+                Some(Err(error)) => (PhotoResult::Failed { path, error }, None),
+                None => (PhotoResult::Failed { path, error: "internal: photo not processed".into() }, None),
+            };
+            on_photo(&result, image.as_ref())?;
+            out.push(result);
+        }
+    }
+    Ok(out)
+}
+
+/// The colour of a class's boxes: green for the first class (`with_mask`), red for the second
+/// (`without_mask`), then a fixed palette.
+pub fn class_colour(index: usize) -> Rgb<u8> {
+    const PALETTE: [[u8; 3]; 6] = [[0, 190, 70], [230, 30, 30], [30, 110, 240], [240, 150, 0], [170, 60, 200], [0, 170, 170]];
+    Rgb(PALETTE[index % PALETTE.len()])
+}
+
+/// Draws each face's box (coloured by its label), its five landmarks and `label p` on a filled tag,
+/// sized to the photo so it stays legible from thumbnails to large photos.
+pub fn annotate(image: &RgbImage, faces: &[DetectedFace], classes: &[String]) -> RgbImage {
+    use imageproc::drawing::{draw_filled_circle_mut, draw_filled_rect_mut, draw_hollow_rect_mut, draw_text_mut, text_size};
+    use imageproc::rect::Rect;
+    let mut out = image.clone();
+    let (w, h) = out.dimensions();
+    let short = w.min(h) as f32;
+    let thick = ((short / 250.0).round() as i32).max(2);
+    let font_px = (short / 28.0).clamp(13.0, 64.0);
+    let font = ab_glyph::FontRef::try_from_slice(dejavu::sans::bold()).ok();
+    for f in faces {
+        let colour = class_colour(classes.iter().position(|c| *c == f.label).unwrap_or(0));
+        let [x1, y1, x2, y2] = f.bbox.map(|v| v.round() as i32);
+        for t in 0..thick {
+            let (rw, rh) = ((x2 - x1 + 2 * t).max(1) as u32, (y2 - y1 + 2 * t).max(1) as u32);
+            draw_hollow_rect_mut(&mut out, Rect::at(x1 - t, y1 - t).of_size(rw, rh), colour);
+        }
+        let dot = (thick + 1) / 2 + 1;
+        for [x, y] in f.landmarks {
+            draw_filled_circle_mut(&mut out, (x.round() as i32, y.round() as i32), dot, colour);
+        }
+        let Some(font) = &font else { continue };
+        // The tag's text size follows the photo, and the face when the face is large.
+        let px = font_px.max(((x2 - x1) as f32 / 9.0).min(64.0));
+        let p = f.probabilities.get(&f.label).copied().unwrap_or(0.0);
+        let text = format!("{} {:.2}", f.label, p);
+        let (tw, th) = text_size(px, font, &text);
+        let pad = (px / 5.0).round() as i32;
+        let (tag_w, tag_h) = (tw as i32 + 2 * pad, th as i32 + 2 * pad);
+        // Above the box when there is room, else inside its top edge.
+        let top = if y1 - thick - tag_h >= 0 { y1 - thick - tag_h } else { y1 + thick };
+        let left = (x1 - thick).clamp(0, (w as i32 - tag_w).max(0));
+        draw_filled_rect_mut(&mut out, Rect::at(left, top).of_size(tag_w as u32, tag_h as u32), colour);
+        draw_text_mut(&mut out, Rgb([255, 255, 255]), left + pad, top + pad, px, font, &text);
+    }
+    out
+}
+
+/// An annotated photo as file bytes: PNG, or JPEG at quality 90.
+pub fn encode(img: &RgbImage, png: bool) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    if png {
+        img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)?;
+    } else {
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90).encode_image(img)?;
+    }
+    Ok(bytes)
+}

@@ -1,0 +1,119 @@
+//! `maskflow detect --bundle DIR PHOTO|FOLDER|GLOB…`: faces found, cut out, classified; per photo a
+//! JSON file and an annotated copy in `--out`, all of them in `detections.jsonl`, a line per photo
+//! on stdout. Exit code 2 when any input failed (as `predict`).
+
+use anyhow::{bail, Context, Result};
+use maskflow_models::mtcnn::MtcnnParams;
+use maskflow_models::weights::{self, SearchPaths};
+use maskflow_predict::detect::{self, DetectOptions, PhotoResult, RgbImage};
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub struct Options<'a> {
+    pub bundle: &'a Path,
+    pub inputs: &'a [String],
+    pub out: &'a Path,
+    pub artifacts: &'a Path,
+    pub mtcnn: MtcnnParams,
+    pub margin: f32,
+    pub threshold: Option<f64>,
+    pub positive: Option<&'a str>,
+    pub batch: usize,
+    pub annotate: bool,
+    pub jsonl: bool,
+    pub device: tch::Device,
+    pub threads: usize,
+}
+
+/// `photo.jpg` → `photo`, then `photo-2`, … for later photos of the same stem (input order).
+fn unique_name(path: &str, taken: &mut BTreeSet<String>) -> String {
+    let stem = Path::new(path).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "photo".into());
+    let stem: String = stem.chars().map(|c| if c.is_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
+    let mut name = stem.clone();
+    let mut n = 1;
+    while !taken.insert(name.clone()) {
+        n += 1;
+        name = format!("{stem}-{n}");
+    }
+    name
+}
+
+/// Runs the detection; returns the number of inputs that failed.
+pub fn run(o: &Options) -> Result<usize> {
+    tch::set_num_threads(o.threads.max(1) as i32);
+    anyhow::ensure!(o.margin >= 0.0 && o.margin <= 2.0, "--margin {}: must be in [0, 2]", o.margin);
+    o.mtcnn.validate().map_err(|e| anyhow::anyhow!("detector: {e}"))?;
+    let bundle = maskflow_predict::load(o.bundle, o.device)?;
+    let threshold = crate::predict_cmd::decision(&bundle.card.classes, o.threshold, o.positive)?;
+    let mtcnn = weights::mtcnn(o.artifacts, &SearchPaths::from_env(), o.mtcnn.clone(), o.device)
+        .context("loading the MTCNN face detector")?;
+    let (files, failed) = maskflow_predict::expand(o.inputs);
+    std::fs::create_dir_all(o.out).with_context(|| format!("creating {}", o.out.display()))?;
+    let jsonl_path = o.out.join("detections.jsonl");
+    let tmp = o.out.join(format!(".detections.jsonl.{}", maskflow_core::fsutil::unique_suffix()));
+    let mut all = std::io::BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
+    let mut taken = BTreeSet::new();
+    let classes = bundle.card.classes.clone();
+    let stdout = std::io::stdout();
+    let pb = maskflow_core::progress::bar(files.len() as u64, "detect", "photos");
+    let mut write_photo = |r: &PhotoResult, image: Option<&RgbImage>| -> Result<()> {
+        let name = unique_name(r.path(), &mut taken);
+        let line = serde_json::to_string(r)?;
+        writeln!(all, "{line}")?;
+        maskflow_core::fsutil::write_json_atomic(&o.out.join(format!("{name}.json")), r)?;
+        let mut w = stdout.lock();
+        match (r, image) {
+            (PhotoResult::Ok { path, faces, .. }, Some(img)) => {
+                if o.annotate {
+                    let png = path.to_ascii_lowercase().ends_with(".png");
+                    let file = o.out.join(format!("{name}.annotated.{}", if png { "png" } else { "jpg" }));
+                    write_image(&detect::annotate(img, faces.as_slice(), &classes), &file)?;
+                }
+                if o.jsonl {
+                    writeln!(w, "{line}")?;
+                } else if faces.is_empty() {
+                    writeln!(w, "{path}  no face found")?;
+                } else {
+                    let labels: Vec<String> = faces
+                        .iter()
+                        .map(|f| format!("{} {:.3}", f.label, f.probabilities.get(&f.label).copied().unwrap_or(0.0)))
+                        .collect();
+                    writeln!(w, "{path}  {} face(s): {}", faces.len(), labels.join(", "))?;
+                }
+            }
+            (PhotoResult::Failed { path, error }, _) => {
+                if o.jsonl {
+                    writeln!(w, "{line}")?;
+                } else {
+                    writeln!(w, "{path}  ERROR  {error}")?;
+                }
+            }
+            (PhotoResult::Ok { .. }, None) => bail!("internal: a detected photo without its pixels"),
+        }
+        Ok(())
+    };
+    let opts = DetectOptions { margin: o.margin, batch: o.batch, threshold, ..Default::default() };
+    let mut results = detect::detect_photos(&bundle, &mtcnn, &files, &opts, &mut write_photo, &|n| pb.inc(n))?;
+    pb.finish_and_clear();
+    for f in &failed {
+        let r = PhotoResult::Failed { path: f.path().to_string(), error: f.reason().to_string() };
+        write_photo(&r, None)?;
+        results.push(r);
+    }
+    all.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    std::fs::rename(&tmp, &jsonl_path).with_context(|| format!("writing {}", jsonl_path.display()))?;
+    let faces: usize = results.iter().map(|r| if let PhotoResult::Ok { faces, .. } = r { faces.len() } else { 0 }).sum();
+    let bad = results.iter().filter(|r| matches!(r, PhotoResult::Failed { .. })).count();
+    eprintln!(
+        "detect: {} photo(s), {faces} face(s), {bad} failed → {}",
+        results.len(),
+        o.out.display()
+    );
+    Ok(bad)
+}
+
+fn write_image(img: &RgbImage, path: &PathBuf) -> Result<()> {
+    let bytes = detect::encode(img, path.extension().is_some_and(|e| e == "png"))?;
+    maskflow_core::fsutil::write_atomic(path, &bytes).with_context(|| format!("writing {}", path.display()))
+}
