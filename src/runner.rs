@@ -16,6 +16,7 @@ use std::time::Instant;
 /// Every stage kind this binary knows, in the default chain's order. A new kind: one line here.
 pub fn registry() -> Registry {
     Registry::new()
+        .register::<maskflow_faces::FacesStage>()
         .register_split::<maskflow_index::IndexStage>()
         .register_split::<maskflow_prep::PrepStage>()
         .register::<maskflow_train::TrainStage>()

@@ -15,6 +15,7 @@
 
 pub mod bundle;
 pub mod eval;
+pub mod faces;
 #[cfg(feature = "tables")]
 pub mod fixtures;
 pub mod index;
@@ -24,6 +25,7 @@ pub mod shards;
 mod shard;
 #[cfg(feature = "tables")]
 mod table;
+
 
 pub use maskflow_imaging::{Filter, Preprocess, ResizeMode};
 
@@ -39,6 +41,8 @@ pub mod kinds {
     pub const EVAL_RESULT: &str = "eval_result";
     pub const BUNDLE: &str = "bundle";
     pub const LABEL_REVIEW: &str = "label_review";
+    /// A labelled folder made by a stage (`images/<class>/…`, see [`crate::faces`]).
+    pub const IMAGE_FOLDER: &str = "image_folder";
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -447,11 +447,13 @@ pub fn face_region(width: u32, height: u32, bbox: [f32; 4], margin: f32) -> Opti
     if !bbox.iter().all(|v| v.is_finite()) || x2 <= x1 || y2 <= y1 {
         return None;
     }
-    let side = (x2 - x1).max(y2 - y1) * (1.0 + 2.0 * margin.max(0.0));
+    let side = ((x2 - x1).max(y2 - y1) * (1.0 + 2.0 * margin.max(0.0))).round();
     let (cx, cy) = ((x1 + x2) / 2.0, (y1 + y2) / 2.0);
-    let clip = |v: f32, hi: u32| v.round().clamp(0.0, hi as f32) as u32;
-    let (l, t) = (clip(cx - side / 2.0, width), clip(cy - side / 2.0, height));
-    let (r, b) = (clip(cx + side / 2.0, width), clip(cy + side / 2.0, height));
+    // A square of `side` whole pixels (until clipped), so crops inside the photo are square.
+    let (l0, t0) = ((cx - side / 2.0).round(), (cy - side / 2.0).round());
+    let clip = |v: f32, hi: u32| v.clamp(0.0, hi as f32) as u32;
+    let (l, t) = (clip(l0, width), clip(t0, height));
+    let (r, b) = (clip(l0 + side, width), clip(t0 + side, height));
     (r > l && b > t).then_some([l, t, r, b])
 }
 

@@ -269,3 +269,23 @@ fn reduced_jpeg_decode_of_gray_and_damaged_files_agrees_with_the_full_decode() {
     }
     assert_eq!(fell_back, 3, "libjpeg's warnings on damaged scans must send the file to the full decode");
 }
+
+#[test]
+fn face_regions_are_squares_clipped_to_the_photo() {
+    use crate::face_region;
+    // A 40 × 50 box, no margin: the 50-px square on its centre.
+    assert_eq!(face_region(200, 200, [10.0, 20.0, 50.0, 70.0], 0.0), Some([5, 20, 55, 70]));
+    // Margin 0.2 of the longer side per side: 50 · 1.4 = 70 px, from x = −5 (clipped to 0).
+    assert_eq!(face_region(200, 200, [10.0, 20.0, 50.0, 70.0], 0.2), Some([0, 10, 65, 80]));
+    // Fractional boxes still give whole squares inside the photo.
+    for k in 0..20 {
+        let o = k as f32 * 0.37;
+        let [l, t, r, b] = face_region(500, 500, [100.0 + o, 120.3 + o, 171.6 + o, 201.2 + o], 0.1).unwrap();
+        assert_eq!(r - l, b - t);
+    }
+    // Clipped at the edges; nothing inside, degenerate or non-finite boxes: none.
+    assert_eq!(face_region(100, 100, [90.0, 90.0, 130.0, 130.0], 0.0), Some([90, 90, 100, 100]));
+    assert_eq!(face_region(100, 100, [120.0, 120.0, 130.0, 130.0], 0.0), None);
+    assert_eq!(face_region(100, 100, [10.0, 10.0, 10.0, 30.0], 0.0), None);
+    assert_eq!(face_region(100, 100, [f32::NAN, 10.0, 20.0, 30.0], 0.0), None);
+}

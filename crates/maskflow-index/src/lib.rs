@@ -32,6 +32,9 @@ use std::path::Path;
 /// The index stage kind.
 pub struct IndexStage;
 
+/// The optional input slot for a stage-made labelled folder (index and prep).
+pub const IMAGES_SLOT: &str = "images";
+
 impl Stage for IndexStage {
     const KIND: &'static str = "index";
     const VERSION: u32 = 4;
@@ -44,10 +47,20 @@ impl Stage for IndexStage {
     fn validate(p: &IndexParams) -> Result<(), String> {
         p.validate().map_err(|e| e.to_string())
     }
+    /// `images`: a labelled folder made by a stage (the `faces` stage's crops), indexed instead of
+    /// the pipeline's dataset; bound when the pipeline declares such a stage.
     fn inputs(_: &IndexParams) -> Vec<Slot> {
-        Vec::new()
+        vec![Slot::new(IMAGES_SLOT, kinds::IMAGE_FOLDER).optional()]
     }
     fn run(p: &IndexParams, ctx: &RunCtx) -> anyhow::Result<IndexSummary> {
+        if let Some(made) = ctx.inputs.get(IMAGES_SLOT) {
+            let root = made.dir.join(maskflow_contracts::faces::IMAGES_DIR);
+            let files = dataset::walk(&root)?.files.len();
+            let pb = maskflow_core::progress::bar(files as u64, "index", "files");
+            let r = run(&root, &made.key, p, None, ctx.out, &|n| pb.inc(n));
+            pb.finish_and_clear();
+            return r;
+        }
         let ds = ctx.external(maskflow_pipeline::runner::DATASET)?;
         let files = ds.files.as_ref().map(|f| f.len()).unwrap_or(0);
         let pb = maskflow_core::progress::bar(files as u64, "index", "files");

@@ -100,6 +100,10 @@ impl Split for IndexStage {
 
     fn plan(p: &IndexParams, ctx: &RunCtx, hint: &SplitHint) -> Result<Vec<Chunk>> {
         p.validate()?;
+        anyhow::ensure!(
+            !ctx.inputs.contains_key(crate::IMAGES_SLOT),
+            "an index of a stage-made folder (`images` = a faces stage) is not fanned out: run it without --executor"
+        );
         let listing = listing_of(ctx)?;
         let paths: Vec<&[u8]> = listing.files.iter().map(|f| f.rel_bytes()).collect();
         let bounds = chunk_bounds(&paths, hint.items_per_task.unwrap_or(DEFAULT_CHUNK_FILES));

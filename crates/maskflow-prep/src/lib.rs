@@ -112,13 +112,16 @@ impl Stage for PrepStage {
     fn validate(p: &PrepParams) -> Result<(), String> {
         p.validate().map_err(|e| e.to_string())
     }
+    /// `images`: the stage-made labelled folder the index was made from (the `faces` stage's
+    /// crops), read in place of the dataset; bound when the pipeline declares such a stage.
     fn inputs(_: &PrepParams) -> Vec<Slot> {
-        vec![Slot::new("index", kinds::INDEX_TABLE)]
+        vec![Slot::new("index", kinds::INDEX_TABLE), Slot::new("images", kinds::IMAGE_FOLDER).optional()]
     }
     fn run(p: &PrepParams, ctx: &RunCtx) -> anyhow::Result<PrepReport> {
         let index_dir = ctx.input("index")?;
         // The folder on this machine (the index may have been made on another one).
-        run_on_index(index_dir, ctx.dataset_root, p, ctx.out, true)
+        let made = made_root(ctx);
+        run_on_index(index_dir, made.as_deref().or(ctx.dataset_root), p, ctx.out, true)
     }
     fn summary(r: &PrepReport) -> String {
         format!(
@@ -177,6 +180,11 @@ fn split_rows<'a>(rows: &'a [IndexRow], split: &str) -> Vec<&'a IndexRow> {
     rows.iter().filter(|r| r.status == "ok" && r.split.as_deref() == Some(split)).collect()
 }
 
+/// The labelled folder inside a stage-made `images` input, when bound.
+fn made_root(ctx: &RunCtx) -> Option<std::path::PathBuf> {
+    ctx.optional_input("images").map(|d| d.join(maskflow_contracts::faces::IMAGES_DIR))
+}
+
 fn index_rows(ctx: &RunCtx) -> anyhow::Result<Vec<IndexRow>> {
     let index_dir = ctx.input("index")?;
     read_index(&index_dir.join(INDEX_FILE)).with_context(|| format!("reading the index artifact {}", index_dir.display()))
@@ -206,7 +214,8 @@ impl maskflow_pipeline::fanout::Split for PrepStage {
         let started = std::time::Instant::now();
         let index_dir = ctx.input("index")?;
         let dataset = IndexDataset::read(index_dir)?;
-        let root = ctx.dataset_root.unwrap_or(&dataset.root);
+        let made = made_root(ctx);
+        let root = made.as_deref().or(ctx.dataset_root).unwrap_or(&dataset.root);
         let rows = index_rows(ctx)?;
         let Some(s) = SPLITS.iter().position(|x| *x == t.split) else { anyhow::bail!("prep task: unknown split {:?}", t.split) };
         let mine = split_rows(&rows, &t.split);
