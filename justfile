@@ -59,6 +59,11 @@ bench-train THREADS="2" ITERS="6": setup
 bench-e2e DATASET="../shared/datasets/face-mask": build
     bench/e2e_bench.sh {{DATASET}}
 
+# `maskflow detect` vs facenet-pytorch's MTCNN + the same TorchScript bundle from Python, on N 640×480
+# scenes with 1–5 real faces from DATASET: photos/s, ratio, faces found and labelled right.
+bench-detect BUNDLE DATASET="../shared/datasets/face-mask" N="60" THREADS="2": build
+    bench/detect_bench.sh {{BUNDLE}} {{DATASET}} {{N}} {{THREADS}}
+
 # Index + prep of the real data: plain run vs plan/task/commit with the local executor vs Ray on a local
 # two-node cluster (wall, byte identity, per-task overhead, a scaling projection).
 bench-fanout PIPELINE="pipelines/facemask.toml" ITEMS="500": build

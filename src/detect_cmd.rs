@@ -94,6 +94,7 @@ pub fn run(o: &Options) -> Result<usize> {
         Ok(())
     };
     let opts = DetectOptions { margin: o.margin, batch: o.batch, threshold, ..Default::default() };
+    let started = std::time::Instant::now();
     let mut results = detect::detect_photos(&bundle, &mtcnn, &files, &opts, &mut write_photo, &|n| pb.inc(n))?;
     pb.finish_and_clear();
     for f in &failed {
@@ -105,9 +106,11 @@ pub fn run(o: &Options) -> Result<usize> {
     std::fs::rename(&tmp, &jsonl_path).with_context(|| format!("writing {}", jsonl_path.display()))?;
     let faces: usize = results.iter().map(|r| if let PhotoResult::Ok { faces, .. } = r { faces.len() } else { 0 }).sum();
     let bad = results.iter().filter(|r| matches!(r, PhotoResult::Failed { .. })).count();
+    let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "detect: {} photo(s), {faces} face(s), {bad} failed → {}",
+        "detect: {} photo(s), {faces} face(s), {bad} failed in {secs:.2} s ({:.2} photos/s after loading) → {}",
         results.len(),
+        results.len() as f64 / secs.max(1e-9),
         o.out.display()
     );
     Ok(bad)
