@@ -354,7 +354,7 @@ enum WeightsAction {
     /// check its sha256, read it (legacy or zip torch.save format, no Python) and write
     /// model.safetensors. Cached by the source's sha256.
     Import {
-        /// A registry name: mobilenet_v2, resnet18, resnet34, resnet50.
+        /// A registry name: mobilenet_v2, resnet18, resnet34, resnet50, mtcnn_pnet, mtcnn_rnet, mtcnn_onet.
         name: String,
         /// The checkpoint file to use instead of searching.
         #[arg(long, value_name = "PATH")]
