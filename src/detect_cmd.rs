@@ -43,7 +43,6 @@ fn unique_name(path: &str, taken: &mut BTreeSet<String>) -> String {
 pub fn run(o: &Options) -> Result<usize> {
     tch::set_num_threads(o.threads.max(1) as i32);
     anyhow::ensure!(o.margin >= 0.0 && o.margin <= 2.0, "--margin {}: must be in [0, 2]", o.margin);
-    o.mtcnn.validate().map_err(|e| anyhow::anyhow!("detector: {e}"))?;
     let bundle = maskflow_predict::load(o.bundle, o.device)?;
     let threshold = crate::predict_cmd::decision(&bundle.card.classes, o.threshold, o.positive)?;
     let mtcnn = weights::mtcnn(o.artifacts, &SearchPaths::from_env(), o.mtcnn.clone(), o.device)

@@ -198,23 +198,13 @@ enum Command {
     /// and globs, through the same decode/resize code as training. A bad file gets its own line with
     /// the reason and the rest go on; the exit code is 2 when any input failed.
     Predict {
-        /// The bundle directory (model.pt, model_card.json).
-        #[arg(long)]
-        bundle: PathBuf,
+        #[command(flatten)]
+        classify: ClassifyArgs,
         /// Image files, folders or glob patterns.
         #[arg(required = true)]
         inputs: Vec<String>,
         #[arg(long, value_enum, default_value = "table")]
         format: predict_cmd::Format,
-        /// Label an image with the positive class when its probability is at least this.
-        #[arg(long)]
-        threshold: Option<f64>,
-        /// The positive class for --threshold (default: the last class).
-        #[arg(long)]
-        positive: Option<String>,
-        /// Images per forward pass.
-        #[arg(long, default_value_t = 64)]
-        batch: usize,
         /// Test-time augmentation: none, flip (the image and its mirror, 2 passes) or fastai
         /// (fastai's TTA(): 0.4 × plain + 0.6 × mean of 4 corner zooms × mirror, 9 passes).
         #[arg(long, value_enum, default_value = "none")]
@@ -229,9 +219,8 @@ enum Command {
     /// with every photo. A photo with no face says so; a bad file gets its reason and the rest go on;
     /// the exit code is 2 when any input failed.
     Detect {
-        /// The bundle directory (model.pt, model_card.json).
-        #[arg(long)]
-        bundle: PathBuf,
+        #[command(flatten)]
+        classify: ClassifyArgs,
         /// Photo files, folders (recursive) or glob patterns.
         #[arg(required = true)]
         inputs: Vec<String>,
@@ -245,24 +234,8 @@ enum Command {
         /// box's longer side (default 0: the face-mask pictures are about the size of the box).
         #[arg(long, default_value_t = maskflow_predict::detect::DEFAULT_MARGIN)]
         margin: f32,
-        /// Smallest face searched for, in pixels (facenet-pytorch: 20).
-        #[arg(long, default_value_t = 20.0)]
-        min_face_size: f64,
-        /// The P-, R- and O-Net score thresholds (facenet-pytorch: 0.6,0.7,0.7).
-        #[arg(long, value_delimiter = ',', num_args = 1, default_values_t = [0.6, 0.7, 0.7])]
-        thresholds: Vec<f64>,
-        /// Scale step of the image pyramid (facenet-pytorch: 0.709).
-        #[arg(long, default_value_t = 0.709)]
-        factor: f64,
-        /// Label a face with the positive class when its probability is at least this.
-        #[arg(long)]
-        threshold: Option<f64>,
-        /// The positive class for --threshold (default: the last class).
-        #[arg(long)]
-        positive: Option<String>,
-        /// Faces per classifier forward pass.
-        #[arg(long, default_value_t = 64)]
-        batch: usize,
+        #[command(flatten)]
+        detector: DetectorArgs,
         /// Write no annotated copies (JSON only).
         #[arg(long)]
         no_annotate: bool,
@@ -343,6 +316,48 @@ impl ComputeArgs {
         let threads = self.threads.unwrap_or_else(rayon_threads);
         anyhow::ensure!(threads >= 1, "--threads must be at least 1");
         Ok(runner::Compute { device: runner::parse_device(&self.device)?, threads })
+    }
+}
+
+/// A bundle and its decision rule (predict, detect).
+#[derive(clap::Args)]
+struct ClassifyArgs {
+    /// The bundle directory (model.pt, model_card.json).
+    #[arg(long)]
+    bundle: PathBuf,
+    /// Label an image (detect: a face) with the positive class when its probability is at least this.
+    #[arg(long)]
+    threshold: Option<f64>,
+    /// The positive class for --threshold (default: the last class).
+    #[arg(long)]
+    positive: Option<String>,
+    /// Images (detect: faces) per classifier forward pass.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+}
+
+/// The MTCNN face detector's knobs (facenet-pytorch's defaults).
+#[derive(clap::Args)]
+struct DetectorArgs {
+    /// Smallest face searched for, in pixels (facenet-pytorch: 20).
+    #[arg(long, default_value_t = 20.0)]
+    min_face_size: f64,
+    /// The P-, R- and O-Net score thresholds (facenet-pytorch: 0.6,0.7,0.7).
+    #[arg(long, value_delimiter = ',', num_args = 1, default_values_t = [0.6, 0.7, 0.7])]
+    thresholds: Vec<f64>,
+    /// Scale step of the image pyramid (facenet-pytorch: 0.709).
+    #[arg(long, default_value_t = 0.709)]
+    factor: f64,
+}
+
+impl DetectorArgs {
+    fn params(&self) -> Result<maskflow_models::mtcnn::MtcnnParams> {
+        let [t1, t2, t3] = self.thresholds[..] else {
+            anyhow::bail!("--thresholds takes three values (P-, R-, O-Net), got {}", self.thresholds.len());
+        };
+        let p = maskflow_models::mtcnn::MtcnnParams { min_face_size: self.min_face_size, thresholds: [t1, t2, t3], factor: self.factor };
+        p.validate().map_err(|e| anyhow::anyhow!("detector: {e}"))?;
+        Ok(p)
     }
 }
 
@@ -491,15 +506,15 @@ fn real_main() -> Result<()> {
             },
             &compute.options()?,
         ),
-        Command::Predict { bundle, inputs, format, threshold, positive, batch, tta, compute } => {
+        Command::Predict { classify, inputs, format, tta, compute } => {
             let c = compute.options()?;
             let bad = predict_cmd::run(&predict_cmd::Options {
-                bundle: &bundle,
+                bundle: &classify.bundle,
                 inputs: &inputs,
                 format,
-                threshold,
-                positive: positive.as_deref(),
-                batch,
+                threshold: classify.threshold,
+                positive: classify.positive.as_deref(),
+                batch: classify.batch,
                 tta: tta.into(),
                 device: c.device,
                 threads: c.threads,
@@ -509,36 +524,18 @@ fn real_main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Detect {
-            bundle,
-            inputs,
-            out,
-            artifacts,
-            margin,
-            min_face_size,
-            thresholds,
-            factor,
-            threshold,
-            positive,
-            batch,
-            no_annotate,
-            jsonl,
-            compute,
-        } => {
+        Command::Detect { classify, inputs, out, artifacts, margin, detector, no_annotate, jsonl, compute } => {
             let c = compute.options()?;
-            let [t1, t2, t3] = thresholds[..] else {
-                anyhow::bail!("--thresholds takes three values (P-, R-, O-Net), got {}", thresholds.len());
-            };
             let bad = detect_cmd::run(&detect_cmd::Options {
-                bundle: &bundle,
+                bundle: &classify.bundle,
                 inputs: &inputs,
                 out: &out,
                 artifacts: &artifacts,
-                mtcnn: maskflow_models::mtcnn::MtcnnParams { min_face_size, thresholds: [t1, t2, t3], factor },
+                mtcnn: detector.params()?,
                 margin,
-                threshold,
-                positive: positive.as_deref(),
-                batch,
+                threshold: classify.threshold,
+                positive: classify.positive.as_deref(),
+                batch: classify.batch,
                 annotate: !no_annotate,
                 jsonl,
                 device: c.device,

@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 /// The labelled folder inside the artifact.
 pub const IMAGES_DIR: &str = "images";
 
+/// The optional input slot of the index and prep stages that takes an `image_folder`.
+pub const IMAGES_SLOT: &str = "images";
+
 /// One crop: the photo (relative to the dataset), the face's place in it, and the file written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FaceCrop {

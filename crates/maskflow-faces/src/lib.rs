@@ -8,6 +8,7 @@
 use anyhow::{Context, Result};
 use maskflow_contracts::faces::{FaceCrop, FacesManifest, NoCrop, IMAGES_DIR};
 use maskflow_contracts::{kinds, JsonFile};
+use maskflow_core::dataset::DatasetFile;
 use maskflow_imaging::Limits;
 use maskflow_models::mtcnn::{Mtcnn, MtcnnNet, MtcnnParams};
 use maskflow_pipeline::{External, RunCtx, Slot, Stage};
@@ -110,17 +111,25 @@ impl Stage for FacesStage {
     }
 }
 
-/// One photo's crops (PNG bytes with their records) or why it has none.
-type PhotoCrops = Result<Vec<(FaceCrop, Vec<u8>)>, NoCrop>;
+/// One photo's crops (written) or why it has none.
+type PhotoCrops = Result<Vec<FaceCrop>, NoCrop>;
 
-fn crops_of(root: &Path, f: &maskflow_core::dataset::DatasetFile, p: &FacesParams, mtcnn: &Mtcnn) -> PhotoCrops {
+/// Detects the faces of one photo and writes their crops under `images`. A photo that cannot be
+/// read or has no face is an `Ok(Err(NoCrop))`; a crop that cannot be written fails the stage.
+fn crops_of(root: &Path, f: &DatasetFile, p: &FacesParams, mtcnn: &Mtcnn, images: &Path) -> Result<PhotoCrops> {
     let rel = f.display();
-    let no = |code: &str, detail: String| NoCrop { source: rel.clone(), code: code.to_string(), detail };
-    let bytes = std::fs::read(root.join(&f.rel)).map_err(|e| no("unreadable", format!("cannot read: {e}")))?;
-    let d = maskflow_imaging::decode(&bytes, &Limits::default()).map_err(|e| no(e.code(), e.to_string()))?;
+    let no = |code: &str, detail: String| Ok(Err(NoCrop { source: rel.clone(), code: code.to_string(), detail }));
+    let bytes = match std::fs::read(root.join(&f.rel)) {
+        Ok(b) => b,
+        Err(e) => return no("unreadable", format!("cannot read: {e}")),
+    };
+    let d = match maskflow_imaging::decode(&bytes, &Limits::default()) {
+        Ok(d) => d,
+        Err(e) => return no(e.code(), e.to_string()),
+    };
     let img = maskflow_imaging::to_rgb8(d.image, [255, 255, 255]);
     let (w, h) = img.dimensions();
-    let faces = mtcnn.detect_rgb(w, h, img.as_raw()).map_err(|e| no("detector", e.to_string()))?;
+    let faces = mtcnn.detect_rgb(w, h, img.as_raw())?;
     let take = match p.keep {
         Keep::Largest => 1,
         Keep::All => faces.len(),
@@ -129,17 +138,19 @@ fn crops_of(root: &Path, f: &maskflow_core::dataset::DatasetFile, p: &FacesParam
     for (i, f) in faces.iter().take(take).enumerate() {
         let Some(region) = maskflow_imaging::face_region(w, h, f.bbox, p.margin) else { continue };
         let [l, t, r, b] = region;
-        let crop = image::imageops::crop_imm(&img, l, t, r - l, b - t).to_image();
-        let mut png = Vec::new();
-        crop.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-            .map_err(|e| no("encode", e.to_string()))?;
         let file = format!("{rel}.face{i}.png");
-        out.push((FaceCrop { file, source: rel.clone(), bbox: f.bbox, score: f.score, region }, png));
+        let path = images.join(&file);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let crop = image::imageops::crop_imm(&img, l, t, r - l, b - t).to_image();
+        crop.save_with_format(&path, image::ImageFormat::Png).with_context(|| format!("writing {}", path.display()))?;
+        out.push(FaceCrop { file, source: rel.clone(), bbox: f.bbox, score: f.score, region });
     }
     if out.is_empty() {
-        return Err(no("no_face", "the detector found no face".into()));
+        return no("no_face", "the detector found no face".into());
     }
-    Ok(out)
+    Ok(Ok(out))
 }
 
 /// The stage on a folder: crops into `out/images/`, `faces.json`, the report.
@@ -151,13 +162,14 @@ pub fn run(root: &Path, p: &FacesParams, mtcnn: &Mtcnn, out: &Path) -> Result<Fa
     let threads = tch::get_num_threads();
     tch::set_num_threads(1);
     let source = std::sync::Mutex::new(mtcnn.duplicate());
-    let results: Vec<PhotoCrops> = listing
+    let images = out.join(IMAGES_DIR);
+    let results: Result<Vec<PhotoCrops>> = listing
         .files
         .par_iter()
         .map_init(
             || source.lock().unwrap_or_else(|e| e.into_inner()).duplicate(),
             |m, f| {
-                let r = crops_of(&listing.root, f, p, m);
+                let r = crops_of(&listing.root, f, p, m, &images);
                 pb.inc(1);
                 r
             },
@@ -165,8 +177,8 @@ pub fn run(root: &Path, p: &FacesParams, mtcnn: &Mtcnn, out: &Path) -> Result<Fa
         .collect();
     tch::set_num_threads(threads);
     pb.finish_and_clear();
+    let results = results?;
 
-    let images = out.join(IMAGES_DIR);
     let mut manifest = FacesManifest { schema: FacesManifest::SCHEMA, ..Default::default() };
     let mut report = FacesReport { photos: listing.files.len(), ..Default::default() };
     for (f, r) in listing.files.iter().zip(results) {
@@ -174,16 +186,9 @@ pub fn run(root: &Path, p: &FacesParams, mtcnn: &Mtcnn, out: &Path) -> Result<Fa
         entry.0 += 1;
         match r {
             Ok(crops) => {
-                for (crop, png) in crops {
-                    let path = images.join(&crop.file);
-                    if let Some(parent) = path.parent() {
-                        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-                    }
-                    std::fs::write(&path, &png).with_context(|| format!("writing {}", path.display()))?;
-                    entry.1 += 1;
-                    report.crops += 1;
-                    manifest.crops.push(crop);
-                }
+                entry.1 += crops.len();
+                report.crops += crops.len();
+                manifest.crops.extend(crops);
             }
             Err(no) => {
                 if no.code == "no_face" {

@@ -23,6 +23,7 @@ use maskflow_core::dataset::{self, Listing};
 use maskflow_core::hash::{blake3_hex, unit_interval};
 use maskflow_imaging::{decode, dhash, to_rgb8, Limits, Rejection, Resizer};
 use rayon::prelude::*;
+use maskflow_contracts::faces::IMAGES_SLOT;
 use maskflow_contracts::{index, kinds, JsonFile};
 use maskflow_pipeline::{RunCtx, Slot, Stage};
 use serde::{Deserialize, Serialize};
@@ -31,9 +32,6 @@ use std::path::Path;
 
 /// The index stage kind.
 pub struct IndexStage;
-
-/// The optional input slot for a stage-made labelled folder (index and prep).
-pub const IMAGES_SLOT: &str = "images";
 
 impl Stage for IndexStage {
     const KIND: &'static str = "index";
@@ -54,10 +52,9 @@ impl Stage for IndexStage {
     }
     fn run(p: &IndexParams, ctx: &RunCtx) -> anyhow::Result<IndexSummary> {
         if let Some(made) = ctx.inputs.get(IMAGES_SLOT) {
-            let root = made.dir.join(maskflow_contracts::faces::IMAGES_DIR);
-            let files = dataset::walk(&root)?.files.len();
-            let pb = maskflow_core::progress::bar(files as u64, "index", "files");
-            let r = run(&root, &made.key, p, None, ctx.out, &|n| pb.inc(n));
+            let listing = dataset::walk(&made.dir.join(maskflow_contracts::faces::IMAGES_DIR))?;
+            let pb = maskflow_core::progress::bar(listing.files.len() as u64, "index", "files");
+            let r = run_listing(&listing, &made.key, p, None, ctx.out, &|n| pb.inc(n));
             pb.finish_and_clear();
             return r;
         }
@@ -192,8 +189,19 @@ pub fn run(
     out_dir: &Path,
     progress: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<IndexSummary> {
+    run_listing(&dataset::walk(root)?, fingerprint, params, overrides, out_dir, progress)
+}
+
+/// [`run`] on a folder already walked.
+fn run_listing(
+    listing: &Listing,
+    fingerprint: &str,
+    params: &IndexParams,
+    overrides: Option<&Path>,
+    out_dir: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> anyhow::Result<IndexSummary> {
     params.validate()?;
-    let listing = dataset::walk(root)?;
     let limits = params.limits();
     let examined: Vec<Examined> = listing
         .files
@@ -204,7 +212,7 @@ pub fn run(
             e
         })
         .collect();
-    finish(&listing, &examined, fingerprint, params, overrides, out_dir)
+    finish(listing, &examined, fingerprint, params, overrides, out_dir)
 }
 
 /// The rest of the stage once every file is examined (`examined[i]` is `listing.files[i]`): rows,

@@ -101,7 +101,7 @@ impl Split for IndexStage {
     fn plan(p: &IndexParams, ctx: &RunCtx, hint: &SplitHint) -> Result<Vec<Chunk>> {
         p.validate()?;
         anyhow::ensure!(
-            !ctx.inputs.contains_key(crate::IMAGES_SLOT),
+            !ctx.inputs.contains_key(maskflow_contracts::faces::IMAGES_SLOT),
             "an index of a stage-made folder (`images` = a faces stage) is not fanned out: run it without --executor"
         );
         let listing = listing_of(ctx)?;

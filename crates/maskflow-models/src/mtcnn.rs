@@ -326,48 +326,48 @@ impl Candidates {
         Tensor::from_slice(&flat).view([self.len() as i64, 5]).to_device(device)
     }
     fn from_tensor(t: &Tensor, photo: Vec<i64>) -> Candidates {
-        let flat = Vec::<f32>::try_from(t.to_device(Device::Cpu).contiguous().view([-1])).unwrap_or_default();
-        let boxes = flat.chunks_exact(5).map(|c| [c[0], c[1], c[2], c[3], c[4]]).collect();
+        let boxes = host_f32(t).chunks_exact(5).map(|c| [c[0], c[1], c[2], c[3], c[4]]).collect();
         Candidates { boxes, photo }
     }
 }
 
 impl Mtcnn {
     /// Loads the three nets from their safetensors files (as `maskflow weights import` writes them).
-    pub fn load(files: [&Path; 3], params: MtcnnParams, device: Device) -> Result<Mtcnn, MtcnnError> {
-        params.validate().map_err(MtcnnError::Params)?;
-        let mut vs = nn::VarStore::new(device);
+    /// The three nets with fresh variables, each under its registry name (`mtcnn_pnet.conv1.weight`, …).
+    fn untrained(params: MtcnnParams, device: Device) -> Mtcnn {
+        let vs = nn::VarStore::new(device);
         let root = vs.root();
         let pnet = PNet::new(&(&root / MtcnnNet::Pnet.name()));
         let rnet = RNet::new(&(&root / MtcnnNet::Rnet.name()));
         let onet = ONet::new(&(&root / MtcnnNet::Onet.name()));
+        Mtcnn { vs, pnet, rnet, onet, params, device }
+    }
+
+    /// Loads the three nets from their safetensors files (as `maskflow weights import` writes them).
+    pub fn load(files: [&Path; 3], params: MtcnnParams, device: Device) -> Result<Mtcnn, MtcnnError> {
+        params.validate().map_err(MtcnnError::Params)?;
+        let mut m = Mtcnn::untrained(params, device);
         for (net, file) in MtcnnNet::ALL.iter().zip(files) {
             let err = |why: String| MtcnnError::Weights { path: file.display().to_string(), why };
             let tensors = Tensor::read_safetensors(file).map_err(|e| err(e.to_string()))?;
             let prefixed: Vec<(String, Tensor)> =
                 tensors.into_iter().map(|(n, t)| (format!("{}.{n}", net.name()), t)).collect();
-            // Each file must fill exactly its own net's variables.
-            let own = format!("{}.", net.name());
+            // Each file must fill exactly its own net's variables (the others' are skipped).
             let others: Vec<&str> = MtcnnNet::ALL.iter().filter(|o| *o != net).map(|o| o.name()).collect();
-            crate::classifier::load_named(&vs, &prefixed, &others, &[])
+            crate::classifier::load_named(&m.vs, &prefixed, &others, &[])
                 .map_err(|e| err(format!("does not fit {net}: {e}")))?;
-            debug_assert!(prefixed.iter().all(|(n, _)| n.starts_with(&own)));
         }
-        vs.freeze();
-        Ok(Mtcnn { vs, pnet, rnet, onet, params, device })
+        m.vs.freeze();
+        Ok(m)
     }
 
     /// A copy with its own tensors (one per worker thread; the weights are ≈ 2 MB).
     pub fn duplicate(&self) -> Mtcnn {
-        let mut vs = nn::VarStore::new(self.device);
-        let root = vs.root();
-        let pnet = PNet::new(&(&root / MtcnnNet::Pnet.name()));
-        let rnet = RNet::new(&(&root / MtcnnNet::Rnet.name()));
-        let onet = ONet::new(&(&root / MtcnnNet::Onet.name()));
+        let mut m = Mtcnn::untrained(self.params.clone(), self.device);
         // Same variables, same names: copying cannot fail.
-        vs.copy(&self.vs).expect("same variable set");
-        vs.freeze();
-        Mtcnn { vs, pnet, rnet, onet, params: self.params.clone(), device: self.device }
+        m.vs.copy(&self.vs).expect("same variable set");
+        m.vs.freeze();
+        m
     }
 
     /// Faces in one photo given as packed RGB bytes (`width × height × 3`), largest first.
@@ -449,12 +449,7 @@ impl Mtcnn {
             return Candidates::default();
         };
         let out = batched(&self.rnet, &crops);
-        let score = out.select(1, 5);
-        let pass = score.gt(threshold);
-        let b = c.tensor(self.device).narrow(1, 0, 4).index(&[Some(&pass)]);
-        let b = Tensor::cat(&[b, score.index(&[Some(&pass)]).unsqueeze(1)], 1);
-        let mv = out.narrow(1, 0, 4).index(&[Some(&pass)]);
-        let photo = passed(&c.photo, &pass);
+        let Passed { boxes: b, regression: mv, photo, .. } = self.passing(&c, &out, 5, threshold);
         let passed_c = Candidates::from_tensor(&b, photo);
         let keep = nms(&passed_c, 0.7, Overlap::Union);
         if keep.is_empty() {
@@ -471,13 +466,8 @@ impl Mtcnn {
             return Vec::new();
         };
         let out = batched(&self.onet, &crops);
-        let score = out.select(1, 15);
-        let pass = score.gt(threshold);
-        let points = out.narrow(1, 4, 10).index(&[Some(&pass)]);
-        let b = c.tensor(self.device).narrow(1, 0, 4).index(&[Some(&pass)]);
-        let b = Tensor::cat(&[b, score.index(&[Some(&pass)]).unsqueeze(1)], 1);
-        let mv = out.narrow(1, 0, 4).index(&[Some(&pass)]);
-        let photo = passed(&c.photo, &pass);
+        let Passed { boxes: b, regression: mv, photo, mask } = self.passing(&c, &out, 15, threshold);
+        let points = out.narrow(1, 4, 10).index(&[Some(&mask)]);
         if photo.is_empty() {
             return Vec::new();
         }
@@ -488,8 +478,7 @@ impl Mtcnn {
         let py = h_i * points.narrow(1, 5, 5) + col(&b, 1) - 1.0;
         let b = bbreg(&b, &mv);
         let regressed = Candidates::from_tensor(&b, photo);
-        let px = Vec::<f32>::try_from(px.to_device(Device::Cpu).contiguous().view([-1])).unwrap_or_default();
-        let py = Vec::<f32>::try_from(py.to_device(Device::Cpu).contiguous().view([-1])).unwrap_or_default();
+        let (px, py) = (host_f32(&px), host_f32(&py));
         let keep = nms(&regressed, 0.7, Overlap::Min);
         keep.into_iter()
             .map(|i| {
@@ -501,6 +490,19 @@ impl Mtcnn {
                 (Face { bbox: [r[0], r[1], r[2], r[3]], score: r[4], landmarks }, regressed.photo[i])
             })
             .collect()
+    }
+
+    /// The candidates a net's output (regression in columns 0–3, face probability in `score_col`)
+    /// scores above `threshold`, with that score as their new score column.
+    fn passing(&self, c: &Candidates, out: &Tensor, score_col: i64, threshold: f64) -> Passed {
+        let score = out.select(1, score_col);
+        let mask = score.gt(threshold);
+        let b = c.tensor(self.device).narrow(1, 0, 4).index(&[Some(&mask)]);
+        let boxes = Tensor::cat(&[b, score.index(&[Some(&mask)]).unsqueeze(1)], 1);
+        let regression = out.narrow(1, 0, 4).index(&[Some(&mask)]);
+        let on_host = Vec::<bool>::try_from(mask.to_device(Device::Cpu)).unwrap_or_default();
+        let photo = c.photo.iter().zip(on_host).filter(|(_, m)| *m).map(|(p, _)| *p).collect();
+        Passed { boxes, regression, photo, mask }
     }
 
     /// Each candidate's pixels (clipped to the photo as facenet-pytorch's `pad` does) resampled to
@@ -537,9 +539,17 @@ fn batched(net: &dyn Module, x: &Tensor) -> Tensor {
     Tensor::cat(&chunks, 0)
 }
 
-fn passed(photo: &[i64], pass: &Tensor) -> Vec<i64> {
-    let mask = Vec::<bool>::try_from(pass.to_device(Device::Cpu)).unwrap_or_default();
-    photo.iter().zip(mask).filter(|(_, m)| *m).map(|(p, _)| *p).collect()
+/// What passed a net's threshold: `(K, 5)` boxes with the net's score, `(K, 4)` regressions, photos, mask.
+struct Passed {
+    boxes: Tensor,
+    regression: Tensor,
+    photo: Vec<i64>,
+    mask: Tensor,
+}
+
+/// A float tensor's values, flattened, on the host.
+fn host_f32(t: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous().view([-1])).unwrap_or_default()
 }
 
 /// P-Net output → candidate boxes of one level (`generateBoundingBox`) and their regressions.
@@ -555,8 +565,7 @@ fn generate_boxes(out: &Tensor, scale: f64, threshold: f64) -> (Candidates, Vec<
     let q2 = ((&bb * 2.0 + 12.0) / scale).floor();
     let boxes = Tensor::cat(&[q1, q2, score.unsqueeze(1)], 1);
     let c = Candidates::from_tensor(&boxes, photo);
-    let reg = Vec::<f32>::try_from(reg.to_device(Device::Cpu).contiguous().view([-1])).unwrap_or_default();
-    (c, reg.chunks_exact(4).map(|r| [r[0], r[1], r[2], r[3]]).collect())
+    (c, host_f32(&reg).chunks_exact(4).map(|r| [r[0], r[1], r[2], r[3]]).collect())
 }
 
 /// Squares each box about its centre on its longer side (`rerec`).

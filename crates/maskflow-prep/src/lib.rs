@@ -14,6 +14,7 @@
 
 pub use maskflow_contracts::shards::{read_shard, ShardCompression, ShardInfo, ShardRow, SHARDS_FILE};
 
+use maskflow_contracts::faces::IMAGES_SLOT;
 use anyhow::Context;
 use maskflow_core::dataset::path_from_bytes;
 use maskflow_core::hash::blake3_hex;
@@ -115,7 +116,7 @@ impl Stage for PrepStage {
     /// `images`: the stage-made labelled folder the index was made from (the `faces` stage's
     /// crops), read in place of the dataset; bound when the pipeline declares such a stage.
     fn inputs(_: &PrepParams) -> Vec<Slot> {
-        vec![Slot::new("index", kinds::INDEX_TABLE), Slot::new("images", kinds::IMAGE_FOLDER).optional()]
+        vec![Slot::new("index", kinds::INDEX_TABLE), Slot::new(IMAGES_SLOT, kinds::IMAGE_FOLDER).optional()]
     }
     fn run(p: &PrepParams, ctx: &RunCtx) -> anyhow::Result<PrepReport> {
         let index_dir = ctx.input("index")?;
@@ -182,7 +183,7 @@ fn split_rows<'a>(rows: &'a [IndexRow], split: &str) -> Vec<&'a IndexRow> {
 
 /// The labelled folder inside a stage-made `images` input, when bound.
 fn made_root(ctx: &RunCtx) -> Option<std::path::PathBuf> {
-    ctx.optional_input("images").map(|d| d.join(maskflow_contracts::faces::IMAGES_DIR))
+    ctx.optional_input(IMAGES_SLOT).map(|d| d.join(maskflow_contracts::faces::IMAGES_DIR))
 }
 
 fn index_rows(ctx: &RunCtx) -> anyhow::Result<Vec<IndexRow>> {
