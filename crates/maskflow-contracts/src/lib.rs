@@ -118,3 +118,34 @@ pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), C
     maskflow_core::fsutil::write_json_atomic(path, value)
         .map_err(|source| ContractError::Write { path: path.to_path_buf(), source })
 }
+
+#[cfg(test)]
+mod tests {
+    /// A metric written and read back is the same f64. serde_json's default float parser may land
+    /// one ULP off (0.48055555555555557 read back as 0.4805555555555556, seen in CI); the workspace
+    /// enables `float_roundtrip`.
+    #[test]
+    fn f64_written_reads_back_bit_identical() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("values.json");
+        let mut values = vec![0.48055555555555557_f64, 0.1 + 0.2, 1.0 / 3.0, f64::MIN_POSITIVE, 1e308, 2.0_f64.sqrt()];
+        // A spread of values across magnitudes, deterministic.
+        let mut x = 0x9E37_79B9_7F4A_7C15_u64;
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v = f64::from_bits(x >> 2); // positive, finite
+            if v.is_finite() {
+                values.push(v);
+            }
+            values.push((x % 1_000_000) as f64 / 720.0);
+        }
+        super::write_json(&path, &values).unwrap();
+        let back: Vec<f64> = super::read_json(&path, "values").unwrap();
+        assert_eq!(back.len(), values.len());
+        for (a, b) in values.iter().zip(&back) {
+            assert_eq!(a.to_bits(), b.to_bits(), "{a:?} read back as {b:?}");
+        }
+    }
+}
