@@ -6,24 +6,20 @@ use anyhow::{bail, Context, Result};
 use maskflow_models::mtcnn::MtcnnParams;
 use maskflow_models::weights::{self, SearchPaths};
 use maskflow_predict::detect::{self, DetectOptions, PhotoResult, RgbImage};
+use crate::predict_cmd::Classifier;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub struct Options<'a> {
-    pub bundle: &'a Path,
+    pub classifier: Classifier<'a>,
     pub inputs: &'a [String],
     pub out: &'a Path,
     pub artifacts: &'a Path,
     pub mtcnn: MtcnnParams,
     pub margin: f32,
-    pub threshold: Option<f64>,
-    pub positive: Option<&'a str>,
-    pub batch: usize,
     pub annotate: bool,
     pub jsonl: bool,
-    pub device: tch::Device,
-    pub threads: usize,
 }
 
 /// `photo.jpg` → `photo`, then `photo-2`, … for later photos of the same stem (input order).
@@ -41,17 +37,13 @@ fn unique_name(path: &str, taken: &mut BTreeSet<String>) -> String {
 
 /// Runs the detection; returns the number of inputs that failed.
 pub fn run(o: &Options) -> Result<usize> {
-    tch::set_num_threads(o.threads.max(1) as i32);
     anyhow::ensure!(o.margin >= 0.0 && o.margin <= 2.0, "--margin {}: must be in [0, 2]", o.margin);
-    let bundle = maskflow_predict::load(o.bundle, o.device)?;
-    let threshold = crate::predict_cmd::decision(&bundle.card.classes, o.threshold, o.positive)?;
-    let mtcnn = weights::mtcnn(o.artifacts, &SearchPaths::from_env(), o.mtcnn.clone(), o.device)
+    let (bundle, threshold) = o.classifier.open()?;
+    let mtcnn = weights::mtcnn(o.artifacts, &SearchPaths::from_env(), o.mtcnn.clone(), o.classifier.compute.device)
         .context("loading the MTCNN face detector")?;
     let (files, failed) = maskflow_predict::expand(o.inputs);
     std::fs::create_dir_all(o.out).with_context(|| format!("creating {}", o.out.display()))?;
-    let jsonl_path = o.out.join("detections.jsonl");
-    let tmp = o.out.join(format!(".detections.jsonl.{}", maskflow_core::fsutil::unique_suffix()));
-    let mut all = std::io::BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
+    let mut all = String::new();
     let mut taken = BTreeSet::new();
     let classes = bundle.card.classes.clone();
     let stdout = std::io::stdout();
@@ -59,7 +51,8 @@ pub fn run(o: &Options) -> Result<usize> {
     let mut write_photo = |r: &PhotoResult, image: Option<&RgbImage>| -> Result<()> {
         let name = unique_name(r.path(), &mut taken);
         let line = serde_json::to_string(r)?;
-        writeln!(all, "{line}")?;
+        all.push_str(&line);
+        all.push('\n');
         maskflow_core::fsutil::write_json_atomic(&o.out.join(format!("{name}.json")), r)?;
         let mut w = stdout.lock();
         match (r, image) {
@@ -92,7 +85,7 @@ pub fn run(o: &Options) -> Result<usize> {
         }
         Ok(())
     };
-    let opts = DetectOptions { margin: o.margin, batch: o.batch, threshold, ..Default::default() };
+    let opts = DetectOptions { margin: o.margin, batch: o.classifier.batch, threshold, ..Default::default() };
     let started = std::time::Instant::now();
     let mut results = detect::detect_photos(&bundle, &mtcnn, &files, &opts, &mut write_photo, &|n| pb.inc(n))?;
     pb.finish_and_clear();
@@ -101,8 +94,9 @@ pub fn run(o: &Options) -> Result<usize> {
         write_photo(&r, None)?;
         results.push(r);
     }
-    all.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    std::fs::rename(&tmp, &jsonl_path).with_context(|| format!("writing {}", jsonl_path.display()))?;
+    let jsonl_path = o.out.join("detections.jsonl");
+    maskflow_core::fsutil::write_atomic(&jsonl_path, all.as_bytes())
+        .with_context(|| format!("writing {}", jsonl_path.display()))?;
     let faces: usize = results.iter().map(|r| if let PhotoResult::Ok { faces, .. } = r { faces.len() } else { 0 }).sum();
     let bad = results.iter().filter(|r| matches!(r, PhotoResult::Failed { .. })).count();
     let secs = started.elapsed().as_secs_f64();

@@ -336,6 +336,18 @@ struct ClassifyArgs {
     batch: usize,
 }
 
+impl ClassifyArgs {
+    fn classifier(&self, compute: &ComputeArgs) -> Result<predict_cmd::Classifier<'_>> {
+        Ok(predict_cmd::Classifier {
+            bundle: &self.bundle,
+            threshold: self.threshold,
+            positive: self.positive.as_deref(),
+            batch: self.batch,
+            compute: compute.options()?,
+        })
+    }
+}
+
 /// The MTCNN face detector's knobs (facenet-pytorch's defaults).
 #[derive(clap::Args)]
 struct DetectorArgs {
@@ -507,17 +519,11 @@ fn real_main() -> Result<()> {
             &compute.options()?,
         ),
         Command::Predict { classify, inputs, format, tta, compute } => {
-            let c = compute.options()?;
             let bad = predict_cmd::run(&predict_cmd::Options {
-                bundle: &classify.bundle,
+                classifier: classify.classifier(&compute)?,
                 inputs: &inputs,
                 format,
-                threshold: classify.threshold,
-                positive: classify.positive.as_deref(),
-                batch: classify.batch,
                 tta: tta.into(),
-                device: c.device,
-                threads: c.threads,
             })?;
             if bad > 0 {
                 std::process::exit(2);
@@ -525,21 +531,15 @@ fn real_main() -> Result<()> {
             Ok(())
         }
         Command::Detect { classify, inputs, out, artifacts, margin, detector, no_annotate, jsonl, compute } => {
-            let c = compute.options()?;
             let bad = detect_cmd::run(&detect_cmd::Options {
-                bundle: &classify.bundle,
+                classifier: classify.classifier(&compute)?,
                 inputs: &inputs,
                 out: &out,
                 artifacts: &artifacts,
                 mtcnn: detector.params()?,
                 margin,
-                threshold: classify.threshold,
-                positive: classify.positive.as_deref(),
-                batch: classify.batch,
                 annotate: !no_annotate,
                 jsonl,
-                device: c.device,
-                threads: c.threads,
             })?;
             if bad > 0 {
                 std::process::exit(2);

@@ -15,15 +15,30 @@ pub enum Format {
 }
 
 pub struct Options<'a> {
-    pub bundle: &'a Path,
+    pub classifier: Classifier<'a>,
     pub inputs: &'a [String],
     pub format: Format,
+    pub tta: predict::Tta,
+}
+
+/// The bundle, its decision rule and where it runs (predict, detect).
+pub struct Classifier<'a> {
+    pub bundle: &'a Path,
     pub threshold: Option<f64>,
     pub positive: Option<&'a str>,
+    /// Images per forward pass.
     pub batch: usize,
-    pub tta: predict::Tta,
-    pub device: tch::Device,
-    pub threads: usize,
+    pub compute: crate::runner::Compute,
+}
+
+impl Classifier<'_> {
+    /// Sets libtorch's threads, loads the bundle and checks the decision rule against its classes.
+    pub fn open(&self) -> Result<(predict::Bundle, predict::Threshold)> {
+        tch::set_num_threads(self.compute.threads.max(1) as i32);
+        let bundle = predict::load(self.bundle, self.compute.device)?;
+        let threshold = decision(&bundle.card.classes, self.threshold, self.positive)?;
+        Ok((bundle, threshold))
+    }
 }
 
 fn csv_field(s: &str) -> String {
@@ -35,7 +50,7 @@ fn csv_field(s: &str) -> String {
 }
 
 /// `--threshold` / `--positive` as a decision rule (none given: the most probable class).
-pub fn decision(classes: &[String], threshold: Option<f64>, positive: Option<&str>) -> Result<predict::Threshold> {
+fn decision(classes: &[String], threshold: Option<f64>, positive: Option<&str>) -> Result<predict::Threshold> {
     Ok(match (threshold, positive) {
         (None, None) => None,
         (t, pos) => {
@@ -55,12 +70,10 @@ pub fn decision(classes: &[String], threshold: Option<f64>, positive: Option<&st
 
 /// Runs the prediction; returns the number of inputs that failed.
 pub fn run(o: &Options) -> Result<usize> {
-    tch::set_num_threads(o.threads.max(1) as i32);
-    let bundle = predict::load(o.bundle, o.device)?;
+    let (bundle, threshold) = o.classifier.open()?;
     let classes = bundle.card.classes.clone();
-    let threshold = decision(&classes, o.threshold, o.positive)?;
     let (files, mut failed) = predict::expand(o.inputs);
-    let mut results = predict::predict_tta(&bundle, &files, o.batch, threshold, o.tta)?;
+    let mut results = predict::predict_tta(&bundle, &files, o.classifier.batch, threshold, o.tta)?;
     results.append(&mut failed);
     let stdout = std::io::stdout();
     let mut w = stdout.lock();
