@@ -139,10 +139,16 @@ enum Command {
         /// Nothing younger than this is deleted (s, m, h or d suffix; e.g. 30m, 24h).
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         grace: std::time::Duration,
-        /// Keep only the artifacts named by each pipeline's newest N run records (and young ones).
+        /// Keep only the artifacts named by each pipeline's newest N run records (and young ones);
+        /// older run records beyond those N go too.
         #[arg(long, value_name = "N")]
         keep_runs: Option<usize>,
-        /// Delete what would be swept (otherwise only report it).
+        /// A fan-out plan not committed within this long is abandoned: its plan, task files and
+        /// records go (and so do publish intents this old, left by processes that died).
+        #[arg(long, default_value = "7d", value_parser = parse_duration)]
+        plan_ttl: std::time::Duration,
+        /// Delete what would be swept (otherwise only report it). Takes the store's gc lock:
+        /// publishers wait while it runs, so nothing they reuse is swept under them.
         #[arg(long)]
         apply: bool,
     },
@@ -422,6 +428,11 @@ struct StoreArgs {
     /// another machine waits this long at most for a builder that died.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     lease_ttl: u64,
+    /// Stop with an error when the shared store holds an artifact that a newer maskflow published
+    /// (a record format this one cannot read). By default it is built here and not published over
+    /// theirs; either way their record is never replaced or deleted.
+    #[arg(long)]
+    strict_versions: bool,
 }
 
 impl StoreArgs {
@@ -430,6 +441,7 @@ impl StoreArgs {
             url: self.url.clone(),
             read_only: self.read_only,
             lease_ttl: std::time::Duration::from_secs(self.lease_ttl.max(1)),
+            strict_versions: self.strict_versions,
         }
     }
 }
@@ -503,8 +515,8 @@ fn real_main() -> Result<()> {
         }
         Command::Push(a) => runner::push_pull(&a.pipeline, &a.artifacts, a.until.as_deref(), &a.store.options(), true),
         Command::Pull(a) => runner::push_pull(&a.pipeline, &a.artifacts, a.until.as_deref(), &a.store.options(), false),
-        Command::Gc { store, grace, keep_runs, apply } => {
-            runner::gc(&store.options(), &maskflow_remote::GcOptions { grace, keep_runs, apply })
+        Command::Gc { store, grace, keep_runs, plan_ttl, apply } => {
+            runner::gc(&store.options(), &maskflow_remote::GcOptions { grace, keep_runs, plan_ttl, apply })
         }
         Command::Graph { pipeline, artifacts, dot } => runner::graph(&pipeline, &artifacts, dot),
         Command::Stage { kind, inputs, dataset, params, out, artifacts, compute } => runner::stage_alone(
@@ -573,10 +585,7 @@ fn real_main() -> Result<()> {
             WeightsAction::Import { name, from } => weights_cmd::import(&name, from.as_deref(), &artifacts),
             WeightsAction::Verify => weights_cmd::verify(&artifacts),
         },
-        Command::Stages { json } => {
-            runner::list_stages(json);
-            Ok(())
-        }
+        Command::Stages { json } => runner::list_stages(json),
         Command::Info => {
             info();
             Ok(())

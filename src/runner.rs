@@ -35,8 +35,8 @@ pub struct Compute {
 impl Compute {
     pub fn runtime(&self, artifacts: &Path) -> Runtime {
         let device = match self.device {
-            tch::Device::Cuda(n) => format!("cuda:{n}"),
-            _ => "cpu".to_string(),
+            tch::Device::Cuda(n) => maskflow_pipeline::Device::Cuda(n),
+            _ => maskflow_pipeline::Device::Cpu,
         };
         Runtime { device, threads: self.threads, progress: true, artifacts: artifacts.to_path_buf() }
     }
@@ -128,6 +128,7 @@ pub struct StoreOptions {
     pub url: Option<String>,
     pub read_only: bool,
     pub lease_ttl: std::time::Duration,
+    pub strict_versions: bool,
 }
 
 impl StoreOptions {
@@ -140,6 +141,12 @@ impl StoreOptions {
             remote.check_conditional_writes()?;
         }
         Ok(Some(remote))
+    }
+
+    /// How the runner uses `remote`.
+    pub fn shared<'r>(&self, remote: &'r Remote) -> Shared<'r> {
+        let on_newer = if self.strict_versions { shared::OnNewer::Fail } else { shared::OnNewer::BuildLocally };
+        Shared { remote, read_only: self.read_only, lease_ttl: self.lease_ttl, on_newer }
     }
 
     pub fn require(&self, what: &str, writes: bool) -> Result<Remote> {
@@ -163,7 +170,7 @@ pub fn run(
     let (reg, g) = load(pipeline)?;
     ensure_synth(&g)?;
     let remote = store.open(true)?;
-    let shared = remote.as_ref().map(|remote| Shared { remote, read_only: store.read_only, lease_ttl: store.lease_ttl });
+    let shared = remote.as_ref().map(|remote| store.shared(remote));
     let rt = c.runtime(artifacts);
     let local = maskflow_core::store::Store::new(artifacts);
     let executor = match (fan.executor, &remote) {
@@ -189,7 +196,7 @@ pub fn review(pipeline: &Path, artifacts: &Path, c: &Compute, store: &StoreOptio
     }
     ensure_synth(&g)?;
     let remote = store.open(true)?;
-    let shared = remote.as_ref().map(|remote| Shared { remote, read_only: store.read_only, lease_ttl: store.lease_ttl });
+    let shared = remote.as_ref().map(|remote| store.shared(remote));
     let rt = c.runtime(artifacts);
     runner::run(&g, &reg, &rt, &RunOptions { force: None, until: Some("review"), verbose: true, shared: shared.as_ref(), executor: None, split_hint: Default::default() })?;
     let only = runner::until_set(&g, "review")?;
@@ -341,9 +348,9 @@ pub fn stage_alone(a: &StageArgs, c: &Compute) -> Result<()> {
         Some(p) => params_from_file(st, p)?,
         None => st.default_params(),
     };
-    st.place(&mut params, Placement { own_data: false });
+    st.place(&mut params, Placement { own_data: false }).map_err(|e| anyhow::anyhow!("{}: {e}", a.kind))?;
     st.validate(&params).map_err(|e| anyhow::anyhow!("{}: {e}", a.kind))?;
-    let slots = st.inputs(&params);
+    let slots = st.inputs(&params).map_err(|e| anyhow::anyhow!("{}: {e}", a.kind))?;
     let mut inputs: BTreeMap<String, InputArtifact> = BTreeMap::new();
     for spec in a.inputs {
         let Some((slot, dir)) = spec.split_once('=') else { bail!("--input {spec:?}: expected SLOT=DIR") };
@@ -389,13 +396,13 @@ pub fn stage_alone(a: &StageArgs, c: &Compute) -> Result<()> {
 }
 
 /// `maskflow stages`.
-pub fn list_stages(json: bool) {
+pub fn list_stages(json: bool) -> Result<()> {
     let reg = registry();
     if !json {
         println!("{:<8} {:<8} {:<14} {:<7} inputs", "kind", "version", "writes", "splits");
     }
     for st in reg.kinds() {
-        let slots = st.inputs(&st.default_params());
+        let slots = st.inputs(&st.default_params()).map_err(anyhow::Error::msg)?;
         if json {
             let slots: Vec<serde_json::Value> = slots
                 .iter()
@@ -415,4 +422,5 @@ pub fn list_stages(json: bool) {
             println!("{:<8} {:<8} {:<14} {:<7} {}", st.kind(), st.version(), st.output(), splits, from.join(", "));
         }
     }
+    Ok(())
 }

@@ -75,6 +75,19 @@ fn no_stage_crate_depends_on_another_and_predict_stays_small() {
     }
     assert!(bad.is_empty(), "stage crates must not depend on stage crates: {bad:?}");
 
+    // Stage crates are written against maskflow-stage; the runner and the store are out of their
+    // reach (normal and build dependencies, transitively), so a change there changes no stage's
+    // lock hash.
+    for c in &stage_crates {
+        let reach = reachable(&ws, c);
+        assert!(reach.contains("maskflow-stage"), "{c} does not depend on maskflow-stage");
+        for banned in ["maskflow-pipeline", "maskflow-remote"] {
+            assert!(!reach.contains(banned), "{c} reaches {banned} (its sources would be in {c}'s lock hash): {reach:?}");
+        }
+    }
+    let stage_api = reachable(&ws, "maskflow-stage");
+    assert_eq!(stage_api, BTreeSet::from(["maskflow-stage".to_string(), "maskflow-core".to_string()]), "maskflow-stage stays small");
+
     // predict: imaging, the bundle contract, the model loader and tch — nothing columnar or plotting.
     let out = std::process::Command::new(env!("CARGO"))
         .args(["tree", "--offline", "-p", "maskflow-predict", "-e", "normal", "--prefix", "none", "--format", "{p}"])
@@ -134,8 +147,8 @@ fn maskflow_core_list(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// A kind's source hash: its crate and every workspace crate it depends on (normal and build).
-fn source_hash(ws: &BTreeMap<String, (PathBuf, Vec<(String, String)>)>, krate: &str) -> String {
+/// The workspace crates `krate` reaches through normal and build dependencies (itself included).
+fn reachable(ws: &BTreeMap<String, (PathBuf, Vec<(String, String)>)>, krate: &str) -> BTreeSet<String> {
     let mut seen = BTreeSet::new();
     let mut todo = vec![krate.to_string()];
     while let Some(c) = todo.pop() {
@@ -148,6 +161,12 @@ fn source_hash(ws: &BTreeMap<String, (PathBuf, Vec<(String, String)>)>, krate: &
             }
         }
     }
+    seen
+}
+
+/// A kind's source hash: its crate and every workspace crate it depends on (normal and build).
+fn source_hash(ws: &BTreeMap<String, (PathBuf, Vec<(String, String)>)>, krate: &str) -> String {
+    let seen = reachable(ws, krate);
     let mut h = blake3::Hasher::new();
     for c in &seen {
         h.update(c.as_bytes());

@@ -145,3 +145,47 @@ fn run_with_the_local_executor_equals_run_without_one() {
     let err = fails(&dir, &["run", "pipelines/p.toml", "--device", "cpu", "--executor", "local"]);
     assert!(err.contains("--store"), "{err}");
 }
+
+/// A plan made by another maskflow (or damaged) is refused by every task and by commit, with the
+/// reason, instead of running with default params under the planner's key.
+#[test]
+fn a_plan_whose_params_version_or_key_do_not_check_out_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = machine(d.path(), "m", "");
+    let store_dir = d.path().join("store");
+    let url = format!("file://{}", store_dir.display());
+    let (plan_url, _) = plan(&dir, &url, "index", "4");
+    let key = plan_url.rsplit('/').next().unwrap().to_string();
+    let plan_json = store_dir.join("plans/index").join(&key).join("plan.json");
+    let original: serde_json::Value = serde_json::from_slice(&fs::read(&plan_json).unwrap()).unwrap();
+    assert!(original["tool_version"].as_str().is_some_and(|v| v.starts_with("maskflow ")), "{original}");
+    let cases: [(&str, Box<dyn Fn(&mut serde_json::Value)>, &str); 4] = [
+        ("a param this maskflow does not have", Box::new(|v| v["spec"]["params"]["from_the_future"] = 1.into()), "do not read"),
+        ("another stage version", Box::new(|v| v["spec"]["version"] = 999.into()), "version 999"),
+        ("a param changed under the same key", Box::new(|v| v["spec"]["params"]["valid_pct"] = 0.5.into()), "is not the key"),
+        ("an input other than the one keyed", Box::new(|v| v["externals"]["dataset"]["key"] = "0".repeat(64).into()), "not the ones its key"),
+    ];
+    for (what, edit, says) in cases {
+        let mut v = original.clone();
+        edit(&mut v);
+        fs::write(&plan_json, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+        for args in [vec!["task", "--plan", plan_url.as_str(), "--index", "0", "--device", "cpu", "--artifacts", "worker"], vec!["commit", "--plan", plan_url.as_str(), "--device", "cpu"]] {
+            let o = mf(&dir, &args);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(!o.status.success() && err.contains(says), "{what}: {} must refuse, saying {says:?}:\n{err}", args[0]);
+        }
+        let left: Vec<String> = fs::read_dir(store_dir.join("plans/index").join(&key)).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert!(!left.iter().any(|f| f.starts_with("done-")), "{what}: no task ran: {left:?}");
+    }
+    // A plan of a newer format says so, naming its writer.
+    let mut v = original.clone();
+    v["format"] = 3.into();
+    v["tool_version"] = "maskflow 9.9.9".into();
+    fs::write(&plan_json, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    let o = mf(&dir, &["task", "--plan", &plan_url, "--index", "0", "--device", "cpu", "--artifacts", "worker"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("maskflow 9.9.9"), "{err}");
+    // The original runs.
+    fs::write(&plan_json, serde_json::to_vec_pretty(&original).unwrap()).unwrap();
+    task(&dir, &plan_url, 0);
+}

@@ -183,7 +183,7 @@ fn killed_between_blobs_and_manifest_leaves_nothing_trusted_and_the_lease_is_tak
     assert!(out.contains("published ("), "{out}");
     let key = record(&b)["index"].0.clone();
     assert!(r.manifest("index", &key).unwrap().is_some());
-    assert!(r.lease_info("index", &key).unwrap().is_none(), "released after publishing");
+    assert!(!r.lease_info("index", &key).unwrap().expect("B's lease generation").live(), "released after publishing");
     // What A uploaded was the same content: B's publish found those blobs there.
     assert!(out.contains("already there"), "{out}");
 }
@@ -304,4 +304,88 @@ fn gc_through_the_binary_is_a_dry_run_unless_applied() {
     // The index artifact is intact.
     let c = machine(d.path(), "c", "");
     mf_ok(&c, &["pull", "pipelines/p.toml", "--until", "index", "--store", &url]);
+}
+
+/// `index/<key>/manifest.json` of the store at `url` (file://), edited by `edit`.
+fn edit_stored_manifest(store_dir: &Path, key: &str, edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    let path = store_dir.join("index").join(key).join("manifest.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    edit(&mut v);
+    let bytes = serde_json::to_vec_pretty(&v).unwrap();
+    fs::write(&path, &bytes).unwrap();
+    bytes
+}
+
+#[test]
+fn a_newer_maskflows_manifest_is_used_when_compatible_and_never_replaced_when_not() {
+    let d = tempfile::tempdir().unwrap();
+    let store_dir = d.path().join("store");
+    let url = format!("file://{}", store_dir.display());
+    let a = machine(d.path(), "a", "");
+    mf_ok(&a, &["run", "pipelines/p.toml", "--until", "index", "--store", &url]);
+    let key = record(&a)["index"].0.clone();
+
+    // The same major format with a field this maskflow does not know: pulled and used as it is.
+    let compatible = edit_stored_manifest(&store_dir, &key, |v| v["provenance"] = serde_json::json!({"host": "newer"}));
+    let out = mf_ok(&a, &["run", "pipelines/p.toml", "--until", "index", "--artifacts", "fresh1", "--store", &url]);
+    assert!(record_in(&a.join("fresh1"))["index"].1, "pulled, not rebuilt:\n{out}");
+    assert!(!out.contains("unusable") && !out.contains("republished"), "{out}");
+    assert_eq!(fs::read(store_dir.join("index").join(&key).join("manifest.json")).unwrap(), compatible, "kept byte for byte");
+    assert_eq!(fs::read(a.join("fresh1/index").join(&key).join("manifest.json")).unwrap(), compatible);
+
+    // A newer major format: built here, not published over it, and the message names both versions.
+    let newer = edit_stored_manifest(&store_dir, &key, |v| {
+        v["format"] = serde_json::json!(2);
+        v["tool_version"] = serde_json::json!("maskflow 9.9.9");
+    });
+    let out = mf_ok(&a, &["run", "pipelines/p.toml", "--until", "index", "--artifacts", "fresh2", "--store", &url]);
+    let r2 = record_in(&a.join("fresh2"));
+    assert!(!r2["index"].1 && !r2["index"].2, "built here:\n{out}");
+    assert!(out.contains("maskflow 9.9.9") && out.contains(maskflow_core::TOOL_VERSION) && out.contains("not published over it"), "{out}");
+    assert_eq!(fs::read(store_dir.join("index").join(&key).join("manifest.json")).unwrap(), newer, "never replaced");
+    // push leaves it alone too, and says why.
+    let pushed = mf_ok(&a, &["push", "pipelines/p.toml", "--until", "index", "--artifacts", "fresh2", "--store", &url]);
+    assert!(pushed.contains("not pushed") && pushed.contains("maskflow 9.9.9"), "{pushed}");
+    // --strict-versions makes it an error.
+    let o = mf(&a, &["run", "pipelines/p.toml", "--until", "index", "--artifacts", "fresh3", "--store", &url, "--strict-versions"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("maskflow 9.9.9") && err.contains("--strict-versions"), "{err}");
+    // gc keeps it and every blob.
+    let gc = mf_ok(&a, &["gc", "--store", &url, "--grace", "0s", "--keep-runs", "0", "--apply"]);
+    assert!(gc.contains("kept, unreadable here"), "{gc}");
+    assert_eq!(fs::read(store_dir.join("index").join(&key).join("manifest.json")).unwrap(), newer);
+}
+
+#[test]
+fn a_panic_inside_a_stage_ends_the_process_at_once_and_frees_its_lease() {
+    let d = tempfile::tempdir().unwrap();
+    let url = store_url("panic");
+    let a = machine(d.path(), "a", "");
+    let started = std::time::Instant::now();
+    let mut child = s3_env(Command::new(bin()).current_dir(&a).args(["run", "pipelines/p.toml", "--until", "index", "--lease-ttl", "600", "--store", &url]))
+        .env("MASKFLOW_FAILPOINT", "stage-run")
+        .env("MASKFLOW_FAILPOINT_ACTION", "panic")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("a panicking stage left the process running for 60 s (its lease heartbeat holds it)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success() && err.contains("injected panic"), "{status:?} {err}");
+    // Its lease (ttl 600 s) is released: another machine builds at once instead of waiting.
+    let b = machine(d.path(), "b", "");
+    let took = std::time::Instant::now();
+    let out = mf_ok(&b, &["run", "pipelines/p.toml", "--until", "index", "--store", &url]);
+    assert!(!out.contains("waiting"), "{out}");
+    assert!(took.elapsed() < std::time::Duration::from_secs(120), "{out}");
 }

@@ -206,6 +206,11 @@ fn walk_dir(
 /// A stat-keyed cache of content hashes, so re-fingerprinting an unchanged dataset reads no file
 /// contents (as DVC's state database does). An entry is used only when size, mtime and inode all
 /// match; touching a file rehashes it, and since the hash is then equal, no key changes.
+///
+/// "Racily clean" files (git's term): a file rewritten with the same size within one mtime tick of
+/// being hashed keeps its (size, mtime, inode). So an entry is trusted only for a file whose mtime
+/// is more than [`RACY_MARGIN_NS`] older than the moment the entry was made; any other file is
+/// hashed again on every fingerprint until it is that old.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct HashCache {
     entries: BTreeMap<String, CacheEntry>,
@@ -218,9 +223,21 @@ struct CacheEntry {
     dev: u64,
     ino: u64,
     blake3: String,
+    /// When the file was read to hash it (this machine's clock, like the mtimes it is compared with).
+    hashed_ns: i128,
+}
+
+/// A file's mtime must be older than its entry by this much for the entry to be trusted: one
+/// second covers filesystems whose timestamps have a one-second granularity.
+pub const RACY_MARGIN_NS: i128 = 1_000_000_000;
+
+fn now_ns() -> i128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0)
 }
 
 impl HashCache {
+    /// The cache saved at `path`; empty when there is none or it does not read (a cache that is
+    /// not trusted costs a re-hash, never a wrong key).
     pub fn load(path: &Path) -> Self {
         fs::read(path)
             .ok()
@@ -246,25 +263,27 @@ pub fn fingerprint(listing: &Listing, cache: &mut HashCache) -> (String, Vec<Str
             (hex_bytes(abs.as_os_str().as_bytes()), f)
         })
         .collect();
-    let hashes: Vec<(String, bool)> = keyed
+    let hashes: Vec<(String, Option<i128>)> = keyed
         .par_iter()
         .map(|(k, f)| {
             if let Some(e) = cache.entries.get(k) {
-                if e.size == f.size && e.mtime_ns == f.mtime_ns && (e.dev, e.ino) == f.inode {
-                    return (e.blake3.clone(), false);
+                let same = e.size == f.size && e.mtime_ns == f.mtime_ns && (e.dev, e.ino) == f.inode;
+                if same && f.mtime_ns < e.hashed_ns - RACY_MARGIN_NS {
+                    return (e.blake3.clone(), None);
                 }
             }
+            let hashed_ns = now_ns();
             match blake3_file(&listing.root.join(&f.rel)) {
-                Ok((h, _)) => (h, true),
-                Err(e) => (crate::hash::blake3_hex(format!("unreadable: {e}").as_bytes()), false),
+                Ok((h, _)) => (h, Some(hashed_ns)),
+                Err(e) => (crate::hash::blake3_hex(format!("unreadable: {e}").as_bytes()), None),
             }
         })
         .collect();
     for ((k, f), (h, fresh)) in keyed.iter().zip(&hashes) {
-        if *fresh {
+        if let Some(hashed_ns) = *fresh {
             cache.entries.insert(
                 k.clone(),
-                CacheEntry { size: f.size, mtime_ns: f.mtime_ns, dev: f.inode.0, ino: f.inode.1, blake3: h.clone() },
+                CacheEntry { size: f.size, mtime_ns: f.mtime_ns, dev: f.inode.0, ino: f.inode.1, blake3: h.clone(), hashed_ns },
             );
         }
     }
@@ -343,5 +362,48 @@ mod tests {
         fs::rename(r.join("b/2.jpg"), r.join("b/3.jpg")).unwrap();
         let (f4, _) = fingerprint(&walk(r).unwrap(), &mut HashCache::default());
         assert_ne!(f3, f4);
+    }
+
+    fn set_mtime(p: &Path, t: std::time::SystemTime) {
+        fs::OpenOptions::new().write(true).open(p).unwrap().set_modified(t).unwrap();
+    }
+
+    #[test]
+    fn a_file_rewritten_with_the_same_size_and_mtime_right_after_hashing_is_hashed_again() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        let f = r.join("a/1.jpg");
+        touch(&f, b"hello");
+        touch(&r.join("b/2.jpg"), b"world");
+        let mtime = fs::metadata(&f).unwrap().modified().unwrap();
+        let ino = fs::metadata(&f).unwrap().ino();
+        let mut cache = HashCache::default();
+        let (f1, _) = fingerprint(&walk(r).unwrap(), &mut cache);
+        // Same size, same inode, and the mtime set back to what it was: stat cannot tell.
+        fs::write(&f, b"HELLO").unwrap();
+        set_mtime(&f, mtime);
+        assert_eq!(fs::metadata(&f).unwrap().ino(), ino);
+        let (f2, hashes) = fingerprint(&walk(r).unwrap(), &mut cache);
+        assert_ne!(f1, f2, "a racily clean file was trusted");
+        assert_eq!(hashes[0], crate::hash::blake3_hex(b"HELLO"));
+    }
+
+    #[test]
+    fn an_entry_is_trusted_for_a_file_older_than_it() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        let f = r.join("a/1.jpg");
+        touch(&f, b"hello");
+        touch(&r.join("b/2.jpg"), b"world");
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        set_mtime(&f, hour_ago);
+        let mut cache = HashCache::default();
+        let (f1, _) = fingerprint(&walk(r).unwrap(), &mut cache);
+        // The cache is what answers for an old file: its stat is all that is compared (as git and
+        // DVC do), so a same-size rewrite with its mtime set back is not seen — only through it.
+        fs::write(&f, b"HELLO").unwrap();
+        set_mtime(&f, hour_ago);
+        assert_eq!(fingerprint(&walk(r).unwrap(), &mut cache).0, f1);
+        assert_ne!(fingerprint(&walk(r).unwrap(), &mut HashCache::default()).0, f1);
     }
 }

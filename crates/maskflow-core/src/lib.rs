@@ -3,9 +3,11 @@
 //! - [`hash`]: blake3 helpers and the canonical JSON encoding that stage keys are computed over.
 //! - [`fsutil`]: atomic file writes (temp + rename) and small filesystem helpers.
 //! - [`store`]: the content-addressed artifact store (`artifacts/<stage>/<key>/` + `manifest.json`).
+//! - [`record`]: versioned records (format + writer), read as corrupt, compatible or newer.
 //! - [`runs`]: run records (`artifacts/runs/<pipeline>/<timestamp>.json`, `latest.json`).
 //! - [`alloc`]: glibc malloc tuning for libtorch (no mmap churn), applied at start-up.
 //! - [`cuda`]: loading libtorch's CUDA backend on demand (`--device cuda` / `auto`).
+//! - [`device`]: where compute runs (`cpu`, `cuda:N`), typed.
 //! - [`config`]: typed TOML loading whose errors name `file:line:column` and the key.
 //! - [`dataset`]: walking a `root/<class>/…` folder and its content fingerprint.
 //! - [`rng`]: a tiny, version-stable seeded generator (SplitMix64) for reproducible draws.
@@ -15,9 +17,11 @@ pub mod alloc;
 pub mod config;
 pub mod cuda;
 pub mod dataset;
+pub mod device;
 pub mod fsutil;
 pub mod hash;
 pub mod progress;
+pub mod record;
 pub mod rng;
 pub mod runs;
 pub mod store;

@@ -1,7 +1,6 @@
 //! Run records: which keys, artifacts and timings made a pipeline's outputs.
 //! Written to `<artifacts>/runs/<pipeline>/<timestamp>.json` and `latest.json`.
 
-use crate::fsutil::write_json_atomic;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -35,7 +34,29 @@ pub struct RunRecord {
     pub stages: Vec<StageRun>,
 }
 
+/// Run records: format 1 adds the `format` field to what format 0 (no field) held; both read.
+pub const RUN_FORMAT: crate::record::Format = crate::record::Format::new("run record", 1).reading_back_to(0);
+
+/// A record as written: its `format` first, then its own fields.
+#[derive(Serialize)]
+struct Versioned<'a, T> {
+    format: u32,
+    #[serde(flatten)]
+    record: &'a T,
+}
+
 impl RunRecord {
+    /// The record's bytes as stored (with its format).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // A struct of strings, numbers and paths always encodes.
+        serde_json::to_vec_pretty(&Versioned { format: RUN_FORMAT.current, record: self }).unwrap_or_default()
+    }
+
+    /// Decodes a stored record (corrupt, compatible or newer: [`crate::record`]).
+    pub fn decode(bytes: &[u8]) -> Result<RunRecord, crate::record::RecordError> {
+        RUN_FORMAT.decode(bytes)
+    }
+
     /// Writes `<timestamp>.json` and then `latest.json`, each atomically. Returns the first path.
     pub fn write(&self, artifacts: &Path) -> std::io::Result<PathBuf> {
         let dir = artifacts.join("runs").join(&self.pipeline);
@@ -46,14 +67,15 @@ impl RunRecord {
             path = dir.join(format!("{stamp}-{n}.json"));
             n += 1;
         }
-        write_json_atomic(&path, self)?;
-        write_json_atomic(&dir.join("latest.json"), self)?;
+        let bytes = self.to_bytes();
+        crate::fsutil::write_atomic(&path, &bytes)?;
+        crate::fsutil::write_atomic(&dir.join("latest.json"), &bytes)?;
         Ok(path)
     }
 
     pub fn read_latest(artifacts: &Path, pipeline: &str) -> Option<RunRecord> {
         let p = artifacts.join("runs").join(pipeline).join("latest.json");
-        serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+        RunRecord::decode(&std::fs::read(p).ok()?).ok()
     }
 }
 

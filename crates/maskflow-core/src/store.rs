@@ -10,6 +10,7 @@
 
 use crate::fsutil::{list_files_recursive, rel_string, unique_suffix, write_json_atomic};
 use crate::hash::{blake3_file, hash_canonical};
+use crate::record::{Format, Newer, RecordError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -18,7 +19,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 pub const MANIFEST: &str = "manifest.json";
-const MANIFEST_FORMAT: u32 = 1;
+/// Manifests: format 1 (every field below). A reader ignores fields it does not know (a newer
+/// maskflow of the same major format added them) and never trusts, replaces or deletes a manifest
+/// of a newer major format ([`crate::record`]).
+pub const MANIFEST_FORMAT: Format = Format::new("manifest", 1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -29,6 +33,9 @@ pub enum StoreError {
     /// Displays as "stage S failed"; the reason is its `source` (shown by `{:#}` and error chains).
     #[error("stage {stage} failed")]
     Build { stage: String, source: anyhow::Error },
+    /// The artifact in this store was made by a newer maskflow: it is left as it is.
+    #[error("{dir}: {newer}. It is left as it is: use that maskflow, or another --artifacts folder")]
+    Newer { dir: PathBuf, newer: Newer },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -72,8 +79,9 @@ pub struct FileEntry {
     pub blake3: String,
 }
 
+/// An artifact's manifest (format [`MANIFEST_FORMAT`]). Decode it with [`Manifest::decode`], never
+/// with a plain `serde_json` call: that tells a newer manifest from a corrupt one.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub format: u32,
     pub stage: String,
@@ -98,6 +106,8 @@ pub enum Invalid {
     MissingFile(String),
     SizeMismatch { file: String, expected: u64, found: u64 },
     HashMismatch(String),
+    /// Made by a newer maskflow (a major manifest format this one does not know): never replaced.
+    Newer(Newer),
 }
 
 impl std::fmt::Display for Invalid {
@@ -112,6 +122,7 @@ impl std::fmt::Display for Invalid {
                 write!(f, "file {file} has {found} bytes, manifest says {expected}")
             }
             Invalid::HashMismatch(p) => write!(f, "file {p} does not match its blake3"),
+            Invalid::Newer(n) => write!(f, "{n}"),
         }
     }
 }
@@ -163,7 +174,8 @@ impl Store {
         let slot = self.lock(&spec.stage, &key)?;
         let rebuilt_because = match slot.check(force) {
             Ok(outcome) => return Ok(outcome),
-            Err(why) => why,
+            Err(Unusable::Rebuild(why)) => why,
+            Err(Unusable::Newer(newer)) => return Err(StoreError::Newer { dir: slot.final_dir, newer }),
         };
         let tmp = slot.temp_dir()?;
         let started = Instant::now();
@@ -189,9 +201,14 @@ impl Store {
     }
 
     /// The valid artifact of `stage`/`key`, if there is one (verified once, under its lock); an
-    /// invalid one is moved aside. Nothing is built.
+    /// invalid one is moved aside, one made by a newer maskflow is an error. Nothing is built.
     pub fn lookup(&self, stage: &str, key: &str) -> Result<Option<Outcome>, StoreError> {
-        Ok(self.lock(stage, key)?.check(false).ok())
+        let slot = self.lock(stage, key)?;
+        match slot.check(false) {
+            Ok(o) => Ok(Some(o)),
+            Err(Unusable::Rebuild(_)) => Ok(None),
+            Err(Unusable::Newer(newer)) => Err(StoreError::Newer { dir: slot.final_dir, newer }),
+        }
     }
 
     /// Installs an artifact made elsewhere (pulled from a shared store): `fill` writes its files
@@ -206,8 +223,10 @@ impl Store {
         fill: impl FnOnce(&Path) -> Result<(), E>,
     ) -> Result<Result<Outcome, E>, StoreError> {
         let slot = self.lock(stage, key)?;
-        if let Ok(outcome) = slot.check(false) {
-            return Ok(Ok(outcome));
+        match slot.check(false) {
+            Ok(outcome) => return Ok(Ok(outcome)),
+            Err(Unusable::Rebuild(_)) => {}
+            Err(Unusable::Newer(newer)) => return Err(StoreError::Newer { dir: slot.final_dir, newer }),
         }
         let tmp = slot.temp_dir()?;
         let started = Instant::now();
@@ -257,7 +276,7 @@ impl Store {
     pub fn read_manifest(&self, stage: &str, key: &str) -> Option<Manifest> {
         let p = self.artifact_dir(stage, key).join(MANIFEST);
         let bytes = fs::read(p).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        Manifest::decode(&bytes).ok()
     }
 }
 
@@ -270,14 +289,23 @@ struct Slot {
     final_dir: PathBuf,
 }
 
+/// Why a slot's artifact is not used.
+enum Unusable {
+    /// It must be (re)built: `None` when there was none, else the reason the one there is not
+    /// used; it has been moved aside.
+    Rebuild(Option<String>),
+    /// Made by a newer maskflow: left in place, untouched.
+    Newer(Newer),
+}
+
 impl Slot {
-    /// `Ok`: the valid artifact (unless `force`). `Err(why)`: it must be (re)built — `None` when
-    /// there was none, else the reason the one there is not used; it has been moved aside.
-    fn check(&self, force: bool) -> Result<Outcome, Option<String>> {
+    /// `Ok`: the valid artifact (unless `force`); otherwise why not (see [`Unusable`]).
+    fn check(&self, force: bool) -> Result<Outcome, Unusable> {
         if !self.final_dir.exists() {
-            return Err(None);
+            return Err(Unusable::Rebuild(None));
         }
         let why = match verify_dir(&self.final_dir, Some(&self.key)) {
+            Err(Invalid::Newer(n)) => return Err(Unusable::Newer(n)),
             Ok(manifest) if !force => {
                 return Ok(Outcome {
                     stage: self.stage.clone(),
@@ -296,7 +324,7 @@ impl Slot {
         if fs::rename(&self.final_dir, &trash).is_ok() {
             let _ = fs::remove_dir_all(&trash);
         }
-        Err(Some(why))
+        Err(Unusable::Rebuild(Some(why)))
     }
 
     fn temp_dir(&self) -> Result<PathBuf, StoreError> {
@@ -321,12 +349,17 @@ pub fn now_unix() -> u64 {
 
 
 impl Manifest {
+    /// Decodes a stored manifest: corrupt, compatible (unknown fields ignored) or newer.
+    pub fn decode(bytes: &[u8]) -> Result<Manifest, RecordError> {
+        MANIFEST_FORMAT.decode(bytes)
+    }
+
     /// The manifest of an artifact of `spec` made of `files` (in any order; sorted here as a local
     /// build lists them): for artifacts assembled from parts made on several machines.
     pub fn assemble(spec: &StageSpec, mut files: Vec<FileEntry>, report: Value, created_unix: u64, duration_s: f64) -> Manifest {
         files.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
         Manifest {
-            format: MANIFEST_FORMAT,
+            format: MANIFEST_FORMAT.current,
             stage: spec.stage.clone(),
             stage_version: spec.version,
             key: spec.key(),
@@ -369,11 +402,10 @@ pub fn verify_dir(dir: &Path, key: Option<&str>) -> Result<Manifest, Invalid> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Invalid::NoManifest),
         Err(e) => return Err(Invalid::BadManifest(e.to_string())),
     };
-    let manifest: Manifest =
-        serde_json::from_slice(&bytes).map_err(|e| Invalid::BadManifest(e.to_string()))?;
-    if manifest.format != MANIFEST_FORMAT {
-        return Err(Invalid::BadManifest(format!("format {} is not {MANIFEST_FORMAT}", manifest.format)));
-    }
+    let manifest = Manifest::decode(&bytes).map_err(|e| match e {
+        RecordError::Newer(n) => Invalid::Newer(n),
+        RecordError::Corrupt { why, .. } => Invalid::BadManifest(why),
+    })?;
     if let Some(key) = key {
         if manifest.key != key {
             return Err(Invalid::WrongKey { found: manifest.key.clone() });

@@ -24,7 +24,7 @@ use maskflow_contracts::{kinds, JsonFile};
 use maskflow_core::fsutil::{write_atomic, write_json_atomic};
 use maskflow_data::data::{self, SplitData};
 use maskflow_data::infer::{self, InferOptions};
-use maskflow_pipeline::{Placement, RunCtx, Slot, Stage};
+use maskflow_stage::{Placement, RunCtx, Slot, Stage};
 use maskflow_plot::Tile;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -128,7 +128,7 @@ impl Stage for EvalStage {
             index_dir: ctx.optional_input("index"),
             provenance: Provenance { key: ctx.key.to_string(), params: p.clone(), inputs: ctx.input_keys() },
         };
-        let device = maskflow_models::parse_device(&ctx.runtime.device)?;
+        let device = maskflow_models::torch_device(ctx.runtime.device);
         let rt = EvalRuntime { device, threads: ctx.runtime.threads, progress: ctx.runtime.progress };
         run(&inputs, p, &rt, ctx.out)
     }

@@ -111,7 +111,7 @@ fn robustness_can_be_turned_off_and_tta_is_recorded() {
 
 #[test]
 fn severities_outside_one_to_five_are_refused() {
-    use maskflow_pipeline::Stage;
+    use maskflow_stage::Stage;
     let bad = EvalParams { severities: vec![0, 3], ..Default::default() };
     assert!(EvalStage::validate(&bad).unwrap_err().contains("not a severity"));
     let none = EvalParams { severities: vec![], ..Default::default() };

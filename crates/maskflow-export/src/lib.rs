@@ -17,7 +17,7 @@ use maskflow_contracts::model::{TrainConfig, MODEL_FILE};
 use maskflow_contracts::{kinds, Filter, JsonFile, ResizeMode};
 use maskflow_core::fsutil::write_atomic;
 use maskflow_models::normalize::{MEAN, STD};
-use maskflow_pipeline::{RunCtx, Slot, Stage};
+use maskflow_stage::{RunCtx, Slot, Stage};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -11,7 +11,7 @@ use maskflow_contracts::{kinds, JsonFile};
 use maskflow_core::dataset::DatasetFile;
 use maskflow_imaging::Limits;
 use maskflow_models::mtcnn::{Mtcnn, MtcnnNet, MtcnnParams};
-use maskflow_pipeline::{External, RunCtx, Slot, Stage};
+use maskflow_stage::{External, RunCtx, Slot, Stage};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -88,7 +88,7 @@ impl Stage for FacesStage {
         Vec::new()
     }
     /// The detector's three nets, imported into the store, keyed by their sha256.
-    fn externals(_: &FacesParams, rt: &maskflow_pipeline::Runtime) -> Result<BTreeMap<String, External>> {
+    fn externals(_: &FacesParams, rt: &maskflow_stage::Runtime) -> Result<BTreeMap<String, External>> {
         let search = maskflow_models::weights::SearchPaths::from_env();
         let mut out = BTreeMap::new();
         for net in MtcnnNet::ALL {
@@ -99,10 +99,10 @@ impl Stage for FacesStage {
         Ok(out)
     }
     fn run(p: &FacesParams, ctx: &RunCtx) -> Result<FacesReport> {
-        let ds = ctx.external(maskflow_pipeline::runner::DATASET)?;
+        let ds = ctx.external(maskflow_stage::DATASET)?;
         let root = ctx.dataset_root.unwrap_or(&ds.path);
         let files: Vec<_> = MtcnnNet::ALL.iter().map(|n| ctx.external(n.name()).map(|e| e.path.clone())).collect::<Result<_, _>>()?;
-        let device = maskflow_models::parse_device(&ctx.runtime.device)?;
+        let device = maskflow_models::torch_device(ctx.runtime.device);
         let mtcnn = Mtcnn::load([&files[0], &files[1], &files[2]], p.detector.clone(), device)?;
         run(root, p, &mtcnn, ctx.out)
     }

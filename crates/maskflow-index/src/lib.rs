@@ -25,7 +25,7 @@ use maskflow_imaging::{decode, dhash, to_rgb8, Limits, Rejection, Resizer};
 use rayon::prelude::*;
 use maskflow_contracts::faces::IMAGES_SLOT;
 use maskflow_contracts::{index, kinds, JsonFile};
-use maskflow_pipeline::{RunCtx, Slot, Stage};
+use maskflow_stage::{RunCtx, Slot, Stage};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -58,10 +58,10 @@ impl Stage for IndexStage {
             pb.finish_and_clear();
             return r;
         }
-        let ds = ctx.external(maskflow_pipeline::runner::DATASET)?;
+        let ds = ctx.external(maskflow_stage::DATASET)?;
         let files = ds.files.as_ref().map(|f| f.len()).unwrap_or(0);
         let pb = maskflow_core::progress::bar(files as u64, "index", "files");
-        let overrides = ctx.externals.get(maskflow_pipeline::runner::OVERRIDES).map(|e| e.path.as_path());
+        let overrides = ctx.externals.get(maskflow_stage::OVERRIDES).map(|e| e.path.as_path());
         let r = run(&ds.path, &ds.key, p, overrides, ctx.out, &|n| pb.inc(n));
         pb.finish_and_clear();
         r

@@ -1,4 +1,4 @@
-//! The index stage as plan → tasks → commit (`maskflow_pipeline::fanout`): each task examines a
+//! The index stage as plan → tasks → commit (`maskflow_stage::fanout`): each task examines a
 //! chunk of the sorted file list (read, hash, decode, dHash: the stage's whole cost); the commit
 //! walks the folder once more (stat only), checks it is the planned one, and does the rest exactly
 //! as [`crate::run`] does (groups, split, overrides, outputs).
@@ -11,9 +11,9 @@ use crate::{examine, finish, Examined, IndexParams, IndexStage, IndexSummary};
 use anyhow::{bail, Context, Result};
 use maskflow_core::dataset::{self, path_from_bytes};
 use maskflow_imaging::Resizer;
-use maskflow_pipeline::fanout::{Split, SplitHint};
-use maskflow_pipeline::runner::{DATASET, OVERRIDES};
-use maskflow_pipeline::RunCtx;
+use maskflow_stage::{Split, SplitHint};
+use maskflow_stage::{DATASET, OVERRIDES};
+use maskflow_stage::RunCtx;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;

@@ -21,5 +21,5 @@ pub mod pickle;
 pub mod weights;
 
 pub use arch::{Arch, ArchNet};
-pub use trained::{load_trained, parse_device};
+pub use trained::{load_trained, torch_device};
 pub use classifier::{Classifier, HeadConfig, Pool};

@@ -15,8 +15,6 @@ pub enum TrainedError {
     Read { path: PathBuf, source: tch::TchError },
     #[error("{path}: {source}")]
     Load { path: PathBuf, source: LoadError },
-    #[error("device {0:?}: expected cpu, cuda or cuda:N")]
-    Device(String),
 }
 
 /// Builds the trained model of a `trained_model` artifact directory on `device`.
@@ -32,16 +30,11 @@ pub fn load_trained(dir: &Path, device: Device) -> Result<(Classifier, TrainConf
     Ok((model, cfg))
 }
 
-/// `cpu`, `cuda`, `cuda:N` → a device (a runtime's device string, already resolved from `auto`).
-pub fn parse_device(s: &str) -> Result<Device, TrainedError> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(Device::Cuda(0)),
-        other => other
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .map(Device::Cuda)
-            .ok_or_else(|| TrainedError::Device(other.into())),
+/// The stage runtime's device as libtorch's.
+pub fn torch_device(d: maskflow_core::device::Device) -> Device {
+    match d {
+        maskflow_core::device::Device::Cpu => Device::Cpu,
+        maskflow_core::device::Device::Cuda(n) => Device::Cuda(n),
     }
 }
 

@@ -29,6 +29,7 @@
 
 use crate::{DynStage, External, InputArtifact, Registry, RunCtx, Runtime, Stage};
 use anyhow::{bail, Context, Result};
+use maskflow_core::record::{Format, RecordError};
 use maskflow_core::store::{hash_files, now_unix, FileEntry, Manifest, StageSpec, Store};
 use maskflow_remote::Remote;
 use serde::de::DeserializeOwned;
@@ -39,31 +40,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-const PLAN_FORMAT: u32 = 1;
+/// Plans: format 2 records the planning tool's version (format 1 plans, transient, are refused:
+/// commit them with the maskflow that made them). Fields a newer maskflow adds are ignored.
+const PLAN_FORMAT: Format = Format::new("plan", 2);
+/// Task records (`done-<i>.json`): format 2, with the writer's version.
+const DONE_FORMAT: Format = Format::new("task record", 2);
 
-/// How to cut the work: execution settings, never part of a key.
-#[derive(Debug, Clone, Default)]
-pub struct SplitHint {
-    /// About how many items (files, images) one task should take; the stage's default if `None`.
-    pub items_per_task: Option<usize>,
-}
-
-/// A stage kind whose work splits into independent tasks whose results a commit assembles into
-/// exactly the artifact [`Stage::run`] makes.
-pub trait Split: Stage {
-    /// What one task does (written into the plan).
-    type Task: Serialize + DeserializeOwned;
-    /// What one task made besides its files (small: counts, per-file records).
-    type Done: Serialize + DeserializeOwned;
-
-    /// The tasks, in the order their results are assembled. `ctx.out` is not used.
-    fn plan(p: &Self::Params, ctx: &RunCtx, hint: &SplitHint) -> Result<Vec<Self::Task>>;
-    /// Runs one task, writing its files (artifact-relative paths) into `ctx.out`.
-    fn task(p: &Self::Params, ctx: &RunCtx, task: &Self::Task) -> Result<Self::Done>;
-    /// Writes the artifact's remaining files into `ctx.out` from every task's result (in plan
-    /// order) and returns the stage's report. `files` are the files the tasks made.
-    fn commit(p: &Self::Params, ctx: &RunCtx, tasks: Vec<Self::Task>, done: Vec<Self::Done>, files: &[FileEntry]) -> Result<Self::Report>;
-}
+pub use maskflow_stage::{Split, SplitHint};
 
 /// [`Split`] with its types erased (JSON inside this crate only).
 pub trait DynSplit: Send + Sync {
@@ -74,9 +57,8 @@ pub trait DynSplit: Send + Sync {
 
 pub(crate) struct ErasedSplit<S: Split>(pub(crate) std::marker::PhantomData<fn() -> S>);
 
-fn params<S: Stage>(p: &Value) -> S::Params {
-    // Values in a graph or a plan came from `S::Params` through `to_value`.
-    serde_json::from_value(p.clone()).unwrap_or_default()
+fn params<S: Stage>(p: &Value) -> Result<S::Params> {
+    crate::typed::<S>(p).map_err(anyhow::Error::msg)
 }
 
 fn decode<T: DeserializeOwned>(v: Value, what: &str) -> Result<T> {
@@ -85,17 +67,17 @@ fn decode<T: DeserializeOwned>(v: Value, what: &str) -> Result<T> {
 
 impl<S: Split> DynSplit for ErasedSplit<S> {
     fn plan(&self, p: &Value, ctx: &RunCtx, hint: &SplitHint) -> Result<Vec<Value>> {
-        let tasks = S::plan(&params::<S>(p), ctx, hint)?;
+        let tasks = S::plan(&params::<S>(p)?, ctx, hint)?;
         tasks.iter().map(|t| serde_json::to_value(t).map_err(Into::into)).collect()
     }
     fn task(&self, p: &Value, ctx: &RunCtx, task: Value) -> Result<Value> {
         let task: S::Task = decode(task, "task")?;
-        Ok(serde_json::to_value(S::task(&params::<S>(p), ctx, &task)?)?)
+        Ok(serde_json::to_value(S::task(&params::<S>(p)?, ctx, &task)?)?)
     }
     fn commit(&self, p: &Value, ctx: &RunCtx, tasks: Vec<Value>, done: Vec<Value>, files: &[FileEntry]) -> Result<Value> {
         let tasks: Vec<S::Task> = tasks.into_iter().map(|t| decode(t, "task")).collect::<Result<_>>()?;
         let done: Vec<S::Done> = done.into_iter().map(|d| decode(d, "task result")).collect::<Result<_>>()?;
-        Ok(serde_json::to_value(S::commit(&params::<S>(p), ctx, tasks, done, files)?)?)
+        Ok(serde_json::to_value(S::commit(&params::<S>(p)?, ctx, tasks, done, files)?)?)
     }
 }
 
@@ -115,9 +97,10 @@ pub struct InputRef {
 
 /// `plans/<kind>/<key>/plan.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PlanDoc {
     pub format: u32,
+    /// The planning maskflow's version.
+    pub tool_version: String,
     /// The pipeline's name and the instance (`index`, `prep`).
     pub pipeline: String,
     pub instance: String,
@@ -144,8 +127,9 @@ impl PlanDoc {
 
 /// `plans/<kind>/<key>/done-<i>.json`: what a finished task made.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DoneDoc {
+    pub format: u32,
+    pub tool_version: String,
     pub index: usize,
     /// Its files (artifact-relative paths), uploaded as blobs before this record was written.
     pub files: Vec<FileEntry>,
@@ -182,14 +166,18 @@ pub fn parse_plan_url(url: &str) -> Result<(String, String, String)> {
     Ok((store.to_string(), kind.to_string(), key.to_string()))
 }
 
-fn host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "unknown".into())
-}
-
 fn read_json<T: DeserializeOwned>(remote: &Remote, rel: &str) -> Result<Option<T>> {
     match remote.read(rel)? {
         None => Ok(None),
         Some(b) => serde_json::from_slice(&b).map(Some).with_context(|| format!("{}/{rel}: unreadable", remote.url())),
+    }
+}
+
+/// A versioned record of the plan protocol: corrupt and newer ones are errors that name it.
+fn read_record<T: DeserializeOwned>(remote: &Remote, rel: &str, format: Format) -> Result<Option<T>> {
+    match remote.read(rel)? {
+        None => Ok(None),
+        Some(b) => format.decode(&b).map(Some).map_err(|e: RecordError| anyhow::anyhow!("{}/{rel}: {e}", remote.url())),
     }
 }
 
@@ -228,6 +216,7 @@ pub fn plan(
     let rel = plan_rel(&spec.stage, &key);
     let url = plan_url(remote, &spec.stage, &key);
     if let Some(doc) = read_plan(remote, &spec.stage, &key)? {
+        check_plan(reg, &doc, &key).with_context(|| format!("refusing {url}"))?;
         let done = count_done(remote, &rel)?;
         return Ok(PlanState::Plan { doc, url, created: false, done });
     }
@@ -248,7 +237,8 @@ pub fn plan(
         remote.create_once(&task_rel(&rel, &nonce, i), serde_json::to_vec(t)?)?;
     }
     let doc = PlanDoc {
-        format: PLAN_FORMAT,
+        format: PLAN_FORMAT.current,
+        tool_version: maskflow_core::TOOL_VERSION.to_string(),
         pipeline: pipeline.to_string(),
         instance: instance.to_string(),
         spec: spec.clone(),
@@ -271,6 +261,7 @@ pub fn plan(
     if !created {
         // Another machine planned the same key meanwhile: its plan is the plan.
         let theirs = read_plan(remote, &spec.stage, &key)?.context("plan vanished")?;
+        check_plan(reg, &theirs, &key).with_context(|| format!("refusing {url}"))?;
         let done = count_done(remote, &rel)?;
         return Ok(PlanState::Plan { doc: theirs, url, created: false, done });
     }
@@ -291,15 +282,53 @@ fn count_done(remote: &Remote, rel: &str) -> Result<usize> {
     Ok(remote.list_under(rel)?.iter().filter(|p| p.rsplit('/').next().is_some_and(|f| f.starts_with("done-"))).count())
 }
 
-/// The plan of `kind`/`key` in the store, if any, checked to be one (its format, kind and key).
+/// The plan of `kind`/`key` in the store, if any, of a format this maskflow reads and of this
+/// kind. Nothing in it is trusted before [`check_plan`].
 pub fn read_plan(remote: &Remote, kind: &str, key: &str) -> Result<Option<PlanDoc>> {
-    let doc: Option<PlanDoc> = read_json(remote, &format!("{}/plan.json", plan_rel(kind, key)))?;
+    let doc: Option<PlanDoc> = read_record(remote, &format!("{}/plan.json", plan_rel(kind, key)), PLAN_FORMAT)?;
     if let Some(d) = &doc {
-        if d.format != PLAN_FORMAT || d.key() != key || d.spec.stage != kind {
-            bail!("{}/{}: a plan of another format or key", remote.url(), plan_rel(kind, key));
+        if d.spec.stage != kind {
+            bail!("{}/{}: the plan is for stage kind {:?}", remote.url(), plan_rel(kind, key), d.spec.stage);
         }
     }
     Ok(doc)
+}
+
+/// Checks a plan read from the store before anything runs from it: the stage version is this
+/// maskflow's, the params decode strictly as this kind's (and read back unchanged), every input
+/// and outside input is the one the key names, and the key recomputed from all that is the plan's.
+/// Returns the params as this maskflow reads them.
+pub fn check_plan(reg: &Registry, doc: &PlanDoc, key: &str) -> Result<Value> {
+    let kind = doc.spec.stage.as_str();
+    let st = reg.get(kind).with_context(|| format!("stage kind {kind:?} is unknown to this maskflow"))?;
+    let by = &doc.tool_version;
+    if doc.spec.version != st.version() {
+        bail!("the plan is for {kind} version {} (planned by {by}); this {} has {kind} version {}: use the same maskflow for plan, tasks and commit", doc.spec.version, maskflow_core::TOOL_VERSION, st.version());
+    }
+    let params = st
+        .parse_value(doc.spec.params.clone())
+        .map_err(|e| anyhow::anyhow!("the plan's params (planned by {by}) do not read as {kind}'s here: {e}"))?;
+    if params != doc.spec.params {
+        bail!("the plan's params (planned by {by}) do not read back unchanged as {kind}'s here: another maskflow's defaults?");
+    }
+    st.validate(&params).map_err(|e| anyhow::anyhow!("the plan's params: {e}"))?;
+    let mut upstream = BTreeMap::new();
+    for (slot, r) in &doc.inputs {
+        upstream.insert(slot.clone(), r.key.clone());
+    }
+    for (name, e) in &doc.externals {
+        if upstream.insert(name.clone(), e.key.clone()).is_some() {
+            bail!("the plan names {name:?} both as an input and as an outside input");
+        }
+    }
+    if upstream != doc.spec.upstream {
+        bail!("the plan's inputs are not the ones its key was computed from");
+    }
+    let recomputed = StageSpec { stage: kind.to_string(), version: st.version(), params: params.clone(), upstream }.key();
+    if recomputed != key {
+        bail!("the plan's key {key} is not the key of what it says ({recomputed})");
+    }
+    Ok(params)
 }
 
 /// Where a task or commit runs.
@@ -395,6 +424,7 @@ pub fn run_task(site: &Site, kind: &str, key: &str, i: usize) -> Result<TaskOutc
         return Ok(TaskOutcome::Committed);
     }
     let doc = read_plan(remote, kind, key)?.with_context(|| format!("no plan at {}", plan_url(remote, kind, key)))?;
+    let params = check_plan(site.reg, &doc, key).with_context(|| format!("refusing {}", plan_url(remote, kind, key)))?;
     if i >= doc.tasks {
         bail!("task {i}: the plan has {} tasks (0..={})", doc.tasks, doc.tasks.saturating_sub(1));
     }
@@ -409,13 +439,24 @@ pub fn run_task(site: &Site, kind: &str, key: &str, i: usize) -> Result<TaskOutc
     let scratch = work_dir(site.store, "scratch")?;
     let started = Instant::now();
     let ctx = p.ctx(site, &doc, key, scratch.path(), out.path());
-    let done = split.task(&doc.spec.params, &ctx, task).with_context(|| format!("[{}] task {i}", doc.instance))?;
+    let done = split.task(&params, &ctx, task).with_context(|| format!("[{}] task {i}", doc.instance))?;
     let files = hash_files(out.path())?;
+    // Protected from gc until the record naming them lands (maskflow_remote::guard).
+    let intent = remote.intend(&format!("task {i} of {}", plan_url(remote, kind, key)), &files)?;
     remote.upload_blobs(out.path(), &files)?;
     maskflow_remote::failpoint("task-before-record");
     let seconds = started.elapsed().as_secs_f64();
-    let record = DoneDoc { index: i, files, seconds, host: host(), done };
+    let record = DoneDoc {
+        format: DONE_FORMAT.current,
+        tool_version: maskflow_core::TOOL_VERSION.to_string(),
+        index: i,
+        files,
+        seconds,
+        host: maskflow_remote::host(),
+        done,
+    };
     remote.create_once(&done_rel(&rel, i), serde_json::to_vec(&record)?)?;
+    drop(intent);
     Ok(TaskOutcome::Ran { seconds })
 }
 
@@ -434,13 +475,14 @@ pub fn commit(site: &Site, kind: &str, key: &str) -> Result<Committed> {
         return Ok(Committed { created: false, manifest: rm.manifest });
     }
     let doc = read_plan(remote, kind, key)?.with_context(|| format!("no plan at {}", plan_url(remote, kind, key)))?;
+    let params = check_plan(site.reg, &doc, key).with_context(|| format!("refusing {}", plan_url(remote, kind, key)))?;
     let rel = doc.rel();
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(doc.tasks);
     let mut done = Vec::with_capacity(doc.tasks);
     let mut missing = Vec::new();
     for i in 0..doc.tasks {
-        match read_json::<DoneDoc>(remote, &done_rel(&rel, i))? {
+        match read_record::<DoneDoc>(remote, &done_rel(&rel, i), DONE_FORMAT)? {
             Some(d) if d.index == i => done.push(d),
             Some(_) => bail!("{}: the record of task {i} names another task", plan_url(remote, kind, key)),
             None => missing.push(i),
@@ -460,6 +502,27 @@ pub fn commit(site: &Site, kind: &str, key: &str) -> Result<Committed> {
     for i in 0..doc.tasks {
         tasks.push(read_json::<Value>(remote, &task_rel(&rel, &doc.nonce, i))?.with_context(|| format!("task {i} is missing from the plan"))?);
     }
+    // Every task's blobs, protected from here on; a task whose blobs are gone (swept by a gc
+    // after its plan was abandoned) loses its record, so that running it again redoes it.
+    let all: Vec<FileEntry> = done.iter().flat_map(|d| d.files.iter().cloned()).collect();
+    let _intent = remote.intend(&format!("commit of {}", plan_url(remote, kind, key)), &all)?;
+    let mut lost = Vec::new();
+    for d in &done {
+        if let Err(e) = remote.check_blobs(&d.files) {
+            if !e.is_corrupt_artifact() {
+                return Err(e.into());
+            }
+            remote.remove(&done_rel(&rel, d.index))?;
+            lost.push(d.index.to_string());
+        }
+    }
+    if !lost.is_empty() {
+        bail!(
+            "the files of task(s) {} are gone from the store (collected by gc?): their records were removed; run them again (`maskflow task --plan {} --index I`), then commit",
+            lost.join(", "),
+            plan_url(remote, kind, key)
+        );
+    }
     let (_, split) = splittable(site.reg, kind)?;
     let mut files: Vec<FileEntry> = Vec::new();
     let mut task_seconds = 0.0;
@@ -473,7 +536,7 @@ pub fn commit(site: &Site, kind: &str, key: &str) -> Result<Committed> {
     let out = work_dir(site.store, &format!("commit-{}", short(key)))?;
     let scratch = work_dir(site.store, "scratch")?;
     let ctx = p.ctx(site, &doc, key, scratch.path(), out.path());
-    let report = split.commit(&doc.spec.params, &ctx, tasks, results, &files).with_context(|| format!("committing [{}]", doc.instance))?;
+    let report = split.commit(&params, &ctx, tasks, results, &files).with_context(|| format!("committing [{}]", doc.instance))?;
     let own = hash_files(out.path())?;
     let mut seen: BTreeMap<&str, ()> = BTreeMap::new();
     for f in files.iter().chain(&own) {
@@ -540,6 +603,7 @@ pub fn fan_out(
     }
     let stop = AtomicBool::new(false);
     let ran = std::thread::scope(|s| {
+        let _stop = crate::StopOnDrop(&stop);
         if site.rt.progress {
             let (stop, rel, n) = (&stop, doc.rel(), doc.tasks);
             s.spawn(move || {
@@ -553,9 +617,7 @@ pub fn fan_out(
                 pb.finish_and_clear();
             });
         }
-        let r = executor.run_all(&url, doc.tasks);
-        stop.store(true, Ordering::SeqCst);
-        r
+        executor.run_all(&url, doc.tasks)
     });
     ran.with_context(|| format!("[{instance}] tasks on {}", executor.name()))?;
     Ok(Some(commit(site, kind, &key)?))

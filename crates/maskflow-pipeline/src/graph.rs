@@ -316,7 +316,7 @@ impl Builder<'_> {
         if self.index(&d.name).is_some() {
             return Err(self.err(d.header, format!("[{}] is declared twice", d.name)));
         }
-        let default_slots = d.stage.inputs(&d.stage.default_params());
+        let default_slots = d.stage.inputs(&d.stage.default_params()).map_err(|m| self.err(d.header, format!("[{}]: {m}", d.name)))?;
         let (table, inputs_entry) = without(d.table.get_ref(), INPUTS_KEY);
         let mut inputs = BTreeMap::new();
         if let Some(v) = inputs_entry {
@@ -399,7 +399,7 @@ impl Builder<'_> {
             return Ok(());
         }
         let (name, kind, at) = (self.nodes[i].name.clone(), self.nodes[i].kind, self.nodes[i].at);
-        let slots = self.stage(kind).inputs(&self.nodes[i].params);
+        let slots = self.stage(kind).inputs(&self.nodes[i].params).map_err(|m| self.err(self.offset_of(at), format!("[{name}]: {m}")))?;
         let suffix = name.split_once('.').map(|(_, s)| s.to_string());
         for slot in slots {
             let explicit = self.nodes[i].inputs.get(slot.name).cloned();
@@ -505,9 +505,16 @@ impl Builder<'_> {
 
     /// Topological order, ties in declaration order; a cycle is an error naming it.
     fn sorted(mut self) -> Result<Vec<Node>, ConfigError> {
+        let mut failed = None;
         for n in &mut self.nodes {
             let stage = self.registry.get(n.kind).unwrap_or_else(|| unreachable!());
-            stage.place(&mut n.params, Placement { own_data: n.data.is_some() });
+            if let Err(m) = stage.place(&mut n.params, Placement { own_data: n.data.is_some() }) {
+                failed = Some((n.at, format!("[{}]: {m}", n.name)));
+                break;
+            }
+        }
+        if let Some((at, m)) = failed {
+            return Err(self.err(self.offset_of(at), m));
         }
         let mut done: Vec<Node> = Vec::new();
         let mut left: Vec<Node> = self.nodes.clone();

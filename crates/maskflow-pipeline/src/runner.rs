@@ -13,10 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// The name of the outside input every dataset-reading kind gets.
-pub const DATASET: &str = "dataset";
-/// The outside input of the pipeline's label-overrides file (`[dataset] overrides`).
-pub const OVERRIDES: &str = "label_overrides";
+pub use maskflow_stage::{DATASET, OVERRIDES};
 
 /// The label-overrides file as an outside input: keyed by its bytes.
 pub fn overrides_external(path: &Path) -> Result<External> {
@@ -203,6 +200,7 @@ pub fn run(graph: &Graph, reg: &Registry, rt: &Runtime, opts: &RunOptions) -> Re
                 scratch: &scratch,
                 out: tmp,
             };
+            maskflow_remote::failpoint("stage-run");
             st.run(&p.node.params, &ctx)
         };
         if let (Some(ex), Some(sh), Some(_)) = (opts.executor, opts.shared, reg.split(st.kind())) {
@@ -266,7 +264,7 @@ pub fn run(graph: &Graph, reg: &Registry, rt: &Runtime, opts: &RunOptions) -> Re
             path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
             maskflow_core::fsutil::unique_suffix()
         );
-        if let Err(e) = sh.remote.put_run_record(&record.pipeline, &name, serde_json::to_vec_pretty(&record)?) {
+        if let Err(e) = sh.remote.put_run_record(&record.pipeline, &name, record.to_bytes()) {
             eprintln!("warning: the run record was not stored in {}: {e}", sh.remote.url());
         }
     }
@@ -384,7 +382,7 @@ fn recent_records(artifacts: &Path, pipeline: &str) -> Vec<RunRecord> {
     files
         .into_iter()
         .take(100)
-        .filter_map(|(_, p)| serde_json::from_slice(&std::fs::read(p).ok()?).ok())
+        .filter_map(|(_, p)| RunRecord::decode(&std::fs::read(p).ok()?).ok())
         .collect()
 }
 

@@ -26,6 +26,20 @@ pub struct Shared<'a> {
     pub read_only: bool,
     /// How long a lease lasts unless renewed (renewed every third of it while building).
     pub lease_ttl: Duration,
+    /// What to do when the shared store's record of a key is of a newer format than this
+    /// maskflow reads.
+    pub on_newer: OnNewer,
+}
+
+/// What to do about an artifact that a newer maskflow published (a major record format this one
+/// does not know). Either way that record is never deleted, replaced or "repaired".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnNewer {
+    /// Build it here, keep it here, publish nothing over theirs (the default).
+    #[default]
+    BuildLocally,
+    /// Stop with an error naming both versions (`--strict-versions`).
+    Fail,
 }
 
 /// How an instance's artifact was obtained, beyond the local store's outcome.
@@ -53,11 +67,16 @@ pub fn obtain(
     if !force {
         if let Some(outcome) = store.lookup(kind, &key)? {
             if !sh.read_only {
-                via.published = publish_if_absent(sh.remote, &outcome.dir, kind, &key)?;
+                match publish_if_absent(sh.remote, &outcome.dir, kind, &key) {
+                    Ok(p) => via.published = p,
+                    Err(RemoteError::Newer { newer, .. }) => via.notes.push(format!("not published: the shared copy is {newer}")),
+                    Err(e) => return Err(e).context(format!("publishing {kind} {key} to {}", sh.remote.url())),
+                }
             }
             return Ok((outcome, via));
         }
         let mut lease = None;
+        let mut local_only = false;
         loop {
             match sh.remote.manifest(kind, &key) {
                 Ok(Some(rm)) => match install(store, sh.remote, kind, &key, &rm) {
@@ -72,13 +91,20 @@ pub fn obtain(
                     Err(e) => return Err(e).context(format!("pulling {kind} {key} from {}", sh.remote.url())),
                 },
                 Ok(None) => {}
+                Err(RemoteError::Newer { at, newer }) => {
+                    if sh.on_newer == OnNewer::Fail {
+                        bail!("{at}: {newer} (--strict-versions)");
+                    }
+                    via.notes.push(format!("the shared copy is {newer}: built here and not published over it"));
+                    local_only = true;
+                }
                 Err(e) if e.is_corrupt_artifact() => {
                     via.notes.push(format!("{e}: rebuilt here and republished"));
                     repair = true;
                 }
                 Err(e) => return Err(e.into()),
             }
-            if sh.read_only || repair {
+            if sh.read_only || repair || local_only {
                 break;
             }
             match sh.remote.try_lease(kind, &key, sh.lease_ttl)? {
@@ -88,21 +114,22 @@ pub fn obtain(
                         let _ = l.release();
                         continue;
                     }
-                    if let Some(old) = &l.took_over {
-                        via.notes.push(format!("took over the expired lease of {}", old.holder));
+                    if let Some(old) = l.took_over.as_ref().filter(|o| !o.info.as_ref().is_some_and(|i| i.released)) {
+                        via.notes.push(format!("took over the expired lease of {}", old.holder()));
                     }
                     lease = Some(l);
                     break;
                 }
-                LeaseAttempt::Held(info) => {
-                    let secs = info.expires_unix.saturating_sub(maskflow_remote::now_unix());
-                    eprintln!("{kind:<7} waiting: {} is building {} (lease for {secs}s more)", info.holder, short(&key));
+                LeaseAttempt::Held(seen) => {
+                    let secs = seen.left().as_secs();
+                    eprintln!("{kind:<7} waiting: {} is building {} (lease for {secs}s more)", seen.holder(), short(&key));
                     wait_for_manifest_or_lapse(sh, kind, &key);
-                    via.notes.push(format!("waited for {}", info.holder));
+                    via.notes.push(format!("waited for {}", seen.holder()));
                 }
             }
         }
-        return build_and_publish(store, sh, spec, false, scratch, lease, repair, build, via);
+        let sh_here = Shared { read_only: sh.read_only || local_only, ..*sh };
+        return build_and_publish(store, &sh_here, spec, false, scratch, lease, repair, build, via);
     }
     let lease = if sh.read_only {
         None
@@ -144,16 +171,19 @@ fn install(store: &Store, remote: &Remote, kind: &str, key: &str, rm: &maskflow_
     Ok((outcome, transfer.unwrap_or_default()))
 }
 
-/// Publishes a local artifact unless the shared store has it (a corrupt shared manifest is replaced).
-fn publish_if_absent(remote: &Remote, dir: &Path, kind: &str, key: &str) -> Result<Option<Published>> {
+/// Publishes a local artifact unless the shared store has it (a corrupt shared manifest is
+/// replaced; one of a newer format is left alone: `Err(RemoteError::Newer)`).
+fn publish_if_absent(remote: &Remote, dir: &Path, kind: &str, key: &str) -> Result<Option<Published>, RemoteError> {
     let repair = match remote.manifest(kind, key) {
         Ok(Some(_)) => return Ok(None),
         Ok(None) => false,
+        Err(e @ RemoteError::Newer { .. }) => return Err(e),
         Err(e) if e.is_corrupt_artifact() => true,
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     };
-    let bytes = std::fs::read(dir.join(MANIFEST)).with_context(|| format!("{}", dir.join(MANIFEST).display()))?;
-    Ok(Some(remote.publish(dir, &bytes, repair)?))
+    let path = dir.join(MANIFEST);
+    let bytes = std::fs::read(&path).map_err(|source| RemoteError::Io { path, source })?;
+    remote.publish(dir, &bytes, repair).map(Some)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -182,12 +212,15 @@ fn build_and_publish(
     }
     let stop = AtomicBool::new(false);
     let built = std::thread::scope(|s| {
+        // Set on every way out, a panic in the build included: the helper threads end, so nothing
+        // waits on them and no lease outlives the build (dropping it releases it).
+        let _stop = crate::StopOnDrop(&stop);
         if let Some(l) = &lease {
-            s.spawn(|| heartbeat(sh, l, kind, &key, scratch, &stop));
+            // Renewal has its own thread: a slow checkpoint upload never lets the lease lapse.
+            s.spawn(|| renew_lease(sh, l, kind, &key, &stop));
+            s.spawn(|| mirror_checkpoints(sh, kind, &key, scratch, &stop));
         }
-        let r = store.ensure(spec, force, build);
-        stop.store(true, Ordering::SeqCst);
-        r
+        store.ensure(spec, force, build)
     });
     let outcome = match built {
         Ok(o) => o,
@@ -213,27 +246,34 @@ fn build_and_publish(
     Ok((outcome, via))
 }
 
-/// While a build runs: renew the lease every third of its ttl, and mirror the stage's scratch
-/// directory (its checkpoints) to the shared store whenever it changes.
-fn heartbeat(sh: &Shared, lease: &Lease, kind: &str, key: &str, scratch: &Path, stop: &AtomicBool) {
+/// While a build runs: renew the lease every third of its ttl.
+fn renew_lease(sh: &Shared, lease: &Lease, kind: &str, key: &str, stop: &AtomicBool) {
     let renew_every = sh.lease_ttl / 3;
     let mut renewed = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+        if renewed.elapsed() < renew_every {
+            continue;
+        }
+        match lease.renew() {
+            Ok(true) => {}
+            Ok(false) => {
+                eprintln!("{kind:<7} lost the lease on {} to another machine; building on", short(key));
+                return;
+            }
+            Err(e) => eprintln!("{kind:<7} cannot renew the lease: {e}"),
+        }
+        renewed = Instant::now();
+    }
+}
+
+/// While a build runs: mirror the stage's scratch directory (its checkpoints) to the shared store
+/// whenever it changes.
+fn mirror_checkpoints(sh: &Shared, kind: &str, key: &str, scratch: &Path, stop: &AtomicBool) {
     let mut pushed: Vec<(PathBuf, u64, Option<SystemTime>)> = Vec::new();
     let mut last = Vec::new();
-    let mut held = true;
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(250));
-        if held && renewed.elapsed() >= renew_every {
-            match lease.renew() {
-                Ok(true) => {}
-                Ok(false) => {
-                    eprintln!("{kind:<7} lost the lease on {} to another machine; building on", short(key));
-                    held = false;
-                }
-                Err(e) => eprintln!("{kind:<7} cannot renew the lease: {e}"),
-            }
-            renewed = Instant::now();
-        }
         // Mirror a new state once it has held still for a tick (a checkpoint is several files
         // written in a row; its temp files, dot-named, are never sent).
         let now = scratch_signature(scratch);
@@ -268,10 +308,12 @@ pub fn push(store: &Store, remote: &Remote, planned: &[crate::runner::Planned]) 
         let kind = p.spec.stage.as_str();
         let line = match store.verify(kind, &key) {
             Err(why) => format!("not here ({why}): nothing to push"),
-            Ok(_) => match publish_if_absent(remote, &store.artifact_dir(kind, &key), kind, &key)? {
-                None => "already in the shared store".to_string(),
-                Some(p) if p.created => format!("published: {}", p.transfer),
-                Some(p) => format!("already in the shared store (published meanwhile by another machine; blobs: {})", p.transfer),
+            Ok(_) => match publish_if_absent(remote, &store.artifact_dir(kind, &key), kind, &key) {
+                Ok(None) => "already in the shared store".to_string(),
+                Ok(Some(p)) if p.created => format!("published: {}", p.transfer),
+                Ok(Some(p)) => format!("already in the shared store (published meanwhile by another machine; blobs: {})", p.transfer),
+                Err(RemoteError::Newer { newer, .. }) => format!("not pushed: the shared copy is {newer}"),
+                Err(e) => return Err(e.into()),
             },
         };
         lines.push(format!("{:<7} key {}  {line}", p.node.name, short(&key)));
@@ -322,7 +364,7 @@ pub fn remote_state(remote: &Remote, kind: &str, key: &str) -> String {
         Err(e) if e.is_corrupt_artifact() => format!("shared copy unusable ({e})"),
         Err(e) => format!("shared store unreachable ({e})"),
         Ok(None) => match remote.lease_info(kind, key) {
-            Ok(Some(i)) if i.live() => format!("being built by {}", i.holder),
+            Ok(Some(i)) if i.live() => format!("being built by {}", i.holder()),
             _ => "not shared".into(),
         },
     }

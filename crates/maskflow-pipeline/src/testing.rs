@@ -86,7 +86,7 @@ pub fn assert_key_covers_every_param<S: Stage>() {
     let stage: Box<dyn DynStage> = Box::new(crate::Erased::<S>(std::marker::PhantomData));
     for own_data in [false, true] {
         let mut base = stage.default_params();
-        stage.place(&mut base, Placement { own_data });
+        stage.place(&mut base, Placement { own_data }).unwrap_or_else(|e| panic!("{}: {e}", S::KIND));
         let key = |p: &Value| StageSpec::new(S::KIND, S::VERSION, p, BTreeMap::new()).map(|s| s.key()).unwrap_or_default();
         let base_key = key(&base);
         let mut paths = Vec::new();

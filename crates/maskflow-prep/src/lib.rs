@@ -22,7 +22,7 @@ use maskflow_contracts::index::{read_index, IndexDataset, IndexRow, INDEX_FILE};
 use maskflow_contracts::shards::{self, ShardLayout, ShardSetMeta, ShardSetWriter};
 use maskflow_contracts::{kinds, JsonFile};
 use maskflow_imaging::{Filter, Limits, Preprocess, Rejection, ResizeMode, Resizer};
-use maskflow_pipeline::{RunCtx, Slot, Stage};
+use maskflow_stage::{RunCtx, Slot, Stage};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -194,11 +194,11 @@ fn index_rows(ctx: &RunCtx) -> anyhow::Result<Vec<IndexRow>> {
 /// Prep as plan → tasks → commit: one task per output shard (its rows are known from the index
 /// alone), written by a shard writer started at that shard — byte for byte the shard of a
 /// single-machine run.
-impl maskflow_pipeline::fanout::Split for PrepStage {
+impl maskflow_stage::Split for PrepStage {
     type Task = ShardTask;
     type Done = ShardDone;
 
-    fn plan(p: &PrepParams, ctx: &RunCtx, _hint: &maskflow_pipeline::fanout::SplitHint) -> anyhow::Result<Vec<ShardTask>> {
+    fn plan(p: &PrepParams, ctx: &RunCtx, _hint: &maskflow_stage::SplitHint) -> anyhow::Result<Vec<ShardTask>> {
         p.validate()?;
         let rows = index_rows(ctx)?;
         Ok(SPLITS

@@ -1,187 +1,227 @@
-//! Leases: "this machine is building that key, until then". A builder creates the lease object
-//! create-only, renews it while it works and deletes it when done; another machine that finds a
-//! live lease waits for the manifest instead of building the same thing, and takes an expired lease
-//! over (a conditional replace where the store has one). Leases only save work: a manifest is
-//! trusted for its content, never because of a lease, so a lost or stolen lease costs time at most.
+//! Leases: "this machine is building that key". Leases only save work: a manifest is trusted for
+//! its content, never because of a lease, so a lost lease costs time at most. Still, at most one
+//! process holds a key's lease at a time, on any store:
+//!
+//! - A lease is a sequence of *generations*, `leases/<kind>/<key>/<generation>.json`. Only the
+//!   highest generation counts. Taking the lease is creating the next generation **create-only**
+//!   (If-None-Match: * on S3, an exclusive create on a filesystem), so of two machines racing for
+//!   it one wins, on every backend; nothing is ever deleted to take a lease over.
+//! - The holder renews by rewriting its own generation (which refreshes its last-modified) and
+//!   releases by rewriting it as released. A generation numbers is never reused while its object
+//!   exists; gc removes lease objects older than its grace period.
+//! - A lease is expired when its generation was last written longer ago than its ttl **by the
+//!   store's clock** (the object's last-modified against an object written now), never by
+//!   comparing the clocks of two machines.
+//! - Retries are bounded: a few rounds, then the current holder is reported.
 
-use crate::{now_unix, Remote, RemoteError};
+use crate::guard::chrono_like::Stamp;
+use crate::{Remote, RemoteError};
 use bytes::Bytes;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use maskflow_core::record::Format;
+use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// A lease as stored (`leases/<kind>/<key>.json`).
+pub(crate) const LEASE_FORMAT: Format = Format::new("lease", 1);
+
+/// A lease generation as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LeaseInfo {
+    pub format: u32,
+    pub tool_version: String,
     /// `host:pid:unique`, unique per lease taken.
     pub holder: String,
     pub host: String,
     pub pid: u32,
-    pub acquired_unix: u64,
-    pub expires_unix: u64,
+    /// Seconds the lease lasts after each renewal (by the store's clock).
+    pub ttl_s: u64,
+    /// Released by its holder: free to take.
+    pub released: bool,
 }
 
-impl LeaseInfo {
+/// A lease as another process sees it.
+#[derive(Debug, Clone)]
+pub struct LeaseSeen {
+    pub generation: u64,
+    /// `None`: a lease record this maskflow cannot read (newer or corrupt); it is respected for
+    /// the ttl asked of [`Remote::try_lease`] (or a minute, in [`Remote::lease_info`]).
+    pub info: Option<LeaseInfo>,
+    /// Since its last renewal, by the store's clock.
+    pub age: Duration,
+    ttl: Duration,
+}
+
+impl LeaseSeen {
     pub fn live(&self) -> bool {
-        self.expires_unix > now_unix()
+        !self.info.as_ref().is_some_and(|i| i.released) && self.age < self.ttl
+    }
+    /// How long it lasts unless renewed.
+    pub fn left(&self) -> Duration {
+        self.ttl.saturating_sub(self.age)
+    }
+    pub fn holder(&self) -> String {
+        self.info.as_ref().map_or_else(|| format!("(an unreadable lease, generation {})", self.generation), |i| i.holder.clone())
     }
 }
 
-/// A lease this process holds.
+/// A lease this process holds. Dropping it releases it (a build that panics frees its key).
 pub struct Lease<'r> {
     remote: &'r Remote,
-    rel: String,
-    ttl: Duration,
-    state: Mutex<(LeaseInfo, UpdateVersion)>,
-    /// The expired lease this one replaced, if any.
-    pub took_over: Option<LeaseInfo>,
+    prefix: String,
+    generation: u64,
+    info: Mutex<LeaseInfo>,
+    /// The expired or released lease this one followed, if any.
+    pub took_over: Option<LeaseSeen>,
+    done: std::sync::atomic::AtomicBool,
 }
 
 pub enum LeaseAttempt<'r> {
     Acquired(Lease<'r>),
     /// Another machine holds a live lease.
-    Held(LeaseInfo),
+    Held(LeaseSeen),
 }
 
-fn lease_rel(kind: &str, key: &str) -> String {
-    format!("leases/{kind}/{key}.json")
+fn lease_prefix(kind: &str, key: &str) -> String {
+    format!("leases/{kind}/{key}")
 }
 
-fn host() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "unknown-host".into())
+fn gen_rel(prefix: &str, generation: u64) -> String {
+    format!("{prefix}/{generation:020}.json")
 }
 
-fn version(r: &object_store::PutResult) -> UpdateVersion {
-    UpdateVersion { e_tag: r.e_tag.clone(), version: r.version.clone() }
-}
+/// Attempts at taking a lease before reporting whoever holds it.
+const ROUNDS: usize = 8;
 
 impl Remote {
-    /// The lease on `kind`/`key`, if one is stored (an unreadable one counts as expired).
-    pub fn lease_info(&self, kind: &str, key: &str) -> Result<Option<LeaseInfo>, RemoteError> {
-        Ok(self.read_lease(&lease_rel(kind, key))?.map(|(info, _)| info))
+    /// The generations of a lease, highest last.
+    fn generations(&self, prefix: &str) -> Result<Vec<(u64, object_store::ObjectMeta)>, RemoteError> {
+        let mut gens: Vec<(u64, object_store::ObjectMeta)> = self
+            .list_metas(Some(prefix))?
+            .into_iter()
+            .filter_map(|(rel, m)| {
+                let name = rel.rsplit('/').next()?;
+                Some((name.strip_suffix(".json")?.parse::<u64>().ok()?, m))
+            })
+            .collect();
+        gens.sort_by_key(|g| g.0);
+        Ok(gens)
     }
 
-    fn read_lease(&self, rel: &str) -> Result<Option<(LeaseInfo, UpdateVersion)>, RemoteError> {
-        let path = self.path(rel);
-        self.block_on(async {
-            let got = match self.store.get(&path).await {
-                Ok(g) => g,
-                Err(object_store::Error::NotFound { .. }) => return Ok(None),
-                Err(e) => return Err(self.backend(rel)(e)),
-            };
-            let v = UpdateVersion { e_tag: got.meta.e_tag.clone(), version: got.meta.version.clone() };
-            let bytes = got.bytes().await.map_err(self.backend(rel))?;
-            let info = serde_json::from_slice(&bytes).unwrap_or(LeaseInfo {
-                holder: "(unreadable lease)".into(),
-                host: String::new(),
-                pid: 0,
-                acquired_unix: 0,
-                expires_unix: 0,
-            });
-            Ok(Some((info, v)))
-        })
+    /// The current generation of a lease, as seen now.
+    fn current_lease(&self, prefix: &str, unreadable_ttl: Duration) -> Result<Option<LeaseSeen>, RemoteError> {
+        let Some((generation, meta)) = self.generations(prefix)?.pop() else { return Ok(None) };
+        let rel = gen_rel(prefix, generation);
+        let Some(bytes) = self.get_optional(&rel)? else { return Ok(None) };
+        let info = LEASE_FORMAT.decode::<LeaseInfo>(&bytes).ok();
+        let ttl = info.as_ref().map_or(unreadable_ttl, |i| Duration::from_secs(i.ttl_s));
+        let age = self.store_now()?.since(&Stamp::of(&meta));
+        Ok(Some(LeaseSeen { generation, info, age, ttl }))
     }
 
-    /// Tries to take the lease on `kind`/`key` for `ttl`: created if absent, taken over if expired.
+    /// The lease on `kind`/`key`, if one is stored.
+    pub fn lease_info(&self, kind: &str, key: &str) -> Result<Option<LeaseSeen>, RemoteError> {
+        self.current_lease(&lease_prefix(kind, key), Duration::from_secs(60))
+    }
+
+    /// Tries to take the lease on `kind`/`key` for `ttl`: the next generation, created create-only,
+    /// when there is none or the current one is expired or released.
     pub fn try_lease(&self, kind: &str, key: &str, ttl: Duration) -> Result<LeaseAttempt<'_>, RemoteError> {
-        let rel = lease_rel(kind, key);
-        let host = host();
-        let mut took_over = None;
-        // Each round either ends or loses a race to another machine's write; a few suffice.
-        for _ in 0..8 {
-            let now = now_unix();
+        let prefix = lease_prefix(kind, key);
+        let host = crate::host();
+        let pid = std::process::id();
+        let mut last = None;
+        for _ in 0..ROUNDS {
+            let current = self.current_lease(&prefix, ttl)?;
+            if let Some(c) = current.as_ref().filter(|c| c.live()) {
+                return Ok(LeaseAttempt::Held(c.clone()));
+            }
+            let generation = current.as_ref().map_or(0, |c| c.generation + 1);
             let info = LeaseInfo {
-                holder: format!("{host}:{}:{}", std::process::id(), maskflow_core::fsutil::unique_suffix()),
+                format: LEASE_FORMAT.current,
+                tool_version: maskflow_core::TOOL_VERSION.into(),
+                holder: format!("{host}:{pid}:{}", maskflow_core::fsutil::unique_suffix()),
                 host: host.clone(),
-                pid: std::process::id(),
-                acquired_unix: now,
-                expires_unix: now + ttl.as_secs().max(1),
+                pid,
+                ttl_s: ttl.as_secs().max(1),
+                released: false,
             };
             let body = Bytes::from(serde_json::to_vec(&info).unwrap_or_default());
-            if let Some(r) = self.create(&rel, body.clone())? {
-                let v = version(&r);
-                return Ok(LeaseAttempt::Acquired(Lease { remote: self, rel, ttl, state: Mutex::new((info, v)), took_over }));
-            }
-            let Some((current, v)) = self.read_lease(&rel)? else { continue };
-            if current.live() {
-                return Ok(LeaseAttempt::Held(current));
-            }
-            // Expired: replace it only if it is still the one we read.
-            let opts = PutOptions { mode: PutMode::Update(v), ..Default::default() };
-            match self.block_on(self.store.put_opts(&self.path(&rel), PutPayload::from_bytes(body), opts)) {
-                Ok(r) => {
-                    let v = version(&r);
-                    return Ok(LeaseAttempt::Acquired(Lease {
-                        remote: self,
-                        rel,
-                        ttl,
-                        state: Mutex::new((info, v)),
-                        took_over: Some(current),
-                    }));
+            if self.create(&gen_rel(&prefix, generation), body)?.is_some() {
+                // Older generations are dead for good: tidy them (best effort).
+                if let Ok(gens) = self.generations(&prefix) {
+                    for (g, _) in gens.into_iter().filter(|(g, _)| *g < generation) {
+                        let _ = self.delete(&gen_rel(&prefix, g));
+                    }
                 }
-                Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }) => continue,
-                Err(object_store::Error::NotImplemented { .. } | object_store::Error::NotSupported { .. }) => {
-                    // No conditional replace here (a local filesystem): delete and race to create.
-                    self.delete(&rel)?;
-                    took_over = Some(current);
-                }
-                Err(e) => return Err(self.backend(&rel)(e)),
+                return Ok(LeaseAttempt::Acquired(Lease {
+                    remote: self,
+                    prefix,
+                    generation,
+                    info: Mutex::new(info),
+                    took_over: current,
+                    done: false.into(),
+                }));
             }
+            last = current;
         }
         // Constant contention: report whoever holds it now.
-        match self.read_lease(&rel)? {
-            Some((info, _)) => Ok(LeaseAttempt::Held(info)),
-            None => self.try_lease(kind, key, ttl),
+        match self.current_lease(&prefix, ttl)? {
+            Some(seen) => Ok(LeaseAttempt::Held(seen)),
+            None => Err(RemoteError::Busy {
+                at: self.at(&prefix),
+                why: format!("lost {ROUNDS} races for the lease (last seen: {:?})", last.map(|l| l.holder())),
+            }),
         }
     }
 }
 
 impl Lease<'_> {
     pub fn info(&self) -> LeaseInfo {
-        self.state.lock().map(|s| s.0.clone()).unwrap_or_else(|p| p.into_inner().0.clone())
+        self.info.lock().map(|s| s.clone()).unwrap_or_else(|p| p.into_inner().clone())
     }
 
-    /// Extends the lease by its ttl from now. `Ok(false)`: it was taken over (this process was too
-    /// slow to renew); the build may go on, its result is as valid as the other machine's.
+    fn still_mine(&self) -> Result<bool, RemoteError> {
+        let top = self.remote.generations(&self.prefix)?.pop().map(|g| g.0);
+        Ok(top == Some(self.generation))
+    }
+
+    fn write(&self, info: &LeaseInfo) -> Result<(), RemoteError> {
+        let rel = gen_rel(&self.prefix, self.generation);
+        let body = object_store::PutPayload::from(serde_json::to_vec(info).unwrap_or_default());
+        self.remote.block_on(self.remote.store.put(&self.remote.path(&rel), body)).map(|_| ()).map_err(self.remote.backend(&rel))
+    }
+
+    /// Extends the lease by its ttl from now (by the store's clock). `Ok(false)`: another process
+    /// took it (this one was too slow to renew); the build may go on, its result is as valid.
     pub fn renew(&self) -> Result<bool, RemoteError> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut info = state.0.clone();
-        info.expires_unix = now_unix() + self.ttl.as_secs().max(1);
-        let body = PutPayload::from(serde_json::to_vec(&info).unwrap_or_default());
-        let path = self.remote.path(&self.rel);
-        let opts = PutOptions { mode: PutMode::Update(state.1.clone()), ..Default::default() };
-        let result = match self.remote.block_on(self.remote.store.put_opts(&path, body.clone(), opts)) {
-            Err(object_store::Error::NotImplemented { .. } | object_store::Error::NotSupported { .. }) => {
-                // No conditional replace: check the holder, then overwrite (a narrow race, harmless).
-                match self.remote.read_lease(&self.rel)? {
-                    Some((cur, _)) if cur.holder == info.holder => self.remote.block_on(self.remote.store.put(&path, body)),
-                    _ => return Ok(false),
-                }
-            }
-            other => other,
-        };
-        match result {
-            Ok(r) => {
-                *state = (info, version(&r));
-                Ok(true)
-            }
-            Err(object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(self.remote.backend(&self.rel)(e)),
+        if !self.still_mine()? {
+            return Ok(false);
         }
+        self.write(&self.info())?;
+        Ok(true)
     }
 
-    /// Deletes the lease if it is still ours.
+    /// Marks the lease released, if it is still ours.
     pub fn release(self) -> Result<(), RemoteError> {
-        let mine = self.info().holder;
-        match self.remote.read_lease(&self.rel)? {
-            Some((cur, _)) if cur.holder == mine => self.remote.delete(&self.rel),
-            _ => Ok(()),
+        self.release_ref()
+    }
+
+    fn release_ref(&self) -> Result<(), RemoteError> {
+        if self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
         }
+        if !self.still_mine()? {
+            return Ok(());
+        }
+        let mut info = self.info();
+        info.released = true;
+        self.write(&info)
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let _ = self.release_ref();
     }
 }

@@ -19,11 +19,13 @@
 
 mod blobs;
 mod gc;
+pub mod guard;
 mod lease;
 
 pub use blobs::Transfer;
-pub use gc::{GcOptions, GcReport};
-pub use lease::{Lease, LeaseAttempt, LeaseInfo};
+pub use gc::{GcOptions, GcReport, Swept};
+pub use guard::IntentGuard;
+pub use lease::{Lease, LeaseAttempt, LeaseInfo, LeaseSeen};
 
 use bytes::Bytes;
 use maskflow_core::store::{FileEntry, Manifest};
@@ -47,6 +49,9 @@ pub enum RemoteError {
     BlobCorrupt { file: String, blake3: String, found: String },
     #[error("{at}: unusable manifest: {why}")]
     BadManifest { at: String, why: String },
+    /// A record of a newer major format: used by nobody here, never replaced or deleted.
+    #[error("{at}: {newer}")]
+    Newer { at: String, newer: maskflow_core::record::Newer },
     #[error(
         "{url} does not honour create-only writes (If-None-Match: *): {why}. Two machines publishing the \
          same artifact could overwrite each other's manifest, so maskflow will not write to this store. \
@@ -54,6 +59,9 @@ pub enum RemoteError {
          or a shared filesystem as file:///path)"
     )]
     NoConditionalWrites { url: String, why: String },
+    /// Another process holds what this one needs (the gc lock, a contended lease).
+    #[error("{at}: busy: {why}")]
+    Busy { at: String, why: String },
 }
 
 impl RemoteError {
@@ -226,16 +234,26 @@ impl Remote {
     }
 
     /// The published manifest of `kind`/`key`, if any: one GET. A manifest that does not parse or
-    /// names another key is `BadManifest` (the caller rebuilds and republishes).
+    /// names another key is `BadManifest` (the caller rebuilds and republishes); one of a newer
+    /// major format is `Newer` (the caller builds locally and leaves it alone). Fields this
+    /// maskflow does not know are ignored.
     pub fn manifest(&self, kind: &str, key: &str) -> Result<Option<RemoteManifest>, RemoteError> {
         let rel = Self::manifest_rel(kind, key);
         let Some(bytes) = self.get_optional(&rel)? else { return Ok(None) };
         let bad = |why: String| RemoteError::BadManifest { at: self.at(&rel), why };
-        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        let manifest = Manifest::decode(&bytes).map_err(|e| self.record_error(&rel, e))?;
         if manifest.key != key || manifest.stage != kind {
             return Err(bad(format!("it names {}/{}", manifest.stage, manifest.key)));
         }
         Ok(Some(RemoteManifest { bytes: bytes.to_vec(), manifest }))
+    }
+
+    /// A record that did not decode: `Newer` or `BadManifest` at `rel`.
+    pub(crate) fn record_error(&self, rel: &str, e: maskflow_core::record::RecordError) -> RemoteError {
+        match e {
+            maskflow_core::record::RecordError::Newer(newer) => RemoteError::Newer { at: self.at(rel), newer },
+            corrupt => RemoteError::BadManifest { at: self.at(rel), why: corrupt.to_string() },
+        }
     }
 
     /// Downloads an artifact's files into `dest` (an empty directory), checking every blob.
@@ -246,8 +264,9 @@ impl Remote {
     /// Publishes a verified local artifact: its blobs, then its manifest, create-only. `repair`:
     /// the stored copy was found corrupt, so every blob is rewritten and the old manifest replaced.
     pub fn publish(&self, dir: &Path, manifest_bytes: &[u8], repair: bool) -> Result<Published, RemoteError> {
-        let manifest: Manifest = serde_json::from_slice(manifest_bytes)
+        let manifest = Manifest::decode(manifest_bytes)
             .map_err(|e| RemoteError::BadManifest { at: dir.display().to_string(), why: e.to_string() })?;
+        let _intent = self.intend(&format!("{}/{}", manifest.stage, manifest.key), &manifest.files)?;
         let transfer = blobs::upload(self, dir, &manifest.files, repair, self.progress)?;
         failpoint("publish-before-manifest");
         let rel = Self::manifest_rel(&manifest.stage, &manifest.key);
@@ -343,8 +362,9 @@ impl Remote {
     /// Commits a manifest whose blobs are already stored (made by tasks on other machines):
     /// create-only, like [`Remote::publish`]. True when this call created it.
     pub fn commit_manifest(&self, manifest_bytes: &[u8]) -> Result<bool, RemoteError> {
-        let manifest: Manifest = serde_json::from_slice(manifest_bytes)
+        let manifest = Manifest::decode(manifest_bytes)
             .map_err(|e| RemoteError::BadManifest { at: "(manifest to commit)".into(), why: e.to_string() })?;
+        let _intent = self.intend(&format!("{}/{}", manifest.stage, manifest.key), &manifest.files)?;
         self.check_blobs(&manifest.files)?;
         let rel = Self::manifest_rel(&manifest.stage, &manifest.key);
         Ok(self.create(&rel, Bytes::copy_from_slice(manifest_bytes))?.is_some())
@@ -375,8 +395,9 @@ impl Remote {
                 Some(FileEntry { path: maskflow_core::fsutil::rel_string(&rel), bytes, blake3 })
             })
             .collect();
+        let _intent = self.intend(&format!("checkpoint {kind}/{key}"), &files)?;
         let transfer = blobs::upload(self, dir, &files, false, false)?;
-        let index = CheckpointIndex { kind: kind.into(), key: key.into(), files };
+        let index = CheckpointIndex { format: Some(CHECKPOINT_FORMAT.current), tool_version: Some(maskflow_core::TOOL_VERSION.into()), kind: kind.into(), key: key.into(), files };
         let bytes = serde_json::to_vec_pretty(&index).unwrap_or_default();
         self.put(&Self::checkpoint_rel(kind, key), bytes)?;
         Ok(transfer)
@@ -387,8 +408,7 @@ impl Remote {
     pub fn pull_checkpoint(&self, kind: &str, key: &str, dir: &Path) -> Result<Option<Transfer>, RemoteError> {
         let rel = Self::checkpoint_rel(kind, key);
         let Some(bytes) = self.get_optional(&rel)? else { return Ok(None) };
-        let index: CheckpointIndex = serde_json::from_slice(&bytes)
-            .map_err(|e| RemoteError::BadManifest { at: self.at(&rel), why: e.to_string() })?;
+        let index: CheckpointIndex = CHECKPOINT_FORMAT.decode(&bytes).map_err(|e| self.record_error(&rel, e))?;
         std::fs::create_dir_all(dir).map_err(|source| RemoteError::Io { path: dir.into(), source })?;
         blobs::download(self, &index.files, dir, false).map(Some)
     }
@@ -435,7 +455,9 @@ impl Remote {
         }
     }
 
-    /// Overwrites or deletes a stored object by its path relative to the store (fault tests).
+    /// Overwrites or deletes a stored object by its path relative to the store (fault tests only:
+    /// built with the `failpoints` feature).
+    #[cfg(any(test, feature = "failpoints"))]
     pub fn damage(&self, rel: &str, replacement: Option<Vec<u8>>) -> Result<(), RemoteError> {
         match replacement {
             Some(b) => self.put(rel, b),
@@ -444,15 +466,14 @@ impl Remote {
     }
 }
 
-/// Any stored record that names blobs by a `files` list (a checkpoint index, a task's record):
-/// what `gc` reads to keep them.
-#[derive(Debug, Deserialize)]
-pub(crate) struct FileList {
-    files: Vec<FileEntry>,
-}
+/// Checkpoint indexes: format 2 like every record that names blobs (gc reads them as one type);
+/// format 0 (no format field) is still read.
+const CHECKPOINT_FORMAT: maskflow_core::record::Format = maskflow_core::record::Format::new("checkpoint index", 2).reading_back_to(0);
 
 #[derive(Debug, Serialize, Deserialize)]
 struct CheckpointIndex {
+    format: Option<u32>,
+    tool_version: Option<String>,
     kind: String,
     key: String,
     files: Vec<FileEntry>,
@@ -470,16 +491,28 @@ fn install_tls_provider() {
 
 /// Fault injection for the tests: with `MASKFLOW_FAILPOINT=<name>`, the process announces the
 /// point on stderr and kills itself there with SIGKILL, as a machine that dies at that moment
-/// would: no destructor, no cleanup, no lease released.
+/// would: no destructor, no cleanup, no lease released. With `MASKFLOW_FAILPOINT_ACTION=panic` it
+/// panics there instead (as tch does on an error inside libtorch, e.g. out of memory).
 ///
 /// With `MASKFLOW_FAILPOINT_ONCE=<file>` as well, only the first process to reach the point (the one
-/// that creates the file) dies: a retried task then passes it.
+/// that creates the file) fails: a retried task then passes it.
+///
+/// Only in builds with the `failpoints` feature (the test suite's); elsewhere it does nothing.
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn failpoint(_name: &str) {}
+
+/// See above: the test build's failpoint.
+#[cfg(feature = "failpoints")]
 pub fn failpoint(name: &str) {
     if std::env::var("MASKFLOW_FAILPOINT").is_ok_and(|v| v == name) {
         if let Some(marker) = std::env::var_os("MASKFLOW_FAILPOINT_ONCE") {
             if std::fs::OpenOptions::new().write(true).create_new(true).open(&marker).is_err() {
                 return;
             }
+        }
+        if std::env::var("MASKFLOW_FAILPOINT_ACTION").is_ok_and(|a| a == "panic") {
+            panic!("failpoint {name}: injected panic");
         }
         eprintln!("failpoint {name}: SIGKILL");
         // SAFETY: plain libc calls on our own pid.
@@ -493,6 +526,17 @@ pub fn failpoint(name: &str) {
 }
 
 pub use maskflow_core::store::now_unix;
+
+/// This machine's name, for lease holders and task records.
+pub fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown-host".into())
+}
 
 #[cfg(test)]
 mod tests;

@@ -148,20 +148,25 @@ fn a_lease_is_exclusive_until_it_expires_then_taken_over() {
     let LeaseAttempt::Acquired(a) = r.try_lease("train", "k1", ttl).unwrap() else { panic!("first lease") };
     assert!(a.took_over.is_none());
     let LeaseAttempt::Held(info) = r.try_lease("train", "k1", ttl).unwrap() else { panic!("must be held") };
-    assert_eq!(info.holder, a.info().holder);
+    assert_eq!(info.holder(), a.info().holder);
+    assert!(info.live() && info.left() <= ttl);
     assert!(a.renew().unwrap(), "the holder renews");
     // Other keys are independent.
     assert!(matches!(r.try_lease("train", "k2", ttl).unwrap(), LeaseAttempt::Acquired(_)));
 
     std::thread::sleep(Duration::from_millis(2100));
     let LeaseAttempt::Acquired(b) = r.try_lease("train", "k1", ttl).unwrap() else { panic!("expired: taken over") };
-    assert_eq!(b.took_over.as_ref().map(|i| i.holder.clone()), Some(a.info().holder));
+    assert_eq!(b.took_over.as_ref().map(|i| i.holder()), Some(a.info().holder));
     assert!(!a.renew().unwrap(), "the old holder learns it lost the lease");
     // Releasing a lost lease leaves the new holder's alone.
     a.release().unwrap();
-    assert_eq!(r.lease_info("train", "k1").unwrap().map(|i| i.holder), Some(b.info().holder));
+    assert_eq!(r.lease_info("train", "k1").unwrap().map(|i| i.holder()), Some(b.info().holder));
     b.release().unwrap();
-    assert!(r.lease_info("train", "k1").unwrap().is_none());
+    assert!(!r.lease_info("train", "k1").unwrap().unwrap().live(), "released");
+    // A released lease is free at once.
+    let LeaseAttempt::Acquired(c) = r.try_lease("train", "k1", Duration::from_secs(60)).unwrap() else { panic!("released: free") };
+    drop(c);
+    assert!(!r.lease_info("train", "k1").unwrap().unwrap().live(), "dropping a lease releases it (a panicking build frees its key)");
 }
 
 #[test]
@@ -219,21 +224,21 @@ fn gc_sweeps_only_old_unreferenced_blobs_and_only_when_told() {
     crate::blobs::upload(&r, &dir2, &m2.files, false, false).unwrap();
     let orphan = m2.files.iter().find(|f| f.path == "sub/c.txt").unwrap().blake3.clone();
 
-    let young = r.gc(&GcOptions { grace: Duration::from_secs(3600), keep_runs: None, apply: true }).unwrap();
+    let young = r.gc(&GcOptions { grace: Duration::from_secs(3600), keep_runs: None, plan_ttl: Duration::from_secs(3600), apply: true }).unwrap();
     assert_eq!((young.blobs, young.blobs_live, young.blobs_young, young.blobs_swept), (3, 2, 1, 0), "{young}");
 
-    let dry = r.gc(&GcOptions { grace: Duration::ZERO, keep_runs: None, apply: false }).unwrap();
+    let dry = r.gc(&GcOptions { grace: Duration::ZERO, keep_runs: None, plan_ttl: Duration::from_secs(3600), apply: false }).unwrap();
     assert_eq!(dry.blobs_swept, 1, "{dry}");
     assert!(dry.to_string().contains("dry run"));
     assert!(r.get_optional(&format!("cas/{orphan}")).unwrap().is_some(), "a dry run deletes nothing");
 
-    let done = r.gc(&GcOptions { grace: Duration::ZERO, keep_runs: None, apply: true }).unwrap();
+    let done = r.gc(&GcOptions { grace: Duration::ZERO, keep_runs: None, plan_ttl: Duration::from_secs(3600), apply: true }).unwrap();
     assert_eq!((done.blobs_swept, done.bytes_swept), (1, 5));
     assert!(r.get_optional(&format!("cas/{orphan}")).unwrap().is_none());
     r.fetch(&m, tempfile::tempdir().unwrap().path()).unwrap();
 
     // keep_runs: a manifest no run record names goes, and its blobs with it.
-    let after = r.gc(&GcOptions { grace: Duration::ZERO, keep_runs: Some(1), apply: true }).unwrap();
+    let after = r.gc(&GcOptions { grace: Duration::ZERO, keep_runs: Some(1), plan_ttl: Duration::from_secs(3600), apply: true }).unwrap();
     assert_eq!(after.manifests_swept, vec![format!("demo/{}", m.key)]);
     assert_eq!(after.blobs_swept, 2);
     assert!(r.manifest("demo", &m.key).unwrap().is_none());
@@ -265,8 +270,8 @@ fn gc_keeps_what_recent_run_records_name() {
             pulled: false,
         }],
     };
-    r.put_run_record("demo", "r1", serde_json::to_vec(&record).unwrap()).unwrap();
-    let g = r.gc(&GcOptions { grace: Duration::ZERO, keep_runs: Some(5), apply: true }).unwrap();
+    r.put_run_record("demo", "r1", record.to_bytes()).unwrap();
+    let g = r.gc(&GcOptions { grace: Duration::ZERO, keep_runs: Some(5), plan_ttl: Duration::from_secs(3600), apply: true }).unwrap();
     assert_eq!(g.manifests_swept, vec![format!("demo/{}", m2.key)], "{g}");
     assert!(r.manifest("demo", &m.key).unwrap().is_some());
     assert!(r.manifest("demo", &m2.key).unwrap().is_none());
@@ -313,4 +318,164 @@ impl ObjectStore for IgnoresConditions {
     async fn copy_opts(&self, from: &OPath, to: &OPath, options: object_store::CopyOptions) -> object_store::Result<()> {
         self.0.copy_opts(from, to, options).await
     }
+}
+
+// ---- the versioned store protocol, leases, gc against publishers (issue 23) ----
+
+fn with_field(bytes: &[u8], field: &str, value: serde_json::Value) -> Vec<u8> {
+    let mut v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+    v[field] = value;
+    serde_json::to_vec_pretty(&v).unwrap()
+}
+
+#[test]
+fn a_manifest_with_a_field_this_maskflow_does_not_know_is_used_as_it_is() {
+    let r = memory();
+    let d = tempfile::tempdir().unwrap();
+    let (dir, bytes, m) = artifact(d.path(), 11);
+    r.publish(&dir, &bytes, false).unwrap();
+    let newer = with_field(&bytes, "provenance", json!({"gpu": "H100"}));
+    r.damage(&format!("demo/{}/manifest.json", m.key), Some(newer.clone())).unwrap();
+    let got = r.manifest("demo", &m.key).unwrap().expect("compatible: read");
+    assert_eq!(got.bytes, newer, "kept byte for byte");
+    // It installs into a local store (which verifies it) unchanged.
+    let local = Store::new(d.path().join("elsewhere"));
+    let o = local.install("demo", &m.key, &got.bytes, |tmp| r.fetch(&got.manifest, tmp).map(|_| ())).unwrap().unwrap();
+    assert_eq!(fs::read(o.dir.join("manifest.json")).unwrap(), newer);
+    assert!(local.verify("demo", &m.key).is_ok());
+}
+
+#[test]
+fn a_manifest_of_a_newer_major_format_is_newer_never_corrupt() {
+    let r = memory();
+    let d = tempfile::tempdir().unwrap();
+    let (dir, bytes, m) = artifact(d.path(), 12);
+    let newer = with_field(&with_field(&bytes, "format", json!(2)), "tool_version", json!("maskflow 9.0.0"));
+    r.damage(&format!("demo/{}/manifest.json", m.key), Some(newer.clone())).unwrap();
+    let err = r.manifest("demo", &m.key).unwrap_err();
+    assert!(matches!(&err, RemoteError::Newer { newer, .. } if newer.format == 2 && newer.writer == "maskflow 9.0.0"), "{err}");
+    assert!(!err.is_corrupt_artifact(), "a newer manifest is not to be repaired");
+    assert!(err.to_string().contains("maskflow 9.0.0") && err.to_string().contains(maskflow_core::TOOL_VERSION), "{err}");
+    // gc keeps it, and sweeps no blob while it is there (it may name any).
+    crate::blobs::upload(&r, &dir, &m.files, false, false).unwrap();
+    let g = r.gc(&GcOptions { grace: Duration::ZERO, keep_runs: Some(0), plan_ttl: Duration::ZERO, apply: true }).unwrap();
+    assert!(g.manifests_swept.is_empty() && g.blobs_swept == 0 && g.blobs_held == 2, "{g}");
+    assert_eq!(r.read(&format!("demo/{}/manifest.json", m.key)).unwrap().unwrap(), newer);
+}
+
+#[test]
+fn racing_processes_never_both_hold_a_lease_on_a_shared_filesystem() {
+    let d = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", d.path().join("shared").display());
+    let ttl = Duration::from_secs(1);
+    for round in 0..2 {
+        // Round 0: a free key; round 1: an expired lease every racer tries to take over.
+        if round == 1 {
+            let r = Remote::open(&url).unwrap();
+            let LeaseAttempt::Acquired(old) = r.try_lease("prep", "race", Duration::from_secs(60)).unwrap() else { panic!() };
+            std::mem::forget(old); // a holder that died: never released
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let key = if round == 0 { "fresh" } else { "race" };
+        let won = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    let r = Remote::open(&url).unwrap();
+                    if let LeaseAttempt::Acquired(l) = r.try_lease("prep", key, if round == 1 { Duration::from_millis(50) } else { ttl }).unwrap() {
+                        won.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(300));
+                        std::mem::forget(l);
+                    };
+                });
+            }
+        });
+        // In round 1 the dead lease's ttl is 60 s: nobody may take it.
+        let expect = if round == 0 { 1 } else { 0 };
+        assert_eq!(won.load(std::sync::atomic::Ordering::SeqCst), expect, "round {round}");
+    }
+}
+
+#[test]
+fn an_expired_lease_goes_to_exactly_one_of_the_machines_taking_it_over() {
+    let d = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", d.path().join("shared").display());
+    let r = Remote::open(&url).unwrap();
+    let LeaseAttempt::Acquired(old) = r.try_lease("prep", "k", Duration::from_secs(1)).unwrap() else { panic!() };
+    std::mem::forget(old);
+    std::thread::sleep(Duration::from_millis(2100));
+    let won = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                let r = Remote::open(&url).unwrap();
+                if let LeaseAttempt::Acquired(l) = r.try_lease("prep", "k", Duration::from_secs(30)).unwrap() {
+                    won.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    std::mem::forget(l);
+                };
+            });
+        }
+    });
+    assert_eq!(won.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[test]
+fn gc_spares_the_blobs_a_publisher_intends_to_reuse_and_a_publisher_waits_for_gc() {
+    let r = memory();
+    let d = tempfile::tempdir().unwrap();
+    let (dir, bytes, m) = artifact(d.path(), 13);
+    // An old orphan: the blobs of a build that died, which a new build of the same content reuses.
+    crate::blobs::upload(&r, &dir, &m.files, false, false).unwrap();
+    let intent = r.intend("a build", &m.files).unwrap();
+    let g = r.gc(&GcOptions { grace: Duration::ZERO, keep_runs: None, plan_ttl: Duration::from_secs(3600), apply: true }).unwrap();
+    assert_eq!((g.blobs_live, g.blobs_swept), (2, 0), "{g}");
+    r.check_blobs(&m.files).unwrap();
+    drop(intent);
+    assert!(r.list_objects().unwrap().iter().all(|o| !o.starts_with("intents/")), "the intent goes with its guard");
+
+    // While a gc holds the store, a publisher waits before it looks at any blob.
+    let lock = r.lock_for_gc().unwrap();
+    assert!(matches!(r.lock_for_gc(), Err(RemoteError::Busy { .. })), "one gc at a time");
+    let published = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            r.publish(&dir, &bytes, false).unwrap();
+            published.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(!published.load(std::sync::atomic::Ordering::SeqCst), "published while a gc held the store");
+        // What this gc deletes now is gone before the publisher looks: it uploads it again.
+        for f in &m.files {
+            r.delete(&crate::blobs::blob_rel(&f.blake3)).unwrap();
+        }
+        drop(lock);
+    });
+    r.fetch(&m, tempfile::tempdir().unwrap().path()).unwrap();
+}
+
+#[test]
+fn gc_sweeps_abandoned_plans_and_old_run_records_and_says_why() {
+    let r = memory();
+    r.create_once("plans/index/k1/plan.json", b"{}".to_vec()).unwrap();
+    r.create_once("plans/index/k1/tasks-1/task-0.json", b"{}".to_vec()).unwrap();
+    r.create_once("plans/index/k1/done-0.json", br#"{"format":2,"files":[]}"#.to_vec()).unwrap();
+    r.create_once("plans/index/k2/done-0.json", br#"{"format":2,"files":[]}"#.to_vec()).unwrap();
+    for i in 0..3 {
+        r.put_run_record("demo", &format!("r{i}"), br#"{"format":1,"stages":[]}"#.to_vec()).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A live plan (ttl not reached) keeps everything.
+    let live = r.gc(&GcOptions { grace: Duration::ZERO, keep_runs: None, plan_ttl: Duration::from_secs(3600), apply: false }).unwrap();
+    let whys: Vec<&str> = live.other_swept.iter().map(|s| s.rel.as_str()).collect();
+    assert_eq!(whys, vec!["plans/index/k2/done-0.json"], "only the record whose plan is missing");
+    let g = r.gc(&GcOptions { grace: Duration::ZERO, keep_runs: Some(1), plan_ttl: Duration::ZERO, apply: true }).unwrap();
+    let mut swept: Vec<&str> = g.other_swept.iter().map(|s| s.rel.as_str()).collect();
+    swept.sort();
+    assert_eq!(
+        swept,
+        vec!["plans/index/k1/done-0.json", "plans/index/k1/plan.json", "plans/index/k1/tasks-1/task-0.json", "plans/index/k2/done-0.json", "runs/demo/r0.json", "runs/demo/r1.json"],
+        "{g}"
+    );
+    assert!(g.to_string().contains("abandoned plan"), "{g}");
+    assert_eq!(r.list_objects().unwrap(), vec!["runs/demo/r2.json".to_string()]);
 }

@@ -24,7 +24,7 @@ use maskflow_contracts::model::{Arch, Precision};
 use maskflow_contracts::shards::ShardSetMeta;
 use maskflow_contracts::JsonFile;
 use maskflow_core::fsutil::{write_atomic, write_json_atomic};
-use maskflow_pipeline::{External, RunCtx, Slot, Stage};
+use maskflow_stage::{External, RunCtx, Slot, Stage};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -100,7 +100,7 @@ impl Stage for ReviewStage {
     fn inputs(_: &ReviewParams) -> Vec<Slot> {
         vec![Slot::new("index", kinds::INDEX_TABLE).data(), Slot::new("data", kinds::SHARD_SET).data()]
     }
-    fn externals(p: &ReviewParams, rt: &maskflow_pipeline::Runtime) -> Result<BTreeMap<String, External>> {
+    fn externals(p: &ReviewParams, rt: &maskflow_stage::Runtime) -> Result<BTreeMap<String, External>> {
         let search = maskflow_models::weights::SearchPaths::from_env();
         let w = maskflow_models::weights::ensure(&p.pretrained, None, &rt.artifacts, &search)
             .with_context(|| format!("review.pretrained = {:?}", p.pretrained))?;
@@ -108,7 +108,7 @@ impl Stage for ReviewStage {
     }
     fn run(p: &ReviewParams, ctx: &RunCtx) -> Result<ReviewReport> {
         let inputs = Inputs { index_dir: ctx.input("index")?, data_dir: ctx.input("data")?, weights: &ctx.external("weights")?.path };
-        let device = maskflow_models::parse_device(&ctx.runtime.device)?;
+        let device = maskflow_models::torch_device(ctx.runtime.device);
         tch::set_num_threads(ctx.runtime.threads.max(1) as i32);
         run(&inputs, p, device, ctx.runtime.progress, ctx.out)
     }

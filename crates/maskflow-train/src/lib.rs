@@ -43,7 +43,7 @@ use lr_find::{LrFindResult, Smoother};
 use maskflow_contracts::shards::ShardSetMeta;
 use maskflow_contracts::{kinds, JsonFile};
 use maskflow_models::classifier::{load_named, Classifier, GROUPS};
-use maskflow_pipeline::{External, RunCtx, Slot, Stage};
+use maskflow_stage::{External, RunCtx, Slot, Stage};
 use schedule::Lr;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -68,7 +68,7 @@ impl Stage for TrainStage {
         vec![Slot::new("shards", kinds::SHARD_SET)]
     }
     /// The pretrained weights, imported into the store, keyed by their sha256.
-    fn externals(p: &TrainParams, rt: &maskflow_pipeline::Runtime) -> Result<BTreeMap<String, External>> {
+    fn externals(p: &TrainParams, rt: &maskflow_stage::Runtime) -> Result<BTreeMap<String, External>> {
         let mut out = BTreeMap::new();
         if p.pretrained != "none" {
             let search = maskflow_models::weights::SearchPaths::from_env();
@@ -83,7 +83,7 @@ impl Stage for TrainStage {
         let meta = ShardSetMeta::read(shards)?;
         let inputs =
             Inputs { prep_dir: shards.to_path_buf(), classes: meta.classes, pretrained: ctx.externals.get("weights").map(|w| w.path.clone()) };
-        let device = maskflow_models::parse_device(&ctx.runtime.device)?;
+        let device = maskflow_models::torch_device(ctx.runtime.device);
         let rt = Runtime::new(device, ctx.runtime.threads, ctx.scratch.to_path_buf(), ctx.runtime.progress);
         run(&inputs, p, &rt, ctx.out)
     }
