@@ -29,6 +29,13 @@ test: setup
     @scripts/bootstrap.sh --s3 --ray
     scripts/with-s3.sh cargo test --workspace --no-fail-fast
 
+# The chaos suite alone, for soak runs: ROUNDS rounds of three processes sharing one S3 store with
+# kills, panics, a concurrent gc and a newer maskflow; invariants checked after every round.
+# SEED reproduces a failure (it prints its seed). `just test` runs 3 rounds.
+chaos ROUNDS="20" SEED="": setup
+    @scripts/bootstrap.sh --s3
+    CHAOS_ROUNDS={{ROUNDS}} CHAOS_SEED={{ if SEED == "" { ROUNDS } else { SEED } }} scripts/with-s3.sh cargo test --test chaos -- --nocapture
+
 # Record every stage kind's version and source hash in stages.lock (after bumping a VERSION, or to
 # declare a source change output-neutral). The test suite fails while the lock is out of date.
 lock-stages: setup

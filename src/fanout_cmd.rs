@@ -4,7 +4,7 @@
 //! task (`maskflow task --plan URL --index I`) per index, with retries; pixels never pass through
 //! Ray's object store.
 
-use crate::runner::{self, Compute, StoreOptions};
+use crate::session::{self, Compute, Printer, StoreOptions};
 use anyhow::{bail, Context, Result};
 use maskflow_core::store::Store;
 use maskflow_pipeline::fanout::{self, Executor, PlanInputs, PlanState, Site, SplitHint, TaskOutcome};
@@ -131,8 +131,8 @@ pub fn executor_for<'a>(
 
 /// `maskflow plan PIPELINE --stage NAME --store URL`.
 pub fn plan(pipeline: &Path, instance: &str, artifacts: &Path, store: &StoreOptions, hint: &SplitHint, c: &Compute, json: bool) -> Result<()> {
-    let (reg, g) = runner::load(pipeline)?;
-    runner::ensure_synth(&g)?;
+    let (reg, g) = session::load(pipeline)?;
+    session::ensure_synth(&g)?;
     let Some(node) = g.node(instance) else {
         let names: Vec<&str> = g.nodes.iter().map(|n| n.name.as_str()).collect();
         bail!("--stage {instance:?}: not a stage of {} (stages: {})", pipeline.display(), names.join(", "));
@@ -143,7 +143,7 @@ pub fn plan(pipeline: &Path, instance: &str, artifacts: &Path, store: &StoreOpti
     let remote = store.require("plan", true)?;
     let rt = c.runtime(artifacts);
     let only = prunner::until_set(&g, instance)?;
-    let planned = prunner::plan(&g, &reg, &rt, Some(&only))?;
+    let planned = prunner::plan(&g, &reg, &rt, Some(&only), &Printer)?;
     let local = Store::new(artifacts);
     let roots = prunner::dataset_roots(&planned);
     let Some(me) = planned.iter().find(|p| p.node.name == instance) else { bail!("internal: [{instance}] not planned") };
@@ -202,11 +202,11 @@ fn task_index(index: Option<usize>) -> Result<usize> {
 pub fn task(url: &str, index: Option<usize>, artifacts: &Path, dataset_root: Option<&Path>, c: &Compute, quiet: bool) -> Result<()> {
     let i = task_index(index)?;
     let (remote, kind, key) = open_plan(url)?;
-    let reg = runner::registry();
+    let reg = session::registry();
     let local = Store::new(artifacts);
     let mut rt = c.runtime(artifacts);
     rt.progress = !quiet;
-    let site = Site { reg: &reg, remote: &remote, store: &local, rt: &rt, dataset_root };
+    let site = Site { reg: &reg, remote: &remote, store: &local, rt: &rt, dataset_root, events: &Printer };
     match fanout::run_task(&site, &kind, &key, i)? {
         TaskOutcome::Ran { seconds } => println!("{kind} task {i} of {}: done in {seconds:.2}s", &key[..12]),
         TaskOutcome::AlreadyDone => println!("{kind} task {i} of {}: already done (nothing to do)", &key[..12]),
@@ -219,10 +219,10 @@ pub fn task(url: &str, index: Option<usize>, artifacts: &Path, dataset_root: Opt
 pub fn commit(url: &str, artifacts: &Path, dataset_root: Option<&Path>, c: &Compute) -> Result<()> {
     let (remote, kind, key) = open_plan(url)?;
     remote.check_conditional_writes()?;
-    let reg = runner::registry();
+    let reg = session::registry();
     let local = Store::new(artifacts);
     let rt = c.runtime(artifacts);
-    let site = Site { reg: &reg, remote: &remote, store: &local, rt: &rt, dataset_root };
+    let site = Site { reg: &reg, remote: &remote, store: &local, rt: &rt, dataset_root, events: &Printer };
     let done = fanout::commit(&site, &kind, &key)?;
     let summary = reg.get(&kind).map(|st| prunner::summary_of(st, &done.manifest.report)).unwrap_or_default();
     let files = done.manifest.files.len();

@@ -5,6 +5,7 @@ mod fanout_cmd;
 mod detect_cmd;
 mod predict_cmd;
 mod runner;
+mod session;
 mod weights_cmd;
 
 use anyhow::{Context, Result};
@@ -318,10 +319,10 @@ struct ComputeArgs {
 }
 
 impl ComputeArgs {
-    fn options(&self) -> Result<runner::Compute> {
+    fn options(&self) -> Result<session::Compute> {
         let threads = self.threads.unwrap_or_else(rayon_threads);
         anyhow::ensure!(threads >= 1, "--threads must be at least 1");
-        Ok(runner::Compute { device: runner::parse_device(&self.device)?, threads })
+        Ok(session::Compute { device: session::parse_device(&self.device)?, threads })
     }
 }
 
@@ -436,8 +437,8 @@ struct StoreArgs {
 }
 
 impl StoreArgs {
-    fn options(&self) -> runner::StoreOptions {
-        runner::StoreOptions {
+    fn options(&self) -> session::StoreOptions {
+        session::StoreOptions {
             url: self.url.clone(),
             read_only: self.read_only,
             lease_ttl: std::time::Duration::from_secs(self.lease_ttl.max(1)),

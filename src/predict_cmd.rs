@@ -28,7 +28,7 @@ pub struct Classifier<'a> {
     pub positive: Option<&'a str>,
     /// Images per forward pass.
     pub batch: usize,
-    pub compute: crate::runner::Compute,
+    pub compute: crate::session::Compute,
 }
 
 impl Classifier<'_> {

@@ -1,161 +1,15 @@
-//! The binary's side of running pipelines: the registry of stage kinds, the synthetic dataset of
-//! `[dataset.synth]`, devices, and the commands that are not generic (`eval --data`, `lr-find`).
-//! Everything about graphs, keys, the store and status is `maskflow-pipeline`'s.
+//! The binary's pipeline commands that are not generic (`run`, `review`, `push`/`pull`, `gc`,
+//! `status`, `graph`, `eval --data`, `lr-find`, `stage`, `stages`). Everything about graphs, keys,
+//! the store and status is `maskflow-pipeline`'s; what the commands share is in `session`.
 
+use crate::session::{ensure_synth, load, registry, Compute, Printer, StoreOptions};
 use anyhow::{bail, Context, Result};
 use maskflow_pipeline::graph::Graph;
 use maskflow_pipeline::runner::{self, RunOptions};
-use maskflow_pipeline::shared::{self, Shared};
-use maskflow_remote::Remote;
-use maskflow_pipeline::{params_from_file, InputArtifact, Placement, Registry, RunCtx, Runtime};
-use maskflow_synth::SynthParams;
+use maskflow_pipeline::shared;
+use maskflow_pipeline::{params_from_file, InputArtifact, Placement, RunCtx};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
-
-/// Every stage kind this binary knows, in the default chain's order. A new kind: one line here.
-pub fn registry() -> Registry {
-    Registry::new()
-        .register::<maskflow_faces::FacesStage>()
-        .register_split::<maskflow_index::IndexStage>()
-        .register_split::<maskflow_prep::PrepStage>()
-        .register::<maskflow_train::TrainStage>()
-        .register::<maskflow_eval::EvalStage>()
-        .register::<maskflow_export::ExportStage>()
-        .register::<maskflow_review::ReviewStage>()
-}
-
-/// Where and how compute runs (not part of any key).
-#[derive(Debug, Clone)]
-pub struct Compute {
-    pub device: tch::Device,
-    pub threads: usize,
-}
-
-impl Compute {
-    pub fn runtime(&self, artifacts: &Path) -> Runtime {
-        let device = match self.device {
-            tch::Device::Cuda(n) => maskflow_pipeline::Device::Cuda(n),
-            _ => maskflow_pipeline::Device::Cpu,
-        };
-        Runtime { device, threads: self.threads, progress: true, artifacts: artifacts.to_path_buf() }
-    }
-}
-
-/// Parses `--device cpu|cuda|cuda:N|auto`.
-pub fn parse_device(s: &str) -> Result<tch::Device> {
-    if s == "cpu" {
-        return Ok(tch::Device::Cpu);
-    }
-    let backend = maskflow_core::cuda::load_backend();
-    if s == "auto" {
-        return Ok(tch::Device::cuda_if_available());
-    }
-    if let Err(e) = &backend {
-        if s == "cuda" || s.starts_with("cuda:") {
-            bail!("--device {s}: libtorch's CUDA backend could not be loaded ({e}); use cpu or auto");
-        }
-    }
-    Ok(match s {
-        "cuda" => {
-            if !tch::Cuda::is_available() {
-                bail!("--device cuda: no CUDA device is available here (use cpu or auto)");
-            }
-            tch::Device::Cuda(0)
-        }
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
-            Some(n) if (n as i64) < tch::Cuda::device_count() => tch::Device::Cuda(n),
-            Some(n) => bail!("--device {other}: there are {} CUDA devices, not {}", tch::Cuda::device_count(), n + 1),
-            None => bail!("--device {other:?}: expected cpu, cuda, cuda:N or auto"),
-        },
-    })
-}
-
-const SYNTH_STAMP: &str = ".maskflow-synth.json";
-
-/// Generates the synthetic dataset of `[dataset.synth]` into the root unless it is already there.
-/// Never replaces a folder it did not write (one without the stamp).
-pub fn ensure_synth(g: &Graph) -> Result<()> {
-    let Some(params) = g.dataset_table::<SynthParams>("synth")? else { return Ok(()) };
-    let want = serde_json::to_string_pretty(&params)?;
-    let stamp = g.root.join(SYNTH_STAMP);
-    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
-        return Ok(());
-    }
-    // One generator at a time (two runs of the same pipeline may start together); re-check once
-    // the lock is held.
-    let parent = g.root.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)?;
-    let root_name = g.root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let lock_path = parent.join(format!(".{root_name}.synth.lock"));
-    let lock = std::fs::File::create(&lock_path).with_context(|| lock_path.display().to_string())?;
-    lock.lock().with_context(|| lock_path.display().to_string())?;
-    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
-        return Ok(());
-    }
-    if g.root.exists() && !stamp.exists() && std::fs::read_dir(&g.root)?.next().is_some() {
-        bail!(
-            "{}: [dataset.synth] would overwrite {}, which holds files maskflow did not generate; \
-             point dataset.root at an empty or new folder",
-            g.path.display(),
-            g.root.display()
-        );
-    }
-    let started = Instant::now();
-    let tmp = parent.join(format!(".synth-tmp-{}", maskflow_core::fsutil::unique_suffix()));
-    let summary = maskflow_synth::generate(&params, &tmp)?;
-    std::fs::write(tmp.join(SYNTH_STAMP), &want)?;
-    if g.root.exists() {
-        let old = parent.join(format!(".synth-old-{}", maskflow_core::fsutil::unique_suffix()));
-        std::fs::rename(&g.root, &old)?;
-        std::fs::remove_dir_all(&old)?;
-    }
-    std::fs::rename(&tmp, &g.root)?;
-    println!("{:<7} generated {} files in {} ({:.1}s)", "synth", summary.files, g.root.display(), started.elapsed().as_secs_f64());
-    Ok(())
-}
-
-/// Loads a pipeline file as a graph (with this binary's registry).
-pub fn load(pipeline: &Path) -> Result<(Registry, Graph)> {
-    let reg = registry();
-    let g = Graph::load(pipeline, &reg)?;
-    Ok((reg, g))
-}
-
-/// `--store`, `--read-only`, `--lease-ttl`.
-#[derive(Debug, Clone)]
-pub struct StoreOptions {
-    pub url: Option<String>,
-    pub read_only: bool,
-    pub lease_ttl: std::time::Duration,
-    pub strict_versions: bool,
-}
-
-impl StoreOptions {
-    /// Opens the shared store, if one is named. One that will be written is first checked to
-    /// honour create-only writes (refused with the reason otherwise).
-    fn open(&self, writes: bool) -> Result<Option<Remote>> {
-        let Some(url) = &self.url else { return Ok(None) };
-        let remote = Remote::open(url)?.with_progress(true);
-        if writes && !self.read_only {
-            remote.check_conditional_writes()?;
-        }
-        Ok(Some(remote))
-    }
-
-    /// How the runner uses `remote`.
-    pub fn shared<'r>(&self, remote: &'r Remote) -> Shared<'r> {
-        let on_newer = if self.strict_versions { shared::OnNewer::Fail } else { shared::OnNewer::BuildLocally };
-        Shared { remote, read_only: self.read_only, lease_ttl: self.lease_ttl, on_newer }
-    }
-
-    pub fn require(&self, what: &str, writes: bool) -> Result<Remote> {
-        match self.open(writes)? {
-            Some(r) => Ok(r),
-            None => bail!("{what} needs a shared store: --store s3://bucket/prefix or file:///path (or MASKFLOW_STORE)"),
-        }
-    }
-}
 
 /// `maskflow run`.
 pub fn run(
@@ -176,12 +30,12 @@ pub fn run(
     let executor = match (fan.executor, &remote) {
         (None, _) => None,
         (Some(kind), Some(remote)) => {
-            let site = maskflow_pipeline::fanout::Site { reg: &reg, remote, store: &local, rt: &rt, dataset_root: None };
+            let site = maskflow_pipeline::fanout::Site { reg: &reg, remote, store: &local, rt: &rt, dataset_root: None, events: &Printer };
             Some(crate::fanout_cmd::executor_for(kind, fan, artifacts, site)?)
         }
         (Some(_), None) => bail!("--executor runs tasks through a shared store: add --store s3://bucket/prefix or file:///path"),
     };
-    let opts = RunOptions { force, until, verbose: true, shared: shared.as_ref(), executor: executor.as_deref(), split_hint: fan.hint() };
+    let opts = RunOptions { force, until, events: &Printer, shared: shared.as_ref(), executor: executor.as_deref(), split_hint: fan.hint() };
     runner::run(&g, &reg, &rt, &opts)?;
     Ok(())
 }
@@ -198,9 +52,9 @@ pub fn review(pipeline: &Path, artifacts: &Path, c: &Compute, store: &StoreOptio
     let remote = store.open(true)?;
     let shared = remote.as_ref().map(|remote| store.shared(remote));
     let rt = c.runtime(artifacts);
-    runner::run(&g, &reg, &rt, &RunOptions { force: None, until: Some("review"), verbose: true, shared: shared.as_ref(), executor: None, split_hint: Default::default() })?;
+    runner::run(&g, &reg, &rt, &RunOptions { force: None, until: Some("review"), events: &Printer, shared: shared.as_ref(), executor: None, split_hint: Default::default() })?;
     let only = runner::until_set(&g, "review")?;
-    let planned = runner::plan(&g, &reg, &rt, Some(&only))?;
+    let planned = runner::plan(&g, &reg, &rt, Some(&only), &Printer)?;
     let Some(review) = planned.iter().find(|p| p.node.name == "review") else { bail!("internal: review was not planned") };
     let dir = maskflow_core::store::Store::new(artifacts).artifact_dir("review", &review.key());
     let csv = std::fs::read_to_string(dir.join(maskflow_review::CSV_FILE)).with_context(|| dir.display().to_string())?;
@@ -227,9 +81,10 @@ pub fn push_pull(pipeline: &Path, artifacts: &Path, until: Option<&str>, store: 
     let remote = store.require(if push { "push" } else { "pull" }, push)?;
     let rt = Compute { device: tch::Device::Cpu, threads: 1 }.runtime(artifacts);
     let only = until.map(|u| runner::until_set(&g, u)).transpose()?;
-    let planned = runner::plan(&g, &reg, &rt, only.as_ref())?;
+    let planned = runner::plan(&g, &reg, &rt, only.as_ref(), &Printer)?;
     let local = maskflow_core::store::Store::new(artifacts);
-    let lines = if push { shared::push(&local, &remote, &planned)? } else { shared::pull(&local, &remote, &planned)? };
+    let targets: Vec<(&str, &maskflow_core::store::StageSpec)> = planned.iter().map(|p| (p.node.name.as_str(), &p.spec)).collect();
+    let lines = if push { shared::push(&local, &remote, &targets)? } else { shared::pull(&local, &remote, &targets)? };
     println!("{} {} ({})", if push { "push" } else { "pull" }, remote.url(), g.path.display());
     for l in lines {
         println!("{l}");
@@ -261,7 +116,7 @@ pub fn status(pipeline: &Path, artifacts: &Path, store: &StoreOptions) -> Result
     if let Some(r) = &remote {
         println!("shared store {}", r.url());
     }
-    for line in runner::status_lines(&g, &reg, &rt, remote.as_ref())? {
+    for line in runner::status_lines(&g, &reg, &rt, remote.as_ref(), &Printer)? {
         println!("{line}");
     }
     Ok(())
@@ -272,7 +127,7 @@ pub fn graph(pipeline: &Path, artifacts: &Path, dot: bool) -> Result<()> {
     let (reg, g) = load(pipeline)?;
     ensure_synth(&g)?;
     let rt = Compute { device: tch::Device::Cpu, threads: 1 }.runtime(artifacts);
-    print!("{}", runner::describe(&g, &reg, &rt, dot)?);
+    print!("{}", runner::describe(&g, &reg, &rt, dot, &Printer)?);
     Ok(())
 }
 
@@ -287,7 +142,7 @@ pub fn eval_folder(pipeline: &Path, artifacts: &Path, folder: &Path, c: &Compute
         .unwrap_or_else(|| "folder".into());
     let folder = std::fs::canonicalize(folder).with_context(|| format!("--data {}", folder.display()))?;
     let name = g.add_folder_instance(&reg, "eval", &suffix, &folder)?;
-    let (_, outcomes) = runner::run(&g, &reg, &c.runtime(artifacts), &RunOptions { force: None, until: Some(&name), verbose: true, shared: None, executor: None, split_hint: Default::default() })?;
+    let (_, outcomes) = runner::run(&g, &reg, &c.runtime(artifacts), &RunOptions { force: None, until: Some(&name), events: &Printer, shared: None, executor: None, split_hint: Default::default() })?;
     if let Some(o) = outcomes.last() {
         println!("report  {}", o.dir.join(maskflow_eval::REPORT_FILE).display());
     }
@@ -301,7 +156,7 @@ pub fn lr_find(pipeline: &Path, artifacts: &Path, c: &Compute, out: &Path) -> Re
     let Some(train) = g.node("train") else { bail!("{}: no [train] to find a learning rate for", pipeline.display()) };
     let shards_node = train.inputs.get("shards").cloned().unwrap_or_default();
     let rt = c.runtime(artifacts);
-    let (_, outcomes) = runner::run(&g, &reg, &rt, &RunOptions { force: None, until: Some(&shards_node), verbose: true, shared: None, executor: None, split_hint: Default::default() })?;
+    let (_, outcomes) = runner::run(&g, &reg, &rt, &RunOptions { force: None, until: Some(&shards_node), events: &Printer, shared: None, executor: None, split_hint: Default::default() })?;
     let Some(prep) = outcomes.last() else { bail!("internal: {shards_node} did not run") };
     let params: maskflow_train::TrainParams = serde_json::from_value(train.params.clone())?;
     let externals = reg.get("train").map(|s| s.externals(&train.params, &rt)).transpose()?.unwrap_or_default();
@@ -370,7 +225,7 @@ pub fn stage_alone(a: &StageArgs, c: &Compute) -> Result<()> {
     let mut externals = st.externals(&params, &rt)?;
     if st.reads_dataset() {
         let Some(root) = a.dataset else { bail!("{} reads a labelled folder: pass --dataset DIR", a.kind) };
-        externals.insert(runner::DATASET.to_string(), runner::dataset_external(root, a.artifacts)?);
+        externals.insert(runner::DATASET.to_string(), runner::dataset_external(root, a.artifacts, &Printer)?);
     }
     if a.out.exists() && std::fs::read_dir(a.out)?.next().is_some() {
         bail!("{}: output folder exists and is not empty", a.out.display());

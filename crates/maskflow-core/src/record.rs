@@ -36,7 +36,7 @@ impl std::fmt::Display for Newer {
             self.what,
             self.format,
             if self.writer.is_empty() { "an unnamed tool" } else { &self.writer },
-            crate::TOOL_VERSION,
+            writer(),
             self.what,
             self.ours
         )
@@ -71,16 +71,38 @@ struct Header {
 #[derive(Debug, Clone, Copy)]
 pub struct Format {
     pub what: &'static str,
-    /// The format this maskflow writes (and the newest it reads).
-    pub current: u32,
+    /// The format this maskflow writes (and the newest it reads): see [`Format::current`].
+    base: u32,
     /// The oldest format it still reads (records of formats from `oldest` to `current` are decoded
     /// with the current type: fields added since must be `Option`al there, never defaulted).
     pub oldest: u32,
 }
 
+/// Test builds only (the `failpoints` feature), with `MASKFLOW_TEST_FUTURE_FORMATS=1`: this
+/// process plays a newer maskflow — every record format one major higher, reading its own and
+/// every older one. The chaos suite runs it beside ordinary processes on one store.
+pub fn future_formats() -> bool {
+    cfg!(feature = "failpoints") && std::env::var_os("MASKFLOW_TEST_FUTURE_FORMATS").is_some_and(|v| v == "1")
+}
+
+/// The writer's name as records carry it: the tool version (marked in the test builds' newer
+/// maskflow).
+pub fn writer() -> String {
+    if future_formats() {
+        format!("{} (test: future formats)", crate::TOOL_VERSION)
+    } else {
+        crate::TOOL_VERSION.to_string()
+    }
+}
+
 impl Format {
     pub const fn new(what: &'static str, current: u32) -> Self {
-        Format { what, current, oldest: current }
+        Format { what, base: current, oldest: current }
+    }
+
+    /// The format this maskflow writes, and the newest it reads.
+    pub fn current(&self) -> u32 {
+        self.base + u32::from(future_formats())
     }
     pub const fn reading_back_to(mut self, oldest: u32) -> Self {
         self.oldest = oldest;
@@ -100,14 +122,12 @@ impl Format {
             Some(serde_json::Value::String(s)) => s.clone(),
             _ => String::new(),
         };
-        if format > self.current {
-            return Err(RecordError::Newer(Newer { what: self.what, format, writer, ours: self.current }));
+        let current = self.current();
+        if format > current {
+            return Err(RecordError::Newer(Newer { what: self.what, format, writer, ours: current }));
         }
         if format < self.oldest {
-            return Err(corrupt(format!(
-                "format {format} is older than any this maskflow reads ({}..={})",
-                self.oldest, self.current
-            )));
+            return Err(corrupt(format!("format {format} is older than any this maskflow reads ({}..={current})", self.oldest)));
         }
         serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))
     }

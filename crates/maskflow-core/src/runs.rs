@@ -49,7 +49,7 @@ impl RunRecord {
     /// The record's bytes as stored (with its format).
     pub fn to_bytes(&self) -> Vec<u8> {
         // A struct of strings, numbers and paths always encodes.
-        serde_json::to_vec_pretty(&Versioned { format: RUN_FORMAT.current, record: self }).unwrap_or_default()
+        serde_json::to_vec_pretty(&Versioned { format: RUN_FORMAT.current(), record: self }).unwrap_or_default()
     }
 
     /// Decodes a stored record (corrupt, compatible or newer: [`crate::record`]).

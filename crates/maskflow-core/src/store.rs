@@ -359,13 +359,13 @@ impl Manifest {
     pub fn assemble(spec: &StageSpec, mut files: Vec<FileEntry>, report: Value, created_unix: u64, duration_s: f64) -> Manifest {
         files.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
         Manifest {
-            format: MANIFEST_FORMAT.current,
+            format: MANIFEST_FORMAT.current(),
             stage: spec.stage.clone(),
             stage_version: spec.version,
             key: spec.key(),
             params: spec.params.clone(),
             upstream: spec.upstream.clone(),
-            tool_version: crate::TOOL_VERSION.to_string(),
+            tool_version: crate::record::writer(),
             created_unix,
             duration_s,
             files,

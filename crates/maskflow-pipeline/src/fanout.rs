@@ -173,12 +173,22 @@ fn read_json<T: DeserializeOwned>(remote: &Remote, rel: &str) -> Result<Option<T
     }
 }
 
-/// A versioned record of the plan protocol: corrupt and newer ones are errors that name it.
+/// A versioned record of the plan protocol: corrupt and newer ones are errors that name it (the
+/// [`RecordError`] stays in the chain: [`is_newer_record`]).
 fn read_record<T: DeserializeOwned>(remote: &Remote, rel: &str, format: Format) -> Result<Option<T>> {
     match remote.read(rel)? {
         None => Ok(None),
-        Some(b) => format.decode(&b).map(Some).map_err(|e: RecordError| anyhow::anyhow!("{}/{rel}: {e}", remote.url())),
+        Some(b) => format.decode(&b).map(Some).map_err(|e: RecordError| anyhow::Error::new(e).context(format!("{}/{rel}", remote.url()))),
     }
+}
+
+/// Whether `e` comes from a record (a plan, a task record, the artifact's manifest) of a newer
+/// format than this maskflow reads.
+pub fn is_newer_record(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<RecordError>().is_some_and(|r| r.newer().is_some())
+            || matches!(c.downcast_ref::<maskflow_remote::RemoteError>(), Some(maskflow_remote::RemoteError::Newer { .. }))
+    })
 }
 
 /// What `plan` found or made.
@@ -237,8 +247,8 @@ pub fn plan(
         remote.create_once(&task_rel(&rel, &nonce, i), serde_json::to_vec(t)?)?;
     }
     let doc = PlanDoc {
-        format: PLAN_FORMAT.current,
-        tool_version: maskflow_core::TOOL_VERSION.to_string(),
+        format: PLAN_FORMAT.current(),
+        tool_version: maskflow_core::record::writer(),
         pipeline: pipeline.to_string(),
         instance: instance.to_string(),
         spec: spec.clone(),
@@ -303,7 +313,7 @@ pub fn check_plan(reg: &Registry, doc: &PlanDoc, key: &str) -> Result<Value> {
     let st = reg.get(kind).with_context(|| format!("stage kind {kind:?} is unknown to this maskflow"))?;
     let by = &doc.tool_version;
     if doc.spec.version != st.version() {
-        bail!("the plan is for {kind} version {} (planned by {by}); this {} has {kind} version {}: use the same maskflow for plan, tasks and commit", doc.spec.version, maskflow_core::TOOL_VERSION, st.version());
+        bail!("the plan is for {kind} version {} (planned by {by}); this {} has {kind} version {}: use the same maskflow for plan, tasks and commit", doc.spec.version, maskflow_core::record::writer(), st.version());
     }
     let params = st
         .parse_value(doc.spec.params.clone())
@@ -340,6 +350,8 @@ pub struct Site<'a> {
     pub rt: &'a Runtime,
     /// The labelled folder on this machine, when not where the plan says.
     pub dataset_root: Option<&'a Path>,
+    /// Where the fan-out's events go.
+    pub events: &'a dyn crate::events::Events,
 }
 
 /// The outcome of one task.
@@ -388,7 +400,7 @@ fn prepare(site: &Site, doc: &PlanDoc) -> Result<Prepared> {
         .iter()
         .map(|(name, e)| {
             let path = match (name.as_str(), site.dataset_root) {
-                (crate::runner::DATASET, Some(r)) => r.to_path_buf(),
+                (maskflow_stage::DATASET, Some(r)) => r.to_path_buf(),
                 _ => e.path.clone(),
             };
             (name.clone(), External { path, key: e.key.clone(), files: None })
@@ -433,7 +445,13 @@ pub fn run_task(site: &Site, kind: &str, key: &str, i: usize) -> Result<TaskOutc
         return Ok(TaskOutcome::AlreadyDone);
     }
     let (_, split) = splittable(site.reg, kind)?;
-    let task: Value = read_json(remote, &task_rel(&rel, &doc.nonce, i))?.with_context(|| format!("{}: task {i} is missing from the plan", plan_url(remote, kind, key)))?;
+    let Some(task) = read_json::<Value>(remote, &task_rel(&rel, &doc.nonce, i))? else {
+        // A commit that landed meanwhile removes the plan's files.
+        if remote.manifest(kind, key)?.is_some() {
+            return Ok(TaskOutcome::Committed);
+        }
+        bail!("{}: task {i} is missing from the plan", plan_url(remote, kind, key));
+    };
     let p = prepare(site, &doc)?;
     let out = work_dir(site.store, &format!("task-{}-{i}", short(key)))?;
     let scratch = work_dir(site.store, "scratch")?;
@@ -447,8 +465,8 @@ pub fn run_task(site: &Site, kind: &str, key: &str, i: usize) -> Result<TaskOutc
     maskflow_remote::failpoint("task-before-record");
     let seconds = started.elapsed().as_secs_f64();
     let record = DoneDoc {
-        format: DONE_FORMAT.current,
-        tool_version: maskflow_core::TOOL_VERSION.to_string(),
+        format: DONE_FORMAT.current(),
+        tool_version: maskflow_core::record::writer(),
         index: i,
         files,
         seconds,
@@ -544,6 +562,7 @@ pub fn commit(site: &Site, kind: &str, key: &str) -> Result<Committed> {
             bail!("internal: two parts of [{}] both made {}", doc.instance, f.path);
         }
     }
+    let _own = remote.intend(&format!("commit of {}", plan_url(remote, kind, key)), &own)?;
     remote.upload_blobs(out.path(), &own)?;
     files.extend(own);
     let manifest = Manifest::assemble(&doc.spec, files, report, now_unix(), task_seconds + started.elapsed().as_secs_f64());
@@ -598,9 +617,7 @@ pub fn fan_out(
         PlanState::Plan { doc, url, done, .. } => (doc, url, done),
     };
     let key = doc.key();
-    if site.rt.progress {
-        eprintln!("{instance:<7} {} task(s) on {} ({done} done already); plan {url}", doc.tasks, executor.name());
-    }
+    site.events.event(&crate::events::Event::FanOut { instance, tasks: doc.tasks, executor: executor.name(), done, plan: &url });
     let stop = AtomicBool::new(false);
     let ran = std::thread::scope(|s| {
         let _stop = crate::StopOnDrop(&stop);

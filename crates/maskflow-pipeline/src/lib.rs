@@ -7,8 +7,10 @@
 //!   anything runs (unknown kinds, missing inputs, slot-kind mismatches, cycles: `file:line:col`).
 //! - [`runner`]: keys, the store, `--force` / `--until`, run records, status with reasons.
 //! - [`shared`]: the local store as a read-through cache of a shared one (pull, publish, leases).
+//! - [`events`]: what the runner reports (the binary renders it; the library never prints).
 //! - [`fanout`]: splittable kinds ([`fanout::Split`]) run as plan → tasks → commit on any executor.
 
+pub mod events;
 pub mod fanout;
 pub mod graph;
 pub mod runner;

@@ -2,6 +2,7 @@
 //! here names a particular stage kind.
 
 use crate::graph::{Graph, Node};
+use crate::events::{Event, Events};
 use crate::shared::{self, Shared, Via};
 use crate::{DynStage, External, InputArtifact, Registry, RunCtx, Runtime};
 use anyhow::{bail, Context, Result};
@@ -49,13 +50,13 @@ fn listing_path(artifacts: &Path, fingerprint: &str) -> PathBuf {
 
 /// The dataset folder as an outside input: its content fingerprint (through the stat-keyed hash
 /// cache), and its listing kept in the store's cache so that `status` can name what changed later.
-pub fn dataset_external(root: &Path, artifacts: &Path) -> Result<External> {
+pub fn dataset_external(root: &Path, artifacts: &Path, events: &dyn Events) -> Result<External> {
     let listing = dataset::walk(root).with_context(|| format!("dataset {}", root.display()))?;
     let cache_path = hash_cache_path(artifacts);
     let mut cache = HashCache::load(&cache_path);
     let (fp, hashes) = dataset::fingerprint(&listing, &mut cache);
     if let Err(e) = cache.save(&cache_path) {
-        eprintln!("warning: cannot save the hash cache {}: {e}", cache_path.display());
+        events.event(&Event::Warning(format!("cannot save the hash cache {}: {e}", cache_path.display())));
     }
     let files: BTreeMap<String, String> = listing.files.iter().map(|f| f.display()).zip(hashes).collect();
     let lp = listing_path(artifacts, &fp);
@@ -66,7 +67,7 @@ pub fn dataset_external(root: &Path, artifacts: &Path) -> Result<External> {
 }
 
 /// Keys for every node of `graph` (or of `only`), upstream first.
-pub fn plan(graph: &Graph, reg: &Registry, rt: &Runtime, only: Option<&BTreeSet<String>>) -> Result<Vec<Planned>> {
+pub fn plan(graph: &Graph, reg: &Registry, rt: &Runtime, only: Option<&BTreeSet<String>>, events: &dyn Events) -> Result<Vec<Planned>> {
     let mut planned: Vec<Planned> = Vec::new();
     let mut datasets: BTreeMap<PathBuf, External> = BTreeMap::new();
     for node in &graph.nodes {
@@ -79,7 +80,7 @@ pub fn plan(graph: &Graph, reg: &Registry, rt: &Runtime, only: Option<&BTreeSet<
             let ext = match datasets.get(root) {
                 Some(e) => e.clone(),
                 None => {
-                    let e = dataset_external(root, &rt.artifacts).with_context(|| format!("{}: [{}]", graph.path.display(), node.name))?;
+                    let e = dataset_external(root, &rt.artifacts, events).with_context(|| format!("{}: [{}]", graph.path.display(), node.name))?;
                     datasets.insert(root.clone(), e.clone());
                     e
                 }
@@ -149,8 +150,8 @@ pub fn until_set(graph: &Graph, name: &str) -> Result<BTreeSet<String>> {
 pub struct RunOptions<'a> {
     pub force: Option<&'a str>,
     pub until: Option<&'a str>,
-    /// Print a line per stage.
-    pub verbose: bool,
+    /// Where the run's events go (a line per stage, waits, warnings).
+    pub events: &'a dyn Events,
     /// A shared store that the local one caches (pull what is published, publish what is built).
     pub shared: Option<&'a Shared<'a>>,
     /// Run splittable kinds as plan → tasks → commit on this executor (needs `shared`).
@@ -170,7 +171,7 @@ pub fn run(graph: &Graph, reg: &Registry, rt: &Runtime, opts: &RunOptions) -> Re
     let started_unix = now_unix();
     let forced = opts.force.map(|f| select(graph, f, "--force")).transpose()?.unwrap_or_default();
     let only = opts.until.map(|u| until_set(graph, u)).transpose()?;
-    let planned = plan(graph, reg, rt, only.as_ref())?;
+    let planned = plan(graph, reg, rt, only.as_ref(), opts.events)?;
     let store = Store::new(&rt.artifacts);
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut runs: Vec<StageRun> = Vec::new();
@@ -209,16 +210,25 @@ pub fn run(graph: &Graph, reg: &Registry, rt: &Runtime, opts: &RunOptions) -> Re
             }
             // Fanned out unless built here already (`obtain` below verifies it; a corrupt one is
             // rebuilt here, as is everything under `--force`).
-            if !force && store.read_manifest(st.kind(), &key).is_none() {
+            // A newer maskflow's artifact is built here, not fanned out and published over it.
+            let newer_there = matches!(sh.remote.manifest(st.kind(), &key), Err(maskflow_remote::RemoteError::Newer { .. }));
+            if !force && !newer_there && store.read_manifest(st.kind(), &key).is_none() {
                 let given = crate::fanout::PlanInputs {
                     inputs: &inputs,
                     input_kinds: input_kinds(&planned, p),
                     externals: &p.externals,
                     dataset_root: roots.get(p.node.name.as_str()).and_then(|r| r.as_deref()),
                 };
-                let site = crate::fanout::Site { reg, remote: sh.remote, store: &store, rt, dataset_root: None };
-                crate::fanout::fan_out(&site, ex, &graph.name, &p.node.name, &p.spec, &given, &opts.split_hint)
-                    .with_context(|| format!("[{}]", p.node.name))?;
+                let site = crate::fanout::Site { reg, remote: sh.remote, store: &store, rt, dataset_root: None, events: opts.events };
+                match crate::fanout::fan_out(&site, ex, &graph.name, &p.node.name, &p.spec, &given, &opts.split_hint) {
+                    Ok(_) => {}
+                    // A plan a newer maskflow made: not joined; built here (published create-only,
+                    // so never over theirs).
+                    Err(e) if sh.on_newer == shared::OnNewer::BuildLocally && crate::fanout::is_newer_record(&e) => {
+                        opts.events.event(&Event::Warning(format!("[{}]: {e:#}: built here instead of fanned out", p.node.name)));
+                    }
+                    Err(e) => return Err(e.context(format!("[{}]", p.node.name))),
+                }
             }
         }
         let obtained = match opts.shared {
@@ -229,9 +239,7 @@ pub fn run(graph: &Graph, reg: &Registry, rt: &Runtime, opts: &RunOptions) -> Re
         if scratch.exists() {
             let _ = std::fs::remove_dir_all(&scratch);
         }
-        if opts.verbose {
-            print_outcome(&p.node.name, st, &outcome, &via);
-        }
+        opts.events.event(&Event::Stage { name: &p.node.name, outcome: &outcome, via: &via, summary: summary_of(st, &outcome.manifest.report) });
         runs.push(StageRun {
             stage: p.node.name.clone(),
             kind: st.kind().to_string(),
@@ -251,7 +259,7 @@ pub fn run(graph: &Graph, reg: &Registry, rt: &Runtime, opts: &RunOptions) -> Re
     let record = RunRecord {
         pipeline: graph.name.clone(),
         pipeline_file: graph.path.clone(),
-        tool_version: maskflow_core::TOOL_VERSION.to_string(),
+        tool_version: maskflow_core::record::writer(),
         started_unix,
         duration_s: started.elapsed().as_secs_f64(),
         dataset_fingerprint,
@@ -265,19 +273,11 @@ pub fn run(graph: &Graph, reg: &Registry, rt: &Runtime, opts: &RunOptions) -> Re
             maskflow_core::fsutil::unique_suffix()
         );
         if let Err(e) = sh.remote.put_run_record(&record.pipeline, &name, record.to_bytes()) {
-            eprintln!("warning: the run record was not stored in {}: {e}", sh.remote.url());
+            opts.events.event(&Event::Warning(format!("the run record was not stored in {}: {e}", sh.remote.url())));
         }
     }
-    if opts.verbose {
-        let cached = record.stages.iter().filter(|s| s.cached).count();
-        println!(
-            "run     {} stage(s), {} cached, {:.2}s; record {}",
-            record.stages.len(),
-            cached,
-            record.duration_s,
-            path.display()
-        );
-    }
+    let cached = record.stages.iter().filter(|s| s.cached).count();
+    opts.events.event(&Event::RunDone { stages: record.stages.len(), cached, seconds: record.duration_s, record: &path });
     Ok((record, outcomes))
 }
 
@@ -288,30 +288,6 @@ pub fn short(key: &str) -> &str {
 /// The one-line summary of a stored report.
 pub fn summary_of(st: &dyn DynStage, report: &Value) -> String {
     st.summary(report).unwrap_or_else(|| "(its report is of an older format; --force rebuilds it)".into())
-}
-
-fn print_outcome(name: &str, st: &dyn DynStage, o: &Outcome, via: &Via) {
-    let state = if let Some(t) = &via.pulled {
-        format!("pulled ({t})")
-    } else if o.cached {
-        "cached".to_string()
-    } else {
-        match &o.rebuilt_because {
-            Some(why) => format!("rebuilt in {:.2}s ({why})", o.duration_s),
-            None => format!("built in {:.2}s", o.duration_s),
-        }
-    };
-    println!("{name:<7} {state}  key {}  {}", short(&o.key), o.dir.display());
-    for note in &via.notes {
-        println!("        {note}");
-    }
-    if let Some(p) = &via.published {
-        match p.created {
-            true => println!("        published ({})", p.transfer),
-            false => println!("        already published by another machine (blobs: {})", p.transfer),
-        }
-    }
-    println!("        {}", summary_of(st, &o.manifest.report));
 }
 
 /// A node's state in the store.
@@ -336,8 +312,8 @@ impl State {
 }
 
 /// Every node's key and state (runs nothing).
-pub fn states(graph: &Graph, reg: &Registry, rt: &Runtime) -> Result<Vec<(Planned, State)>> {
-    let planned = plan(graph, reg, rt, None)?;
+pub fn states(graph: &Graph, reg: &Registry, rt: &Runtime, events: &dyn Events) -> Result<Vec<(Planned, State)>> {
+    let planned = plan(graph, reg, rt, None, events)?;
     let store = Store::new(&rt.artifacts);
     let records = recent_records(&rt.artifacts, &graph.name);
     let mut out = Vec::new();
@@ -387,9 +363,9 @@ fn recent_records(artifacts: &Path, pipeline: &str) -> Vec<RunRecord> {
 }
 
 /// `maskflow status`: per node, cached / stale (what changed) / corrupt / missing.
-pub fn status_lines(graph: &Graph, reg: &Registry, rt: &Runtime, remote: Option<&maskflow_remote::Remote>) -> Result<Vec<String>> {
+pub fn status_lines(graph: &Graph, reg: &Registry, rt: &Runtime, remote: Option<&maskflow_remote::Remote>, events: &dyn Events) -> Result<Vec<String>> {
     let mut lines = Vec::new();
-    for (p, state) in states(graph, reg, rt)? {
+    for (p, state) in states(graph, reg, rt, events)? {
         let key = p.key();
         let line = match &state {
             State::Cached => format!("cached   key {}", short(&key)),
@@ -479,8 +455,8 @@ fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
 }
 
 /// `maskflow graph`: the nodes with kind, key, state and inputs (text), or Graphviz DOT.
-pub fn describe(graph: &Graph, reg: &Registry, rt: &Runtime, dot: bool) -> Result<String> {
-    let states = states(graph, reg, rt)?;
+pub fn describe(graph: &Graph, reg: &Registry, rt: &Runtime, dot: bool, events: &dyn Events) -> Result<String> {
+    let states = states(graph, reg, rt, events)?;
     let mut s = String::new();
     if dot {
         s.push_str(&format!("digraph {:?} {{\n  rankdir=LR;\n  node [shape=box, fontname=\"sans-serif\"];\n", graph.name));

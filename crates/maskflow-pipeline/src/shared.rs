@@ -10,6 +10,7 @@
 //!    preempted machine left one; the checkpoint is mirrored while the build runs), publish
 //!    blobs then the manifest, release the lease.
 
+use crate::events::{Event, Events};
 use anyhow::{bail, Context, Result};
 use maskflow_core::store::{Outcome, StageSpec, Store, MANIFEST};
 use maskflow_remote::{Lease, LeaseAttempt, Published, Remote, RemoteError, Transfer};
@@ -29,6 +30,8 @@ pub struct Shared<'a> {
     /// What to do when the shared store's record of a key is of a newer format than this
     /// maskflow reads.
     pub on_newer: OnNewer,
+    /// Where waits and warnings go.
+    pub events: &'a dyn Events,
 }
 
 /// What to do about an artifact that a newer maskflow published (a major record format this one
@@ -121,8 +124,7 @@ pub fn obtain(
                     break;
                 }
                 LeaseAttempt::Held(seen) => {
-                    let secs = seen.left().as_secs();
-                    eprintln!("{kind:<7} waiting: {} is building {} (lease for {secs}s more)", seen.holder(), short(&key));
+                    sh.events.event(&Event::Waiting { kind, key: &key, holder: seen.holder(), left: seen.left() });
                     wait_for_manifest_or_lapse(sh, kind, &key);
                     via.notes.push(format!("waited for {}", seen.holder()));
                 }
@@ -258,10 +260,10 @@ fn renew_lease(sh: &Shared, lease: &Lease, kind: &str, key: &str, stop: &AtomicB
         match lease.renew() {
             Ok(true) => {}
             Ok(false) => {
-                eprintln!("{kind:<7} lost the lease on {} to another machine; building on", short(key));
+                sh.events.event(&Event::Warning(format!("{kind:<7} lost the lease on {} to another machine; building on", short(key))));
                 return;
             }
-            Err(e) => eprintln!("{kind:<7} cannot renew the lease: {e}"),
+            Err(e) => sh.events.event(&Event::Warning(format!("{kind:<7} cannot renew the lease: {e}"))),
         }
         renewed = Instant::now();
     }
@@ -280,7 +282,7 @@ fn mirror_checkpoints(sh: &Shared, kind: &str, key: &str, scratch: &Path, stop: 
         if !now.is_empty() && now == last && now != pushed {
             match sh.remote.push_checkpoint(kind, key, scratch) {
                 Ok(_) => maskflow_remote::failpoint("checkpoint-pushed"),
-                Err(e) => eprintln!("{kind:<7} cannot mirror the checkpoint: {e}"),
+                Err(e) => sh.events.event(&Event::Warning(format!("{kind:<7} cannot mirror the checkpoint: {e}"))),
             }
             pushed = now.clone();
         }
@@ -300,12 +302,13 @@ fn scratch_signature(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
         .collect()
 }
 
-/// `maskflow push`: publishes every valid local artifact of the plan the shared store lacks.
-pub fn push(store: &Store, remote: &Remote, planned: &[crate::runner::Planned]) -> Result<Vec<String>> {
+/// `maskflow push`: publishes every valid local artifact of `targets` (instance name, its spec)
+/// that the shared store lacks.
+pub fn push(store: &Store, remote: &Remote, targets: &[(&str, &StageSpec)]) -> Result<Vec<String>> {
     let mut lines = Vec::new();
-    for p in planned {
-        let key = p.key();
-        let kind = p.spec.stage.as_str();
+    for (name, spec) in targets {
+        let key = spec.key();
+        let kind = spec.stage.as_str();
         let line = match store.verify(kind, &key) {
             Err(why) => format!("not here ({why}): nothing to push"),
             Ok(_) => match publish_if_absent(remote, &store.artifact_dir(kind, &key), kind, &key) {
@@ -316,18 +319,18 @@ pub fn push(store: &Store, remote: &Remote, planned: &[crate::runner::Planned]) 
                 Err(e) => return Err(e.into()),
             },
         };
-        lines.push(format!("{:<7} key {}  {line}", p.node.name, short(&key)));
+        lines.push(format!("{name:<7} key {}  {line}", short(&key)));
     }
     Ok(lines)
 }
 
-/// `maskflow pull`: downloads every artifact of the plan that is published and not here.
-pub fn pull(store: &Store, remote: &Remote, planned: &[crate::runner::Planned]) -> Result<Vec<String>> {
+/// `maskflow pull`: downloads every artifact of `targets` that is published and not here.
+pub fn pull(store: &Store, remote: &Remote, targets: &[(&str, &StageSpec)]) -> Result<Vec<String>> {
     let mut lines = Vec::new();
     let mut failed = 0;
-    for p in planned {
-        let key = p.key();
-        let kind = p.spec.stage.as_str();
+    for (name, spec) in targets {
+        let key = spec.key();
+        let kind = spec.stage.as_str();
         let line = if store.verify(kind, &key).is_ok() {
             "here already".to_string()
         } else {
@@ -346,13 +349,10 @@ pub fn pull(store: &Store, remote: &Remote, planned: &[crate::runner::Planned]) 
                 }
             }
         };
-        lines.push(format!("{:<7} key {}  {line}", p.node.name, short(&key)));
+        lines.push(format!("{name:<7} key {}  {line}", short(&key)));
     }
     if failed > 0 {
-        for l in &lines {
-            eprintln!("{l}");
-        }
-        bail!("{failed} artifact(s) could not be pulled (corrupt or unreadable in {}); `maskflow run` rebuilds them", remote.url());
+        bail!("{}\n{failed} artifact(s) could not be pulled (corrupt or unreadable in {}); `maskflow run` rebuilds them", lines.join("\n"), remote.url());
     }
     Ok(lines)
 }

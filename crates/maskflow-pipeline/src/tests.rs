@@ -133,7 +133,7 @@ impl Fixture {
         Runtime { device: crate::Device::Cpu, threads: 1, progress: false, artifacts: self.path().join("artifacts") }
     }
     fn run(&self, g: &Graph, force: Option<&str>, until: Option<&str>) -> Vec<(String, bool)> {
-        let (rec, _) = runner::run(g, &registry(), &self.rt(), &RunOptions { force, until, verbose: false, shared: None, executor: None, split_hint: Default::default() }).unwrap();
+        let (rec, _) = runner::run(g, &registry(), &self.rt(), &RunOptions { force, until, events: &crate::events::Silent, shared: None, executor: None, split_hint: Default::default() }).unwrap();
         rec.stages.into_iter().map(|s| (s.stage, s.cached)).collect()
     }
 }
@@ -177,7 +177,7 @@ fn declared_graphs_run_cache_and_answer_each_question_separately() {
     assert!(again.iter().all(|(_, cached)| *cached), "{again:?}");
     // The same folder under another instance: list's artifact is shared (same key), but the judge
     // asked about the whole folder is its own result.
-    let st = runner::states(&g, &registry(), &f.rt()).unwrap();
+    let st = runner::states(&g, &registry(), &f.rt(), &crate::events::Silent).unwrap();
     let key = |n: &str| st.iter().find(|(p, _)| p.node.name == n).unwrap().0.key();
     assert_eq!(key("list"), key("list.same"));
     assert_ne!(key("judge"), key("judge.same"));
@@ -193,7 +193,7 @@ fn declared_graphs_run_cache_and_answer_each_question_separately() {
     assert_eq!(until, [("list".to_string(), true), ("count".to_string(), false)]);
     // A param change: status names it, and only that instance and what follows it are stale.
     let g2 = f.graph("[count]\nscale = 2\n[judge]\n[judge.other]\ndata = \"other\"\n[judge.same]\ndata = \"data\"\n").unwrap();
-    let st = runner::states(&g2, &registry(), &f.rt()).unwrap();
+    let st = runner::states(&g2, &registry(), &f.rt(), &crate::events::Silent).unwrap();
     let state = |n: &str| st.iter().find(|(p, _)| p.node.name == n).unwrap().1.clone();
     assert_eq!(state("list"), State::Cached);
     match state("count") {
@@ -206,14 +206,14 @@ fn declared_graphs_run_cache_and_answer_each_question_separately() {
     }
     // A dataset edit: status counts files.
     std::fs::write(f.path().join("data/cls/new.txt"), "n").unwrap();
-    let st = runner::states(&g, &registry(), &f.rt()).unwrap();
+    let st = runner::states(&g, &registry(), &f.rt(), &crate::events::Silent).unwrap();
     match &st[0].1 {
         State::Stale { reasons, .. } => assert_eq!(reasons, &["dataset changed: 1 added, 0 removed, 0 modified"]),
         s => panic!("{s:?}"),
     }
-    let text = runner::describe(&g, &registry(), &f.rt(), false).unwrap();
+    let text = runner::describe(&g, &registry(), &f.rt(), false, &crate::events::Silent).unwrap();
     assert!(text.contains("judge.other") && text.contains("from data ← list.other, model ← count"), "{text}");
-    let dot = runner::describe(&g, &registry(), &f.rt(), true).unwrap();
+    let dot = runner::describe(&g, &registry(), &f.rt(), true, &crate::events::Silent).unwrap();
     assert!(dot.starts_with("digraph") && dot.contains("\"list.other\" -> \"judge.other\" [label=\"data\"]"), "{dot}");
 }
 

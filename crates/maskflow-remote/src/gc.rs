@@ -9,8 +9,9 @@
 //! **Policy for the rest** (ages by the store's clock, never this machine's):
 //! - a blob no root names goes once it is older than the grace period;
 //! - a plan is *abandoned* when its `plan.json` is older than `plan_ttl` and it was never
-//!   committed (a commit removes its plan): its plan, task files and task records go; task files
-//!   or records whose plan is missing go once older than the grace period;
+//!   committed (a commit removes its plan): its plan, task files and task records go; so do task
+//!   files or records whose plan.json is missing once they are older than `plan_ttl` (a planner
+//!   writes its task files before its plan.json);
 //! - an intent older than `plan_ttl` was left by a publisher that died: it goes (a publish must
 //!   finish within `plan_ttl`, default 7 days); leases and probes older than the grace period
 //!   were left by processes that died: they go;
@@ -188,7 +189,8 @@ impl Remote {
         for (rel, plan, done, m) in &plan_parts {
             match plans.get(plan) {
                 Some(pm) if age(pm) >= opts.plan_ttl => sweep(&mut report, rel, "part of an abandoned plan (never committed within the plan ttl)"),
-                None if old(m) => sweep(&mut report, rel, "part of a plan that has no plan.json"),
+                // A planner writes its task files before its plan.json: only a plan ttl makes them orphans.
+                None if age(m) >= opts.plan_ttl => sweep(&mut report, rel, "part of a plan that never got its plan.json within the plan ttl"),
                 _ if *done => naming.push(rel.clone()),
                 _ => {}
             }

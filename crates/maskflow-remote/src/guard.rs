@@ -78,8 +78,8 @@ impl Remote {
     pub fn intend(&self, what: &str, files: &[FileEntry]) -> Result<IntentGuard<'_>, RemoteError> {
         let rel = format!("intents/{}.json", maskflow_core::fsutil::unique_suffix());
         let intent = Intent {
-            format: INTENT_FORMAT.current,
-            tool_version: maskflow_core::TOOL_VERSION.into(),
+            format: INTENT_FORMAT.current(),
+            tool_version: maskflow_core::record::writer(),
             what: what.into(),
             files: files.to_vec(),
         };
@@ -113,7 +113,7 @@ impl Remote {
     /// Takes the gc lock (create-only; a stale one is replaced). `Err(Busy)` when a live gc holds it.
     pub(crate) fn lock_for_gc(&self) -> Result<GcLockGuard<'_>, RemoteError> {
         let holder = format!("{}:{}:{}", crate::host(), std::process::id(), maskflow_core::fsutil::unique_suffix());
-        let body = serde_json::to_vec(&GcLock { format: GC_LOCK_FORMAT.current, tool_version: maskflow_core::TOOL_VERSION.into(), holder: holder.clone() })
+        let body = serde_json::to_vec(&GcLock { format: GC_LOCK_FORMAT.current(), tool_version: maskflow_core::record::writer(), holder: holder.clone() })
             .map_err(|e| RemoteError::Io { path: GC_LOCK.into(), source: e.into() })?;
         for _ in 0..3 {
             if self.create(GC_LOCK, Bytes::from(body.clone()))?.is_some() {

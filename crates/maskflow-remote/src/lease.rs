@@ -138,8 +138,8 @@ impl Remote {
             }
             let generation = current.as_ref().map_or(0, |c| c.generation + 1);
             let info = LeaseInfo {
-                format: LEASE_FORMAT.current,
-                tool_version: maskflow_core::TOOL_VERSION.into(),
+                format: LEASE_FORMAT.current(),
+                tool_version: maskflow_core::record::writer(),
                 holder: format!("{host}:{pid}:{}", maskflow_core::fsutil::unique_suffix()),
                 host: host.clone(),
                 pid,

@@ -397,7 +397,7 @@ impl Remote {
             .collect();
         let _intent = self.intend(&format!("checkpoint {kind}/{key}"), &files)?;
         let transfer = blobs::upload(self, dir, &files, false, false)?;
-        let index = CheckpointIndex { format: Some(CHECKPOINT_FORMAT.current), tool_version: Some(maskflow_core::TOOL_VERSION.into()), kind: kind.into(), key: key.into(), files };
+        let index = CheckpointIndex { format: Some(CHECKPOINT_FORMAT.current()), tool_version: Some(maskflow_core::record::writer()), kind: kind.into(), key: key.into(), files };
         let bytes = serde_json::to_vec_pretty(&index).unwrap_or_default();
         self.put(&Self::checkpoint_rel(kind, key), bytes)?;
         Ok(transfer)

@@ -355,7 +355,7 @@ fn a_manifest_of_a_newer_major_format_is_newer_never_corrupt() {
     let err = r.manifest("demo", &m.key).unwrap_err();
     assert!(matches!(&err, RemoteError::Newer { newer, .. } if newer.format == 2 && newer.writer == "maskflow 9.0.0"), "{err}");
     assert!(!err.is_corrupt_artifact(), "a newer manifest is not to be repaired");
-    assert!(err.to_string().contains("maskflow 9.0.0") && err.to_string().contains(maskflow_core::TOOL_VERSION), "{err}");
+    assert!(err.to_string().contains("maskflow 9.0.0") && err.to_string().contains(&maskflow_core::record::writer()), "{err}");
     // gc keeps it, and sweeps no blob while it is there (it may name any).
     crate::blobs::upload(&r, &dir, &m.files, false, false).unwrap();
     let g = r.gc(&GcOptions { grace: Duration::ZERO, keep_runs: Some(0), plan_ttl: Duration::ZERO, apply: true }).unwrap();
@@ -467,7 +467,7 @@ fn gc_sweeps_abandoned_plans_and_old_run_records_and_says_why() {
     // A live plan (ttl not reached) keeps everything.
     let live = r.gc(&GcOptions { grace: Duration::ZERO, keep_runs: None, plan_ttl: Duration::from_secs(3600), apply: false }).unwrap();
     let whys: Vec<&str> = live.other_swept.iter().map(|s| s.rel.as_str()).collect();
-    assert_eq!(whys, vec!["plans/index/k2/done-0.json"], "only the record whose plan is missing");
+    assert!(whys.is_empty(), "a planner writes task files before plan.json: nothing goes within the plan ttl: {whys:?}");
     let g = r.gc(&GcOptions { grace: Duration::ZERO, keep_runs: Some(1), plan_ttl: Duration::ZERO, apply: true }).unwrap();
     let mut swept: Vec<&str> = g.other_swept.iter().map(|s| s.rel.as_str()).collect();
     swept.sort();
