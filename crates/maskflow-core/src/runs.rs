@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 pub struct StageRun {
     /// The instance's name in the pipeline (`train`, `eval.street`).
     pub stage: String,
-    /// Its stage kind (`train`).
+    /// Its stage kind (`train`). Empty in records written before kinds were recorded (read as
+    /// such: gc then keeps every manifest, since it cannot tell which ones such a record names).
     #[serde(default)]
     pub kind: String,
     pub key: String,

@@ -216,6 +216,12 @@ impl Remote {
                     }
                     let Some(bytes) = self.get_optional(rel)? else { continue };
                     match RunRecord::decode(&bytes) {
+                        // Records of before stage kinds were recorded name instances only: which
+                        // manifests they keep cannot be told, so none is swept.
+                        Ok(rec) if rec.stages.iter().any(|s| s.kind.is_empty()) => {
+                            report.unreadable.push(format!("{rel} (an old run record without stage kinds)"));
+                            manifest_sweeping = false;
+                        }
                         Ok(rec) => kept_keys.extend(rec.stages.into_iter().map(|s| (s.kind, s.key))),
                         Err(e) => {
                             // It may name any manifest: none is swept.

@@ -332,6 +332,11 @@ impl Remote {
         Ok(self.list_metas(Some(prefix))?.into_iter().map(|(rel, _)| rel).collect())
     }
 
+    /// The objects under `prefix` with their sizes, from one listing.
+    pub fn list_sizes(&self, prefix: &str) -> Result<Vec<(String, u64)>, RemoteError> {
+        Ok(self.list_metas(Some(prefix))?.into_iter().map(|(rel, m)| (rel, m.size)).collect())
+    }
+
     /// Uploads the files `files` of `dir` as blobs (those already stored are skipped).
     pub fn upload_blobs(&self, dir: &Path, files: &[FileEntry]) -> Result<Transfer, RemoteError> {
         blobs::upload(self, dir, files, false, false)
