@@ -241,6 +241,7 @@ pub fn stage_alone(a: &StageArgs, c: &Compute) -> Result<()> {
         dataset_root: a.dataset,
         scratch: &scratch,
         out: a.out,
+        notes: &maskflow_pipeline::events::InstanceNotes { events: &Printer, instance: a.kind },
     };
     let report = st.run(&params, &ctx)?;
     let _ = std::fs::remove_dir_all(&scratch);

@@ -200,6 +200,7 @@ impl Events for Printer {
             Event::FanOut { instance, tasks, executor, done, plan } => {
                 eprintln!("{instance:<7} {tasks} task(s) on {executor} ({done} done already); plan {plan}")
             }
+            Event::Note { line, .. } => eprintln!("{line}"),
             Event::Warning(w) => eprintln!("warning: {w}"),
         }
     }

@@ -336,8 +336,8 @@ fn many_processes_with_kills_panics_gc_and_a_newer_maskflow_keep_the_store_sound
             for (p, bytes) in &a {
                 let same = match format!("{kind}/{p}").as_str() {
                     f if timed.contains(&f) => true,
-                    // It records the folder it was made from: another machine's, when pulled.
-                    "index/dataset.json" => {
+                    // They record the folder the index was made from: another machine's, when pulled.
+                    "index/dataset.json" | "index/summary.json" => {
                         let without_root = |b: &[u8]| {
                             let mut v: serde_json::Value = serde_json::from_slice(b).unwrap();
                             v.as_object_mut().unwrap().remove("root");

@@ -17,6 +17,8 @@ pub enum Event<'a> {
     Waiting { kind: &'a str, key: &'a str, holder: String, left: Duration },
     /// A splittable instance is fanned out as tasks.
     FanOut { instance: &'a str, tasks: usize, executor: &'a str, done: usize, plan: &'a str },
+    /// A stage's message (`train   epoch 1 …`, `train: resuming from …`).
+    Note { instance: &'a str, line: &'a str },
     /// Something that does not stop the run went wrong (a lease not renewed, a checkpoint not
     /// mirrored, a cache or run record not saved).
     Warning(String),
@@ -25,6 +27,18 @@ pub enum Event<'a> {
 /// Where events go.
 pub trait Events: Sync {
     fn event(&self, e: &Event);
+}
+
+/// A stage instance's notes as events.
+pub struct InstanceNotes<'a> {
+    pub events: &'a dyn Events,
+    pub instance: &'a str,
+}
+
+impl maskflow_stage::Notes for InstanceNotes<'_> {
+    fn note(&self, line: &str) {
+        self.events.event(&Event::Note { instance: self.instance, line });
+    }
 }
 
 /// Drops every event.

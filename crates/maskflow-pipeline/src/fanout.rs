@@ -240,6 +240,8 @@ pub fn plan(
         dataset_root: given.dataset_root,
         scratch: scratch.path(),
         out: scratch.path(),
+        // Planning lists work; no stage says anything while doing it.
+        notes: &crate::NoNotes,
     };
     let tasks = split.plan(&spec.params, &ctx, hint).with_context(|| format!("planning [{instance}] ({})", st.kind()))?;
     let nonce = format!("tasks-{}", maskflow_core::fsutil::unique_suffix());
@@ -372,7 +374,7 @@ struct Prepared {
 
 impl Prepared {
     /// What a task or the commit of `doc` gets.
-    fn ctx<'a>(&'a self, site: &'a Site, doc: &'a PlanDoc, key: &'a str, scratch: &'a Path, out: &'a Path) -> RunCtx<'a> {
+    fn ctx<'a>(&'a self, site: &'a Site, doc: &'a PlanDoc, key: &'a str, scratch: &'a Path, out: &'a Path, notes: &'a dyn crate::Notes) -> RunCtx<'a> {
         RunCtx {
             instance: &doc.instance,
             key,
@@ -382,6 +384,7 @@ impl Prepared {
             dataset_root: self.root.as_deref(),
             scratch,
             out,
+            notes,
         }
     }
 }
@@ -456,7 +459,8 @@ pub fn run_task(site: &Site, kind: &str, key: &str, i: usize) -> Result<TaskOutc
     let out = work_dir(site.store, &format!("task-{}-{i}", short(key)))?;
     let scratch = work_dir(site.store, "scratch")?;
     let started = Instant::now();
-    let ctx = p.ctx(site, &doc, key, scratch.path(), out.path());
+    let notes = crate::events::InstanceNotes { events: site.events, instance: &doc.instance };
+    let ctx = p.ctx(site, &doc, key, scratch.path(), out.path(), &notes);
     let done = split.task(&params, &ctx, task).with_context(|| format!("[{}] task {i}", doc.instance))?;
     let files = hash_files(out.path())?;
     // Protected from gc until the record naming them lands (maskflow_remote::guard).
@@ -553,7 +557,8 @@ pub fn commit(site: &Site, kind: &str, key: &str) -> Result<Committed> {
     let p = prepare(site, &doc)?;
     let out = work_dir(site.store, &format!("commit-{}", short(key)))?;
     let scratch = work_dir(site.store, "scratch")?;
-    let ctx = p.ctx(site, &doc, key, scratch.path(), out.path());
+    let notes = crate::events::InstanceNotes { events: site.events, instance: &doc.instance };
+    let ctx = p.ctx(site, &doc, key, scratch.path(), out.path(), &notes);
     let report = split.commit(&params, &ctx, tasks, results, &files).with_context(|| format!("committing [{}]", doc.instance))?;
     let own = hash_files(out.path())?;
     let mut seen: BTreeMap<&str, ()> = BTreeMap::new();

@@ -22,7 +22,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-pub use maskflow_stage::{CtxError, Device, External, InputArtifact, Placement, RunCtx, Runtime, Slot, Split, SplitHint, Stage};
+pub use maskflow_stage::{CtxError, Device, External, InputArtifact, NoNotes, Notes, Placement, RunCtx, Runtime, Slot, Split, SplitHint, Stage};
 
 /// A stage kind with its types erased (params as canonical JSON inside this crate only).
 pub trait DynStage: Send + Sync {

@@ -190,6 +190,7 @@ pub fn run(graph: &Graph, reg: &Registry, rt: &Runtime, opts: &RunOptions) -> Re
             .collect();
         let scratch = scratch_dir(&rt.artifacts, st.kind(), &key);
         let force = forced.contains(&p.node.name);
+        let notes = crate::events::InstanceNotes { events: opts.events, instance: &p.node.name };
         let build = |tmp: &Path| {
             let ctx = RunCtx {
                 instance: &p.node.name,
@@ -200,6 +201,7 @@ pub fn run(graph: &Graph, reg: &Registry, rt: &Runtime, opts: &RunOptions) -> Re
                 dataset_root: roots.get(p.node.name.as_str()).and_then(|r| r.as_deref()),
                 scratch: &scratch,
                 out: tmp,
+                notes: &notes,
             };
             maskflow_remote::failpoint("stage-run");
             st.run(&p.node.params, &ctx)

@@ -7,7 +7,7 @@
 //! - [`Stage`]: a stage kind — name, code version, typed `Params`, input slots, typed `Report` with
 //!   its one-line summary, and `run`.
 //! - [`Split`]: a kind whose work splits into independent tasks (plan → task → commit).
-//! - [`RunCtx`], [`Slot`], [`External`], [`InputArtifact`], [`Placement`]: what `run` gets.
+//! - [`RunCtx`], [`Slot`], [`External`], [`InputArtifact`], [`Placement`], [`Notes`]: what `run` gets.
 //! - [`Runtime`] and its typed [`Device`]: where compute runs (never part of a key).
 
 use serde::de::DeserializeOwned;
@@ -77,6 +77,20 @@ pub struct InputArtifact {
     pub key: String,
 }
 
+/// Where a stage's messages for the user go (resuming from a checkpoint, a checkpoint ignored and
+/// why, an epoch's figures): the runner turns them into events, which the binary prints. A stage
+/// never prints.
+pub trait Notes: Sync {
+    fn note(&self, line: &str);
+}
+
+/// Drops every note (tests, embedders that want none).
+pub struct NoNotes;
+
+impl Notes for NoNotes {
+    fn note(&self, _line: &str) {}
+}
+
 /// What a stage's `run` gets besides its params.
 pub struct RunCtx<'a> {
     /// The instance's name in the pipeline (`train`, `eval.street`).
@@ -93,6 +107,8 @@ pub struct RunCtx<'a> {
     pub scratch: &'a Path,
     /// The empty folder the stage writes into.
     pub out: &'a Path,
+    /// Where its messages go.
+    pub notes: &'a dyn Notes,
 }
 
 #[derive(Debug, thiserror::Error)]

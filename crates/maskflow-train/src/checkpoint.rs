@@ -73,28 +73,29 @@ pub(crate) fn save_safetensors(named: &[(String, Tensor)], path: &Path) -> Resul
 /// the model's tensors and the optimizer's.
 pub(crate) type Restored = (Progress, Vec<(String, Tensor)>, Vec<(String, Tensor)>);
 
-pub(crate) fn read(dir: &Path, config_hash: &str) -> Option<Restored> {
+/// Why a checkpoint there is not used goes to `note`.
+pub(crate) fn read(dir: &Path, config_hash: &str, note: &dyn Fn(String)) -> Option<Restored> {
     let p: Progress = serde_json::from_slice(&std::fs::read(dir.join(PROGRESS_FILE)).ok()?).ok()?;
     if p.config_hash != config_hash {
-        eprintln!("train: ignoring checkpoint in {} (made with another configuration)", dir.display());
+        note(format!("train: ignoring checkpoint in {} (made with another configuration)", dir.display()));
         return None;
     }
     let file = dir.join(&p.tensors_file);
     match maskflow_core::hash::blake3_file(&file) {
         Ok((h, _)) if h == p.tensors_blake3 => {}
         Ok(_) => {
-            eprintln!("train: ignoring checkpoint {}: it does not match its blake3 (damaged)", file.display());
+            note(format!("train: ignoring checkpoint {}: it does not match its blake3 (damaged)", file.display()));
             return None;
         }
         Err(e) => {
-            eprintln!("train: ignoring checkpoint {}: {e}", file.display());
+            note(format!("train: ignoring checkpoint {}: {e}", file.display()));
             return None;
         }
     }
     let tensors = match Tensor::read_safetensors(&file) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("train: ignoring unreadable checkpoint {}: {e}", file.display());
+            note(format!("train: ignoring unreadable checkpoint {}: {e}", file.display()));
             return None;
         }
     };

@@ -296,10 +296,10 @@ pub(crate) fn fit(
 /// as if killed).
 fn end_epoch(ctx: &mut Ctx, model: &Classifier, opt: &Adam, progress: &mut Progress, phase: Phase, epoch: usize, m: EpochMetrics) -> Result<()> {
     if ctx.rt.progress {
-        eprintln!(
+        ctx.rt.note(format!(
             "train   {:<8} epoch {:>2}  train_loss {:.4} (mean {:.4})  valid_loss {:.4}  accuracy {:.4}  error_rate {:.4}  {:.0}s  {:.1} img/s",
             m.phase, m.epoch, m.train_loss_ema, m.train_loss_mean, m.valid_loss, m.accuracy, m.error_rate, m.seconds, m.images_per_second
-        );
+        ));
     }
     progress.metrics.push(m);
     progress.phase = phase;
@@ -359,14 +359,14 @@ pub(crate) fn lr_finder(ctx: &mut Ctx, model: &mut Classifier) -> Result<LrFindR
     });
     result.suggestions = lr_find::suggest(&result.lrs, &result.smoothed_losses);
     if let Some(s) = &result.suggestions {
-        eprintln!(
+        ctx.rt.note(format!(
             "lr_find {} iterations{}: valley {:.2e}, steep {:.2e}, minimum/10 {:.2e}",
             result.lrs.len(),
             if result.stopped_early { " (stopped: loss diverged)" } else { "" },
             s.valley,
             s.steep,
             s.minimum_div_10
-        );
+        ));
     }
     Ok(result)
 }

@@ -84,8 +84,19 @@ impl Stage for TrainStage {
         let inputs =
             Inputs { prep_dir: shards.to_path_buf(), classes: meta.classes, pretrained: ctx.externals.get("weights").map(|w| w.path.clone()) };
         let device = maskflow_models::torch_device(ctx.runtime.device);
-        let rt = Runtime::new(device, ctx.runtime.threads, ctx.scratch.to_path_buf(), ctx.runtime.progress);
-        run(&inputs, p, &rt, ctx.out)
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let rt = Runtime { notes: Some(tx), ..Runtime::new(device, ctx.runtime.threads, ctx.scratch.to_path_buf(), ctx.runtime.progress) };
+        // The notes reach the runner from this thread while training runs; dropping `rt` (on
+        // every way out, a panic included) ends it.
+        std::thread::scope(move |s| {
+            s.spawn(move || {
+                for line in rx {
+                    ctx.notes.note(&line);
+                }
+            });
+            let rt = rt;
+            run(&inputs, p, &rt, ctx.out)
+        })
     }
     fn summary(r: &TrainReport) -> String {
         format!(
@@ -114,11 +125,20 @@ pub struct Runtime {
     pub progress: bool,
     /// Stop as if killed after this many epochs (set only by this crate's resume tests).
     pub(crate) stop_after_epochs: Option<usize>,
+    /// Where its messages go (epoch figures, resuming, a checkpoint ignored); none are kept
+    /// without it. The stage forwards them to the runner; this crate never prints.
+    pub notes: Option<std::sync::mpsc::Sender<String>>,
 }
 
 impl Runtime {
     pub fn new(device: Device, threads: usize, checkpoint_dir: PathBuf, progress: bool) -> Self {
-        Runtime { device, threads, checkpoint_dir, progress, stop_after_epochs: None }
+        Runtime { device, threads, checkpoint_dir, progress, stop_after_epochs: None, notes: None }
+    }
+
+    pub(crate) fn note(&self, line: String) {
+        if let Some(tx) = &self.notes {
+            let _ = tx.send(line);
+        }
     }
 }
 
@@ -219,11 +239,11 @@ pub fn run(inputs: &Inputs, params: &TrainParams, rt: &Runtime, out_dir: &Path) 
 
     // Resume from a checkpoint of this configuration that verifies.
     std::fs::create_dir_all(&rt.checkpoint_dir).with_context(|| format!("creating {}", rt.checkpoint_dir.display()))?;
-    let (mut progress, mut opt_state, resumed_from) = match checkpoint::read(&rt.checkpoint_dir, &config_hash) {
+    let (mut progress, mut opt_state, resumed_from) = match checkpoint::read(&rt.checkpoint_dir, &config_hash, &|l| rt.note(l)) {
         Some((p, model_t, opt_t)) => {
             load_named(&model.vs, &model_t, &[], &[]).context("restoring the checkpoint's weights")?;
             let from = format!("{} epoch {} ({})", p.phase, p.epochs_done, rt.checkpoint_dir.display());
-            eprintln!("train: resuming from {from}");
+            rt.note(format!("train: resuming from {from}"));
             (p, Some(opt_t), Some(from))
         }
         None => (Progress::fresh(&config_hash), None, None),
