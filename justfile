@@ -24,7 +24,8 @@ demo: build
     @{{bin}} run pipelines/demo.toml
 
 # The whole test suite (unit, integration, interop with the venv's pyarrow, the shared store against
-# a local S3 server that runs for the suite's duration on 127.0.0.1, a two-node Ray cluster on loopback).
+# a local S3 server that runs for the suite's duration on 127.0.0.1, 3 rounds of the chaos suite on it,
+# a two-node Ray cluster on loopback). Test builds have the failpoints feature; release builds never do.
 test: setup
     @scripts/bootstrap.sh --s3 --ray
     scripts/with-s3.sh cargo test --workspace --no-fail-fast
