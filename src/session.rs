@@ -5,6 +5,7 @@
 use anyhow::{bail, Context, Result};
 use maskflow_pipeline::events::{Event, Events};
 use maskflow_pipeline::graph::Graph;
+use maskflow_pipeline::runner::short;
 use maskflow_pipeline::shared::{self, Shared};
 use maskflow_pipeline::{Registry, Runtime};
 use maskflow_remote::Remote;
@@ -160,10 +161,6 @@ impl StoreOptions {
 /// The runner's events on the terminal: a few lines per stage on stdout, waits and warnings on
 /// stderr.
 pub struct Printer;
-
-fn short(key: &str) -> &str {
-    &key[..key.len().min(12)]
-}
 
 impl Events for Printer {
     fn event(&self, e: &Event) {

@@ -270,10 +270,6 @@ impl Chaos {
     }
 }
 
-fn artifact_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    files(dir)
-}
-
 #[test]
 fn many_processes_with_kills_panics_gc_and_a_newer_maskflow_keep_the_store_sound() {
     let rounds: u64 = std::env::var("CHAOS_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
@@ -329,7 +325,7 @@ fn many_processes_with_kills_panics_gc_and_a_newer_maskflow_keep_the_store_sound
             if !pulled && (future || !newer_there) {
                 chaos.fail(format!("{label}: {kind} was not pulled:\n{text}"));
             }
-            let (a, b) = (artifact_files(&m0.join(&artifacts).join(kind).join(key)), artifact_files(&reference.join("ref").join(kind).join(key)));
+            let (a, b) = (files(&m0.join(&artifacts).join(kind).join(key)), files(&reference.join("ref").join(kind).join(key)));
             if a.keys().collect::<Vec<_>>() != b.keys().collect::<Vec<_>>() {
                 chaos.fail(format!("{label}: {kind} has other files than the reference"));
             }

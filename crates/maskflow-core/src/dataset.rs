@@ -368,13 +368,18 @@ mod tests {
         fs::OpenOptions::new().write(true).open(p).unwrap().set_modified(t).unwrap();
     }
 
+    /// Two classes of one file each; returns the first file.
+    fn two_files(r: &Path) -> std::path::PathBuf {
+        touch(&r.join("a/1.jpg"), b"hello");
+        touch(&r.join("b/2.jpg"), b"world");
+        r.join("a/1.jpg")
+    }
+
     #[test]
     fn a_file_rewritten_with_the_same_size_and_mtime_right_after_hashing_is_hashed_again() {
         let d = tempfile::tempdir().unwrap();
         let r = d.path();
-        let f = r.join("a/1.jpg");
-        touch(&f, b"hello");
-        touch(&r.join("b/2.jpg"), b"world");
+        let f = two_files(r);
         let mtime = fs::metadata(&f).unwrap().modified().unwrap();
         let ino = fs::metadata(&f).unwrap().ino();
         let mut cache = HashCache::default();
@@ -392,9 +397,7 @@ mod tests {
     fn an_entry_is_trusted_for_a_file_older_than_it() {
         let d = tempfile::tempdir().unwrap();
         let r = d.path();
-        let f = r.join("a/1.jpg");
-        touch(&f, b"hello");
-        touch(&r.join("b/2.jpg"), b"world");
+        let f = two_files(r);
         let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
         set_mtime(&f, hour_ago);
         let mut cache = HashCache::default();

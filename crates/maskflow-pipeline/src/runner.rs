@@ -212,9 +212,7 @@ pub fn run(graph: &Graph, reg: &Registry, rt: &Runtime, opts: &RunOptions) -> Re
             }
             // Fanned out unless built here already (`obtain` below verifies it; a corrupt one is
             // rebuilt here, as is everything under `--force`).
-            // A newer maskflow's artifact is built here, not fanned out and published over it.
-            let newer_there = matches!(sh.remote.manifest(st.kind(), &key), Err(maskflow_remote::RemoteError::Newer { .. }));
-            if !force && !newer_there && store.read_manifest(st.kind(), &key).is_none() {
+            if !force && store.read_manifest(st.kind(), &key).is_none() {
                 let given = crate::fanout::PlanInputs {
                     inputs: &inputs,
                     input_kinds: input_kinds(&planned, p),
@@ -224,8 +222,8 @@ pub fn run(graph: &Graph, reg: &Registry, rt: &Runtime, opts: &RunOptions) -> Re
                 let site = crate::fanout::Site { reg, remote: sh.remote, store: &store, rt, dataset_root: None, events: opts.events };
                 match crate::fanout::fan_out(&site, ex, &graph.name, &p.node.name, &p.spec, &given, &opts.split_hint) {
                     Ok(_) => {}
-                    // A plan a newer maskflow made: not joined; built here (published create-only,
-                    // so never over theirs).
+                    // A plan or artifact a newer maskflow made: not joined; built here below
+                    // (`obtain` publishes nothing over a newer manifest, and only create-only).
                     Err(e) if sh.on_newer == shared::OnNewer::BuildLocally && crate::fanout::is_newer_record(&e) => {
                         opts.events.event(&Event::Warning(format!("[{}]: {e:#}: built here instead of fanned out", p.node.name)));
                     }

@@ -64,13 +64,22 @@ impl Drop for IntentGuard<'_> {
 }
 
 impl Remote {
-    /// The store's current time: the last-modified stamp of an object written now (then deleted).
+    /// The store's current time. Read once per process as the last-modified stamp of an object
+    /// written then (and deleted); after that, that reading plus this process's monotonic time
+    /// since — no wall clock of this machine is ever compared with the store's.
     pub fn store_now(&self) -> Result<chrono_like::Stamp, RemoteError> {
-        let rel = format!("probes/clock-{}", maskflow_core::fsutil::unique_suffix());
-        self.put(&rel, b"t".to_vec())?;
-        let head = self.block_on(self.store.head(&self.path(&rel))).map_err(self.backend(&rel));
-        let _ = self.delete(&rel);
-        Ok(chrono_like::Stamp::of(&head?))
+        let (at, stamp) = match self.clock.get() {
+            Some(c) => *c,
+            None => {
+                let rel = format!("probes/clock-{}", maskflow_core::fsutil::unique_suffix());
+                self.put(&rel, b"t".to_vec())?;
+                let head = self.block_on(self.store.head(&self.path(&rel))).map_err(self.backend(&rel));
+                let _ = self.delete(&rel);
+                let read = (Instant::now(), chrono_like::Stamp::of(&head?));
+                *self.clock.get_or_init(|| read)
+            }
+        };
+        Ok(chrono_like::Stamp(stamp.0 + at.elapsed().as_millis() as i64))
     }
 
     /// Declares that `files` are about to be relied on (see the module doc), then waits while a

@@ -7,7 +7,7 @@
 //!   (If-None-Match: * on S3, an exclusive create on a filesystem), so of two machines racing for
 //!   it one wins, on every backend; nothing is ever deleted to take a lease over.
 //! - The holder renews by rewriting its own generation (which refreshes its last-modified) and
-//!   releases by rewriting it as released. A generation numbers is never reused while its object
+//!   releases by rewriting it as released. A generation number is never reused while its object
 //!   exists; gc removes lease objects older than its grace period.
 //! - A lease is expired when its generation was last written longer ago than its ttl **by the
 //!   store's clock** (the object's last-modified against an object written now), never by
@@ -108,15 +108,18 @@ impl Remote {
         Ok(gens)
     }
 
-    /// The current generation of a lease, as seen now.
+    /// The current generation of a lease, as seen now. A generation that vanishes between the
+    /// listing and the read was tidied away by the taker of a higher one: list again.
     fn current_lease(&self, prefix: &str, unreadable_ttl: Duration) -> Result<Option<LeaseSeen>, RemoteError> {
-        let Some((generation, meta)) = self.generations(prefix)?.pop() else { return Ok(None) };
-        let rel = gen_rel(prefix, generation);
-        let Some(bytes) = self.get_optional(&rel)? else { return Ok(None) };
-        let info = LEASE_FORMAT.decode::<LeaseInfo>(&bytes).ok();
-        let ttl = info.as_ref().map_or(unreadable_ttl, |i| Duration::from_secs(i.ttl_s));
-        let age = self.store_now()?.since(&Stamp::of(&meta));
-        Ok(Some(LeaseSeen { generation, info, age, ttl }))
+        for _ in 0..ROUNDS {
+            let Some((generation, meta)) = self.generations(prefix)?.pop() else { return Ok(None) };
+            let Some(bytes) = self.get_optional(&gen_rel(prefix, generation))? else { continue };
+            let info = LEASE_FORMAT.decode::<LeaseInfo>(&bytes).ok();
+            let ttl = info.as_ref().map_or(unreadable_ttl, |i| Duration::from_secs(i.ttl_s));
+            let age = self.store_now()?.since(&Stamp::of(&meta));
+            return Ok(Some(LeaseSeen { generation, info, age, ttl }));
+        }
+        Err(RemoteError::Busy { at: self.at(prefix), why: format!("the lease changed hands {ROUNDS} times while being read") })
     }
 
     /// The lease on `kind`/`key`, if one is stored.
@@ -148,11 +151,17 @@ impl Remote {
             };
             let body = Bytes::from(serde_json::to_vec(&info).unwrap_or_default());
             if self.create(&gen_rel(&prefix, generation), body)?.is_some() {
+                let gens = self.generations(&prefix)?;
+                if gens.last().is_some_and(|(top, _)| *top > generation) {
+                    // A higher generation was taken meanwhile (ours was computed from a listing
+                    // that a tidy-up made stale): ours never counted. Mark it released, look again.
+                    let released = LeaseInfo { released: true, ..info };
+                    let _ = self.put_lease(&gen_rel(&prefix, generation), &released);
+                    continue;
+                }
                 // Older generations are dead for good: tidy them (best effort).
-                if let Ok(gens) = self.generations(&prefix) {
-                    for (g, _) in gens.into_iter().filter(|(g, _)| *g < generation) {
-                        let _ = self.delete(&gen_rel(&prefix, g));
-                    }
+                for (g, _) in gens.into_iter().filter(|(g, _)| *g < generation) {
+                    let _ = self.delete(&gen_rel(&prefix, g));
                 }
                 return Ok(LeaseAttempt::Acquired(Lease {
                     remote: self,
@@ -176,6 +185,13 @@ impl Remote {
     }
 }
 
+impl Remote {
+    fn put_lease(&self, rel: &str, info: &LeaseInfo) -> Result<(), RemoteError> {
+        let body = object_store::PutPayload::from(serde_json::to_vec(info).unwrap_or_default());
+        self.block_on(self.store.put(&self.path(rel), body)).map(|_| ()).map_err(self.backend(rel))
+    }
+}
+
 impl Lease<'_> {
     pub fn info(&self) -> LeaseInfo {
         self.info.lock().map(|s| s.clone()).unwrap_or_else(|p| p.into_inner().clone())
@@ -187,9 +203,7 @@ impl Lease<'_> {
     }
 
     fn write(&self, info: &LeaseInfo) -> Result<(), RemoteError> {
-        let rel = gen_rel(&self.prefix, self.generation);
-        let body = object_store::PutPayload::from(serde_json::to_vec(info).unwrap_or_default());
-        self.remote.block_on(self.remote.store.put(&self.remote.path(&rel), body)).map(|_| ()).map_err(self.remote.backend(&rel))
+        self.remote.put_lease(&gen_rel(&self.prefix, self.generation), info)
     }
 
     /// Extends the lease by its ttl from now (by the store's clock). `Ok(false)`: another process

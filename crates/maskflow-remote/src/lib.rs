@@ -78,6 +78,8 @@ pub struct Remote {
     url: String,
     rt: tokio::runtime::Runtime,
     progress: bool,
+    /// The store's clock, read once: (this process's instant then, the store's time then).
+    clock: std::sync::OnceLock<(std::time::Instant, guard::chrono_like::Stamp)>,
 }
 
 /// A manifest as stored: its exact bytes (kept so that a pulled artifact's manifest is the
@@ -169,7 +171,7 @@ impl Remote {
             .enable_all()
             .build()
             .unwrap_or_else(|e| panic!("cannot start the I/O runtime: {e}"));
-        Self { store, prefix: prefix.trim_matches('/').to_string(), url: url.to_string(), rt, progress: false }
+        Self { store, prefix: prefix.trim_matches('/').to_string(), url: url.to_string(), rt, progress: false, clock: Default::default() }
     }
 
     /// Draw progress bars (bytes, throughput) for transfers.
