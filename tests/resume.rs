@@ -66,7 +66,26 @@ fn killed_run_resumes_to_the_uninterrupted_weights(mode: &str) {
     let out = ok(d.path(), &["run", "pipelines/r.toml", "--device", "cpu", "--artifacts", "killed"]);
     assert!(out.contains("(resumed from"), "{out}");
     ok(d.path(), &["run", "pipelines/r.toml", "--device", "cpu", "--artifacts", "clean"]);
-    assert!(model_bytes(&d.path().join("killed")) == model_bytes(&d.path().join("clean")), "{mode}: resumed weights differ");
+    if model_bytes(&d.path().join("killed")) != model_bytes(&d.path().join("clean")) {
+        // Where the two runs parted: the resume point and each epoch's figures side by side.
+        let resumed = out.lines().find(|l| l.contains("resum")).unwrap_or("?");
+        let metrics = |a: &str| {
+            let art = d.path().join(a);
+            fs::read_to_string(art.join("train").join(&keys(&art, "train")[0]).join("metrics.jsonl")).unwrap_or_default()
+        };
+        // Tell a resume bug from a machine where training is not repeatable across processes:
+        // the same run again, split like the resumed one (prep in one process, train in another).
+        ok(d.path(), &["run", "pipelines/r.toml", "--device", "cpu", "--artifacts", "again", "--until", "prep"]);
+        ok(d.path(), &["run", "pipelines/r.toml", "--device", "cpu", "--artifacts", "again"]);
+        let again = model_bytes(&d.path().join("again")) == model_bytes(&d.path().join("clean"));
+        panic!(
+            "{mode}: resumed weights differ\n{resumed}\nkilled+resumed:\n{}\nclean:\n{}\nanother uninterrupted run (train in its own process) {} the clean one:\n{}",
+            metrics("killed"),
+            metrics("clean"),
+            if again { "equals" } else { "ALSO differs from" },
+            metrics("again")
+        );
+    }
     // Finished: the checkpoints are gone.
     let left = fs::read_dir(d.path().join("killed/train/.checkpoints")).map(|it| it.count()).unwrap_or(0);
     assert_eq!(left, 0);

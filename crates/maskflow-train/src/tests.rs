@@ -262,3 +262,29 @@ fn a_damaged_checkpoint_is_not_trusted() {
 fn the_key_covers_every_train_param() {
     maskflow_pipeline::testing::assert_key_covers_every_param::<crate::TrainStage>();
 }
+
+#[test]
+fn a_run_stopped_after_any_epoch_resumes_to_the_same_weights() {
+    // The binary's kill -9 test stops wherever the machine's load lets it: at the end of the
+    // frozen phase as well as inside either phase. Every boundary resumes to the same weights.
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let d = tempfile::tempdir().unwrap();
+    let (prep_dir, classes) = prepared(d.path());
+    let inputs = Inputs { prep_dir, classes, pretrained: None };
+    let params = small_params();
+    let whole = d.path().join("whole");
+    std::fs::create_dir_all(&whole).unwrap();
+    maskflow_train::run(&inputs, &params, &runtime(&d.path().join("ck-whole"), None), &whole).unwrap();
+    for stop in 1..=3 {
+        let (ck, out) = (d.path().join(format!("ck-{stop}")), d.path().join(format!("out-{stop}")));
+        std::fs::create_dir_all(&out).unwrap();
+        let err = maskflow_train::run(&inputs, &params, &runtime(&ck, Some(stop)), &out).unwrap_err();
+        assert!(err.downcast_ref::<Interrupted>().is_some(), "{err}");
+        let r = maskflow_train::run(&inputs, &params, &runtime(&ck, None), &out).unwrap();
+        assert!(r.resumed_from.is_some(), "stopped after {stop}: did not resume");
+        let (a, b) = (weights(&whole), weights(&out));
+        for ((na, ta), (_, tb)) in a.iter().zip(&b) {
+            assert!(ta.equal(tb), "stopped after {stop}: {na} differs (max abs diff {})", (ta - tb).abs().max());
+        }
+    }
+}
