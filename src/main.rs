@@ -313,8 +313,9 @@ struct ComputeArgs {
     /// cpu, cuda, cuda:N, or auto (CUDA when available).
     #[arg(long, default_value = "auto")]
     device: String,
-    /// libtorch threads (default: all cores).
-    #[arg(long)]
+    /// Threads for libtorch and for the image work (decoding, resizing, hashing); not part of any
+    /// key (default: all cores). Give each of several processes sharing a machine its share.
+    #[arg(long, env = "MASKFLOW_THREADS")]
     threads: Option<usize>,
 }
 
@@ -322,6 +323,11 @@ impl ComputeArgs {
     fn options(&self) -> Result<session::Compute> {
         let threads = self.threads.unwrap_or_else(rayon_threads);
         anyhow::ensure!(threads >= 1, "--threads must be at least 1");
+        if self.threads.is_some() {
+            // The image work's pool too (libtorch's threads are set per stage). Built once per
+            // process: a second call finds it built and changes nothing.
+            let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+        }
         Ok(session::Compute { device: session::parse_device(&self.device)?, threads })
     }
 }

@@ -10,8 +10,20 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_maskflow"))
 }
 
+/// Threads of every maskflow process a test starts (`MASKFLOW_THREADS`, what `--threads` reads):
+/// the test runner already runs one test per core, so a process that took every core would
+/// oversubscribe the machine. A test that asks for `--threads` itself gets what it asks.
+pub const THREADS: &str = "1";
+
+/// The maskflow binary as a test starts it: with [`THREADS`].
+pub fn command() -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.env("MASKFLOW_THREADS", THREADS);
+    cmd
+}
+
 pub fn maskflow(dir: &Path, args: &[&str]) -> Output {
-    Command::new(bin()).current_dir(dir).args(args).output().expect("maskflow runs")
+    command().current_dir(dir).args(args).output().expect("maskflow runs")
 }
 
 /// Runs maskflow and returns stdout, panicking with both streams when it fails.

@@ -66,7 +66,7 @@ pub fn remote(url: &str) -> Remote {
 }
 
 pub fn mf(dir: &Path, args: &[&str]) -> Output {
-    s3_env(Command::new(bin()).current_dir(dir).args(args)).output().expect("maskflow runs")
+    s3_env(command().current_dir(dir).args(args)).output().expect("maskflow runs")
 }
 
 pub fn mf_ok(dir: &Path, args: &[&str]) -> String {

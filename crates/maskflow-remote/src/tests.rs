@@ -1,6 +1,6 @@
 //! Unit tests on object_store's in-memory backend (and the local filesystem one), with real
 //! artifacts made by the local store. The same paths run against a real S3 server in the
-//! binary's tests (tests/shared_store.rs).
+//! binary's tests (tests/servers/shared_store.rs).
 
 use super::*;
 use maskflow_core::store::{StageSpec, Store};

@@ -2,7 +2,7 @@
 //! depends on this crate (and on the libraries it computes with), never on `maskflow-pipeline`
 //! (the runner, graphs, the shared store) or `maskflow-remote` (object storage, tokio): a change
 //! to the store or the runner leaves every stage's sources — and its `stages.lock` hash — as they
-//! are (`tests/architecture.rs` enforces it).
+//! are (`tests/local/architecture.rs` enforces it).
 //!
 //! - [`Stage`]: a stage kind — name, code version, typed `Params`, input slots, typed `Report` with
 //!   its one-line summary, and `run`.

@@ -2,8 +2,8 @@
 //! review lists its evidence as CSV, HTML and an overrides draft; a decision file changes the index
 //! key and its counts, never the folder; a decision naming no file is an error with file and line.
 
-mod common;
-use common::*;
+
+use crate::common::*;
 use std::fs;
 
 fn pipeline(overrides: Option<&str>) -> String {

@@ -19,14 +19,14 @@
 //! A failure prints the seed and the event log. The counts of kills, panics, gc passes and
 //! version-skewed runs are printed at the end.
 
-mod common;
-use common::s3::*;
-use common::*;
+
+use crate::common::s3::*;
+use crate::common::*;
 use maskflow_core::rng::SplitMix64;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 const DEADLINE: Duration = Duration::from_secs(240);
@@ -74,7 +74,7 @@ struct Chaos {
 
 impl Chaos {
     fn fail(&self, what: String) -> ! {
-        panic!("chaos invariant violated: {what}\nseed {} (rerun: CHAOS_SEED={} CHAOS_ROUNDS=… cargo test --test chaos)\nevent log:\n{}", self.seed, self.seed, self.log.join("\n"));
+        panic!("chaos invariant violated: {what}\nseed {} (rerun: CHAOS_SEED={} CHAOS_ROUNDS=… just chaos, or cargo test --test servers chaos)\nevent log:\n{}", self.seed, self.seed, self.log.join("\n"));
     }
 
     /// The pipeline of a round. Index and prep take a few configurations (so their keys repeat
@@ -98,7 +98,7 @@ impl Chaos {
         if fan_out {
             args.extend(["--executor", "local"]);
         }
-        let mut cmd = Command::new(bin());
+        let mut cmd = command();
         s3_env(cmd.current_dir(dir).args(&args)).stdout(Stdio::null()).stderr(Stdio::piped());
         match fault {
             Fault::KillAt(point) => {
@@ -201,7 +201,7 @@ impl Chaos {
         loop {
             if gc.is_none() && started.elapsed() >= gc_after {
                 gc = Some(
-                    s3_env(Command::new(bin()).current_dir(&gc_dir).args(["gc", "--store", &self.url, "--grace", "0s", "--apply"]))
+                    s3_env(command().current_dir(&gc_dir).args(["gc", "--store", &self.url, "--grace", "0s", "--apply"]))
                         .stdout(Stdio::piped())
                         .stderr(Stdio::piped())
                         .spawn()
@@ -302,7 +302,7 @@ fn many_processes_with_kills_panics_gc_and_a_newer_maskflow_keep_the_store_sound
     let timed = ["train/metrics.jsonl"];
     for (label, future) in [("current", false), ("newer", true)] {
         let artifacts = format!("fresh-{label}");
-        let mut cmd = Command::new(bin());
+        let mut cmd = command();
         s3_env(cmd.current_dir(&m0).args(["run", "pipelines/p.toml", "--device", "cpu", "--until", "train", "--store", &chaos.url, "--artifacts", &artifacts]));
         if future {
             cmd.env("MASKFLOW_TEST_FUTURE_FORMATS", "1");

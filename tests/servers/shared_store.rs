@@ -2,12 +2,11 @@
 //! run alone, by this file through scripts/s3-server.py; it stops by itself). Two "machines" are
 //! two local artifact folders sharing one bucket prefix.
 
-mod common;
-use common::s3::*;
-use common::*;
+
+use crate::common::s3::*;
+use crate::common::*;
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 
 const KINDS: [&str; 5] = ["index", "prep", "train", "eval", "export"];
 
@@ -95,7 +94,7 @@ fn two_processes_publishing_one_key_at_once_both_succeed_with_one_manifest() {
         mf_ok(m, &["run", "pipelines/p.toml", "--device", "cpu", "--until", "prep"]);
     }
     let spawn = |dir: &Path| {
-        s3_env(Command::new(bin()).current_dir(dir).args(["push", "pipelines/p.toml", "--until", "prep", "--store", &url]))
+        s3_env(command().current_dir(dir).args(["push", "pipelines/p.toml", "--until", "prep", "--store", &url]))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -131,7 +130,7 @@ fn two_machines_running_at_once_build_each_stage_once_and_agree() {
     let url = store_url("concurrent-run");
     let (m1, m2) = (machine(d.path(), "m1", ""), machine(d.path(), "m2", ""));
     let spawn = |dir: &Path| {
-        s3_env(Command::new(bin()).current_dir(dir).args(["run", "pipelines/p.toml", "--device", "cpu", "--lease-ttl", "10", "--store", &url]))
+        s3_env(command().current_dir(dir).args(["run", "pipelines/p.toml", "--device", "cpu", "--lease-ttl", "10", "--store", &url]))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -157,7 +156,7 @@ fn killed_between_blobs_and_manifest_leaves_nothing_trusted_and_the_lease_is_tak
     let d = tempfile::tempdir().unwrap();
     let url = store_url("killed");
     let a = machine(d.path(), "a", "");
-    let out = s3_env(Command::new(bin()).current_dir(&a).args([
+    let out = s3_env(command().current_dir(&a).args([
         "run", "pipelines/p.toml", "--until", "index", "--lease-ttl", "3", "--store", &url,
     ]))
     .env("MASKFLOW_FAILPOINT", "publish-before-manifest")
@@ -239,7 +238,7 @@ fn a_training_run_killed_on_one_machine_resumes_on_another_from_the_shared_check
     fs::write(&p, &text).unwrap();
     mf_ok(&a, &["run", "pipelines/p.toml", "--device", "cpu", "--until", "prep", "--store", &url]);
     // A dies (SIGKILL) right after its first checkpoint reached the shared store.
-    let out = s3_env(Command::new(bin()).current_dir(&a).args(["run", "pipelines/p.toml", "--device", "cpu", "--lease-ttl", "3", "--store", &url]))
+    let out = s3_env(command().current_dir(&a).args(["run", "pipelines/p.toml", "--device", "cpu", "--lease-ttl", "3", "--store", &url]))
         .env("MASKFLOW_FAILPOINT", "checkpoint-pushed")
         .output()
         .unwrap();
@@ -276,7 +275,7 @@ fn bad_store_urls_and_missing_stores_are_clear_errors() {
     let e = String::from_utf8_lossy(&mf(&m, &["run", "pipelines/p.toml", "--store", "s3://no-such-bucket/x"]).stderr).into_owned();
     assert!(e.contains("no-such-bucket"), "{e}");
     // No credentials: a clear error, and no request to the instance metadata service.
-    let out = Command::new(bin())
+    let out = command()
         .current_dir(&m)
         .args(["run", "pipelines/p.toml", "--store", "s3://maskflow-test/x"])
         .env_remove("AWS_ACCESS_KEY_ID")
@@ -362,7 +361,7 @@ fn a_panic_inside_a_stage_ends_the_process_at_once_and_frees_its_lease() {
     let url = store_url("panic");
     let a = machine(d.path(), "a", "");
     let started = std::time::Instant::now();
-    let mut child = s3_env(Command::new(bin()).current_dir(&a).args(["run", "pipelines/p.toml", "--until", "index", "--lease-ttl", "600", "--store", &url]))
+    let mut child = s3_env(command().current_dir(&a).args(["run", "pipelines/p.toml", "--until", "index", "--lease-ttl", "600", "--store", &url]))
         .env("MASKFLOW_FAILPOINT", "stage-run")
         .env("MASKFLOW_FAILPOINT_ACTION", "panic")
         .stdout(std::process::Stdio::piped())

@@ -2,8 +2,8 @@
 //! resnet18 from scratch) and three evals — the default one, the resnet's, and one over the whole
 //! training folder — run, cache, and show in `maskflow graph`.
 
-mod common;
-use common::*;
+
+use crate::common::*;
 use std::fs;
 
 const GRAPH: &str = "name = \"two\"\n\n[dataset]\nroot = \"../data/synth\"\n\n[dataset.synth]\nseed = 3\nper_class = 12\n\n\

@@ -1,8 +1,8 @@
 //! The exported bundle: Python's torch.jit.load gives the same probabilities as `maskflow predict`;
 //! predict's formats, bad files and exit code.
 
-mod common;
-use common::*;
+
+use crate::common::*;
 use std::fs;
 use std::path::PathBuf;
 

@@ -3,7 +3,7 @@
 //! plotting. And `stages.lock`: a stage kind whose sources changed must either bump its version or
 //! be re-locked as output-neutral in the same commit.
 
-mod common;
+
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -24,7 +24,7 @@ fn metadata() -> Value {
 
 /// Kind → version, from the binary's registry.
 fn kinds() -> BTreeMap<String, u64> {
-    let out = common::ok(&root(), &["stages", "--json"]);
+    let out = crate::common::ok(&root(), &["stages", "--json"]);
     out.lines()
         .map(|l| {
             let v: Value = serde_json::from_str(l).unwrap();

@@ -1,8 +1,8 @@
 //! The stage contract end to end through the binary: cache hits and misses, status, corruption,
 //! leftovers, concurrency, pipeline-file errors, --force / --until.
 
-mod common;
-use common::*;
+
+use crate::common::*;
 use std::fs;
 
 #[test]
@@ -145,7 +145,7 @@ fn two_processes_at_once_both_succeed_and_leave_one_valid_artifact() {
     let d = tempfile::tempdir().unwrap();
     small_pipeline(d.path(), "");
     let spawn = || {
-        std::process::Command::new(bin())
+        command()
             .current_dir(d.path())
             .args(["run", "pipelines/p.toml"])
             .output()

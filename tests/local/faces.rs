@@ -1,8 +1,8 @@
 //! The `faces` stage in a pipeline and `maskflow detect`, on whole photos with real faces (made by
 //! `tests/py/face_photos.py` from the public-domain photos scikit-image ships).
 
-mod common;
-use common::*;
+
+use crate::common::*;
 use std::fs;
 use std::path::{Path, PathBuf};
 

@@ -3,9 +3,9 @@
 //! `just test` runs), tasks submitted shuffled and twice each, one killed midway and retried by Ray,
 //! the store a real S3 server (moto). The artifacts must be byte-identical to one machine's.
 
-mod common;
-use common::s3::*;
-use common::*;
+
+use crate::common::s3::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -47,7 +47,7 @@ fn index_and_prep_on_a_two_node_ray_cluster_are_byte_identical_to_one_machine() 
     let one = one_machine(&dir);
     let url = store_url("ray");
     let once = d.path().join("killed-once");
-    let out = s3_env(Command::new(bin()).current_dir(&dir).args([
+    let out = s3_env(command().current_dir(&dir).args([
         "run", "pipelines/p.toml", "--device", "cpu", "--until", "prep", "--store", &url,
         "--executor", "ray", "--ray-address", &address, "--task-items", "4",
     ]))

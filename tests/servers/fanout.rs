@@ -1,15 +1,14 @@
 //! Index and prep fanned out as plan → task → commit through a shared store: the artifacts are
 //! byte-identical to one machine's, whatever runs the tasks, in whatever order, however often, and
 //! after a task is killed midway. The S3 store is a real server on loopback (moto); the Ray test
-//! is in tests/ray_cluster.rs.
+//! is in tests/servers/ray_cluster.rs.
 
-mod common;
-use common::s3::*;
-use common::*;
+
+use crate::common::s3::*;
+use crate::common::*;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 
 /// One machine's index and prep of the small pipeline (no shared store): instance → key.
 fn one_machine(dir: &Path) -> BTreeMap<String, (String, bool, bool)> {
@@ -48,7 +47,7 @@ fn task(dir: &Path, plan: &str, i: usize) -> String {
 fn tasks_shuffled_duplicated_and_killed(dir: &Path, plan: &str, n: usize) {
     assert!(n >= 3, "the test needs several tasks, got {n}");
     // Killed after uploading its files, before its record: leaves nothing a commit trusts.
-    let killed = s3_env(Command::new(bin()).current_dir(dir).args(["task", "--plan", plan, "--index", "1", "--quiet", "--device", "cpu", "--artifacts", "worker"]))
+    let killed = s3_env(command().current_dir(dir).args(["task", "--plan", plan, "--index", "1", "--quiet", "--device", "cpu", "--artifacts", "worker"]))
         .env("MASKFLOW_FAILPOINT", "task-before-record")
         .output()
         .unwrap();

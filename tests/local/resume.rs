@@ -2,8 +2,8 @@
 //! pipeline runs again, and ends with the weights of an uninterrupted run — with the pixels in
 //! memory and streamed from the shards. Plus the production configuration at a small size.
 
-mod common;
-use common::*;
+
+use crate::common::*;
 use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -29,7 +29,7 @@ fn model_bytes(art: &Path) -> Vec<u8> {
 
 /// Starts `maskflow run`, kills it (SIGKILL) once a checkpoint with at least one epoch exists.
 fn run_and_kill(dir: &Path) -> bool {
-    let mut child = std::process::Command::new(bin())
+    let mut child = command()
         .current_dir(dir)
         .args(["run", "pipelines/r.toml", "--device", "cpu", "--artifacts", "killed"])
         .stdout(std::process::Stdio::null())

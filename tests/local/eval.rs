@@ -1,7 +1,7 @@
 //! `maskflow eval`: the pipeline's evaluation outputs, and `--data` on folders the model never saw.
 
-mod common;
-use common::*;
+
+use crate::common::*;
 use std::fs;
 
 fn eval_dir(d: &std::path::Path) -> std::path::PathBuf {
