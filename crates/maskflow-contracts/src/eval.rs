@@ -148,8 +148,8 @@ pub struct PredictionRow {
 mod table {
     use super::PredictionRow;
     use anyhow::Context;
-    use arrow::array::{Array, ArrayRef, FixedSizeListArray, Float32Array, Float64Array, RecordBatch, StringArray};
-    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow_array::{Array, ArrayRef, FixedSizeListArray, Float32Array, Float64Array, RecordBatch, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
     use std::path::Path;
     use std::sync::Arc;
 

@@ -2,8 +2,8 @@
 //! provenance columns; row groups are the streaming unit).
 
 use crate::shards::{ShardCompression, ShardInfo, ShardLayout};
-use arrow::array::{Array, ArrayRef, FixedSizeBinaryArray, Int32Array, RecordBatch, StringArray, UInt32Array};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow_array::{Array, ArrayRef, FixedSizeBinaryArray, Int32Array, RecordBatch, StringArray, UInt32Array};
+use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;

@@ -5,10 +5,10 @@
 //! rejected or excluded), status utf8 (ok/rejected/excluded), reason utf8? (code), detail utf8?
 //! (message), given_label utf8? (the folder's label when a label-overrides file changed it).
 
-use arrow::array::{
+use arrow_array::{
     Array, ArrayRef, BinaryArray, Int32Array, RecordBatch, StringArray, UInt32Array, UInt64Array,
 };
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;

@@ -347,8 +347,6 @@ impl Resizer {
         pad: [u8; 3],
     ) -> Result<RgbImage, ResizeError> {
         let (w, h) = src.dimensions();
-        let err = |e: &dyn std::fmt::Display| ResizeError(e.to_string());
-        let src_view = fr::images::ImageRef::new(w, h, src.as_raw(), fr::PixelType::U8x3).map_err(|e| err(&e))?;
         let opts = fr::ResizeOptions::new().resize_alg(resize_alg(filter));
         match mode {
             ResizeMode::Squish | ResizeMode::Crop => {
@@ -358,9 +356,8 @@ impl Resizer {
                 } else {
                     opts
                 };
-                let mut dst = fr::images::Image::new(size, size, fr::PixelType::U8x3);
-                self.inner.resize(&src_view, &mut dst, &opts).map_err(|e| err(&e))?;
-                RgbImage::from_raw(size, size, dst.into_vec()).ok_or_else(|| ResizeError("buffer size".into()))
+                let out = self.resize_rgb(src, size, size, &opts)?;
+                RgbImage::from_raw(size, size, out).ok_or_else(|| ResizeError("buffer size".into()))
             }
             ResizeMode::Pad => {
                 let (nw, nh) = if w >= h {
@@ -368,9 +365,7 @@ impl Resizer {
                 } else {
                     (((w as f64 * size as f64 / h as f64).round() as u32).clamp(1, size), size)
                 };
-                let mut dst = fr::images::Image::new(nw, nh, fr::PixelType::U8x3);
-                self.inner.resize(&src_view, &mut dst, &opts).map_err(|e| err(&e))?;
-                let inner = dst.into_vec();
+                let inner = self.resize_rgb(src, nw, nh, &opts)?;
                 let mut out = RgbImage::from_pixel(size, size, image::Rgb(pad));
                 let (ox, oy) = ((size - nw) / 2, (size - nh) / 2);
                 let row = (nw * 3) as usize;
@@ -383,21 +378,39 @@ impl Resizer {
             }
         }
     }
+
+    /// RGB to `nw`×`nh`, as packed RGB bytes. Typed (one pixel type), so only the RGB kernels are
+    /// compiled: the untyped API instantiates every pixel type fast_image_resize has, which made
+    /// this crate the largest unit of a clean build.
+    fn resize_rgb(&mut self, src: &RgbImage, nw: u32, nh: u32, opts: &fr::ResizeOptions) -> Result<Vec<u8>, ResizeError> {
+        resize_typed::<fr::pixels::U8x3>(&mut self.inner, src.dimensions(), src.as_raw(), (nw, nh), opts)
+    }
+}
+
+/// Resizes packed pixels of type `P` (`w`×`h`) to `nw`×`nh`.
+fn resize_typed<P: fr::PixelTrait>(
+    resizer: &mut fr::Resizer,
+    (w, h): (u32, u32),
+    src: &[u8],
+    (nw, nh): (u32, u32),
+    opts: &fr::ResizeOptions,
+) -> Result<Vec<u8>, ResizeError> {
+    let err = |e: &dyn std::fmt::Display| ResizeError(e.to_string());
+    let src_view = fr::images::TypedImageRef::<P>::from_buffer(w, h, src).map_err(|e| err(&e))?;
+    let mut out = vec![0u8; nw as usize * nh as usize * P::size()];
+    let mut dst = fr::images::TypedImage::<P>::from_buffer(nw, nh, &mut out).map_err(|e| err(&e))?;
+    resizer.resize_typed(&src_view, &mut dst, opts).map_err(|e| err(&e))?;
+    Ok(out)
 }
 
 /// 64-bit difference hash: the picture in gray at 9×8 (antialiased), one bit per horizontally
 /// adjacent pair (left brighter than right). Robust to re-encoding and resizing.
 pub fn dhash(rgb: &RgbImage, resizer: &mut Resizer) -> Result<u64, ResizeError> {
     let gray = DynamicImage::ImageRgb8(rgb.clone()).to_luma8();
-    let (w, h) = gray.dimensions();
-    let src =
-        fr::images::ImageRef::new(w, h, gray.as_raw(), fr::PixelType::U8).map_err(|e| ResizeError(e.to_string()))?;
-    let mut dst = fr::images::Image::new(9, 8, fr::PixelType::U8);
     // A triangle (bilinear) filter scaled to the reduction smooths more than a box, which keeps the
     // hash stable when small pictures are rescaled.
     let opts = fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
-    resizer.inner.resize(&src, &mut dst, &opts).map_err(|e| ResizeError(e.to_string()))?;
-    let px = dst.buffer();
+    let px = resize_typed::<fr::pixels::U8>(&mut resizer.inner, gray.dimensions(), gray.as_raw(), (9, 8), &opts)?;
     let mut bits = 0u64;
     for y in 0..8 {
         for x in 0..8 {
