@@ -65,8 +65,9 @@ install_extra() { # WANT NAME WHAT -- REQS... [-- NODEPS...]
   for a in "$@"; do
     if [[ $a == -- ]]; then seen=1; elif [[ $seen == 0 ]]; then reqs+=("$a"); else nodeps+=("$a"); fi
   done
-  ((${#reqs[@]})) && pip "${reqs[@]}"
-  # --no-deps packages pin old versions of what we have (torch, numpy): their warnings are expected.
+  # The --no-deps packages (facenet-pytorch, scikit-image, the weights) pin old versions of what we
+  # have (torch, numpy) or want nothing of theirs: pip's conflict warnings about them are expected.
+  ((${#reqs[@]})) && pip --no-warn-conflicts "${reqs[@]}"
   ((${#nodeps[@]})) && pip --no-deps --no-warn-conflicts "${nodeps[@]}"
   echo "$*" > "$stamp"
 }
