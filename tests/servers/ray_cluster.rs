@@ -13,25 +13,40 @@ fn python() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")
 }
 
-/// Starts a two-worker Ray cluster that stops with this test process; its address.
-fn ray_cluster() -> String {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let mut child = Command::new(python())
-        .arg(root.join("scripts/ray-cluster.py"))
-        .args(["--nodes", "2", "--cpus-per-node", "1", "--max-seconds", "900"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e}", python().display()));
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
-    assert!(
-        line.trim().starts_with("127.0.0.1:"),
-        "the Ray cluster did not start (is ray installed? scripts/bootstrap.sh --ray): {line:?}"
-    );
-    // It watches its parent and shuts the cluster down when this test process ends.
-    std::mem::forget(child);
-    line.trim().to_string()
+/// A two-worker Ray cluster on loopback, stopped when this value is dropped (the script also stops
+/// it by itself when this test process ends, or after 15 minutes).
+struct RayCluster {
+    child: std::process::Child,
+    address: String,
+}
+
+impl RayCluster {
+    fn start() -> RayCluster {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let mut child = Command::new(python())
+            .arg(root.join("scripts/ray-cluster.py"))
+            .args(["--nodes", "2", "--cpus-per-node", "1", "--max-seconds", "900"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", python().display()));
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        assert!(
+            line.trim().starts_with("127.0.0.1:"),
+            "the Ray cluster did not start (is ray installed? scripts/bootstrap.sh --ray): {line:?}"
+        );
+        RayCluster { child, address: line.trim().to_string() }
+    }
+}
+
+impl Drop for RayCluster {
+    /// SIGTERM (the script shuts the cluster down), then wait: no Ray process outlives the test.
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of a child this value owns and has not reaped.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
 }
 
 fn one_machine(dir: &Path) -> std::collections::BTreeMap<String, (String, bool, bool)> {
@@ -41,7 +56,8 @@ fn one_machine(dir: &Path) -> std::collections::BTreeMap<String, (String, bool, 
 
 #[test]
 fn index_and_prep_on_a_two_node_ray_cluster_are_byte_identical_to_one_machine() {
-    let address = ray_cluster();
+    let cluster = RayCluster::start();
+    let address = cluster.address.clone();
     let d = tempfile::tempdir().unwrap();
     let dir = machine(d.path(), "m", "");
     let one = one_machine(&dir);
