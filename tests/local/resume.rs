@@ -2,7 +2,6 @@
 //! pipeline runs again, and ends with the weights of an uninterrupted run — with the pixels in
 //! memory and streamed from the shards. Plus the production configuration at a small size.
 
-
 use crate::common::*;
 use std::fs;
 use std::path::Path;
