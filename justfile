@@ -6,6 +6,11 @@ export PATH := justfile_directory() / ".venv/bin" + ":" + env_var("PATH")
 
 bin := justfile_directory() / "target/release/maskflow"
 
+# Cargo features of the release binary: empty (the default) builds a binary for local runs and
+# file:// stores; `MASKFLOW_FEATURES=s3` adds the S3 client for a team's shared bucket. Set it once
+# for a checkout (e.g. in the shell's profile): a build with other features rebuilds the top crates.
+features := env_var_or_default("MASKFLOW_FEATURES", "")
+
 # List the recipes.
 default:
     @just --list
@@ -15,9 +20,10 @@ default:
 setup:
     @scripts/bootstrap.sh
 
-# Build the release binary (target/release/maskflow; runs without any environment set).
+# Build the release binary (target/release/maskflow; runs without any environment set), with the
+# features in MASKFLOW_FEATURES (`s3` for S3 stores).
 build: setup
-    @cargo build --release --quiet --bin maskflow
+    @cargo build --release --quiet --bin maskflow --features "{{features}}"
 
 # The demo pipeline end to end on synthetic data (generated on first run). A rerun is all cached.
 demo: build
@@ -106,8 +112,10 @@ report-check REPORT:
     bench/report_check.sh {{REPORT}}
 
 # Shared store: push / pull of the real dataset's prep artifact to a local S3 server vs boto3 (aws s3 cp style).
-bench-store DATASET="../shared/datasets/face-mask" ROUNDS="3": build py
+# Builds the release binary with the `s3` feature (a later plain `just build` relinks without it).
+bench-store DATASET="../shared/datasets/face-mask" ROUNDS="3": setup py
     @scripts/bootstrap.sh --s3
+    @cargo build --release --quiet --bin maskflow --features s3
     bench/store_bench.sh {{DATASET}} {{ROUNDS}}
 
 # prep: maskflow vs a PIL + pyarrow pipeline doing the same work, on ../shared/datasets/face-mask.

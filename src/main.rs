@@ -611,6 +611,10 @@ fn info() {
         }
     );
     println!("malloc: {}", alloc::describe());
+    println!(
+        "shared stores: file://{}",
+        if maskflow_remote::S3_BUILT { ", s3:// (the `s3` feature)" } else { " only (built without the `s3` feature)" }
+    );
     let t = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
     println!("self-check: sum([1, 2, 3]) = {}", t.sum(tch::Kind::Float).double_value(&[]));
 }

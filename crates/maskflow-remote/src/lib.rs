@@ -112,43 +112,7 @@ impl Remote {
         let bad = |why: &str| RemoteError::Url { url: url.to_string(), why: why.to_string() };
         let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("expected s3://bucket/prefix or file:///path"))?;
         let (store, prefix): (Arc<dyn ObjectStore>, String) = match scheme {
-            "s3" => {
-                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-                if bucket.is_empty() {
-                    return Err(bad("no bucket name"));
-                }
-                install_tls_provider();
-                let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
-                if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
-                    b = b.with_region("us-east-1");
-                }
-                for (k, v) in s3_settings {
-                    let key: object_store::aws::AmazonS3ConfigKey = k.parse().map_err(|e: object_store::Error| bad(&e.to_string()))?;
-                    b = b.with_config(key, *v);
-                }
-                let has = |k: &str, env: &str| s3_settings.iter().any(|(n, _)| *n == k) || std::env::var_os(env).is_some();
-                let credentials = has("aws_access_key_id", "AWS_ACCESS_KEY_ID")
-                    || has("aws_skip_signature", "AWS_SKIP_SIGNATURE")
-                    || ["AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI"]
-                        .iter()
-                        .any(|v| std::env::var_os(v).is_some());
-                // Without credentials the client would ask the EC2 instance metadata service
-                // (169.254.169.254): only where the user says that is where they come from.
-                if !credentials && std::env::var("MASKFLOW_S3_INSTANCE_CREDENTIALS").map_or(true, |v| v != "1") {
-                    return Err(bad(
-                        "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_WEB_IDENTITY_TOKEN_FILE), \
-                         or MASKFLOW_S3_INSTANCE_CREDENTIALS=1 to take them from the EC2 instance metadata service",
-                    ));
-                }
-                let endpoint = b
-                    .get_config_value(&object_store::aws::AmazonS3ConfigKey::Endpoint)
-                    .unwrap_or_default();
-                if endpoint.starts_with("http://") {
-                    b = b.with_allow_http(true);
-                }
-                let s3 = b.build().map_err(|e| bad(&e.to_string()))?;
-                (Arc::new(s3), prefix.trim_matches('/').to_string())
-            }
+            "s3" => open_s3(rest, s3_settings).map_err(|why| bad(&why))?,
             "file" => {
                 let path = Path::new(rest);
                 if !path.is_absolute() {
@@ -491,6 +455,60 @@ pub fn is_hidden(rel: &Path) -> bool {
     rel.components().any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
 }
 
+/// The `s3://` arm of [`Remote::open_with`]: the store and its key prefix, or why not.
+#[cfg(feature = "s3")]
+fn open_s3(rest: &str, s3_settings: &[(&str, &str)]) -> Result<(Arc<dyn ObjectStore>, String), String> {
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err("no bucket name".into());
+    }
+    install_tls_provider();
+    let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+    if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+        b = b.with_region("us-east-1");
+    }
+    for (k, v) in s3_settings {
+        let key: object_store::aws::AmazonS3ConfigKey = k.parse().map_err(|e: object_store::Error| e.to_string())?;
+        b = b.with_config(key, *v);
+    }
+    let has = |k: &str, env: &str| s3_settings.iter().any(|(n, _)| *n == k) || std::env::var_os(env).is_some();
+    let credentials = has("aws_access_key_id", "AWS_ACCESS_KEY_ID")
+        || has("aws_skip_signature", "AWS_SKIP_SIGNATURE")
+        || ["AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI"]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some());
+    // Without credentials the client would ask the EC2 instance metadata service
+    // (169.254.169.254): only where the user says that is where they come from.
+    if !credentials && std::env::var("MASKFLOW_S3_INSTANCE_CREDENTIALS").map_or(true, |v| v != "1") {
+        return Err(String::from(
+            "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_WEB_IDENTITY_TOKEN_FILE), \
+             or MASKFLOW_S3_INSTANCE_CREDENTIALS=1 to take them from the EC2 instance metadata service",
+        ));
+    }
+    let endpoint = b
+        .get_config_value(&object_store::aws::AmazonS3ConfigKey::Endpoint)
+        .unwrap_or_default();
+    if endpoint.starts_with("http://") {
+        b = b.with_allow_http(true);
+    }
+    let s3 = b.build().map_err(|e| e.to_string())?;
+    Ok((Arc::new(s3), prefix.trim_matches('/').to_string()))
+}
+
+#[cfg(not(feature = "s3"))]
+fn open_s3(_rest: &str, _s3_settings: &[(&str, &str)]) -> Result<(Arc<dyn ObjectStore>, String), String> {
+    Err(S3_NOT_BUILT.to_string())
+}
+
+/// Whether this build has the S3 client (the `s3` feature).
+pub const S3_BUILT: bool = cfg!(feature = "s3");
+
+/// What a binary built without the `s3` feature says when given an `s3://` store.
+pub const S3_NOT_BUILT: &str = "this maskflow was built without the S3 client (cargo feature `s3`, off by default); \
+     build it in with `MASKFLOW_FEATURES=s3 just build` or `cargo build --release --features s3`, \
+     or use a shared filesystem (file:///path)";
+
+#[cfg(feature = "s3")]
 fn install_tls_provider() {
     // Idempotent: a second install reports the first one, which is the same provider.
     let _ = rustls::crypto::ring::default_provider().install_default();

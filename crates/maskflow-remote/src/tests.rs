@@ -479,3 +479,19 @@ fn gc_sweeps_abandoned_plans_and_old_run_records_and_says_why() {
     assert!(g.to_string().contains("abandoned plan"), "{g}");
     assert_eq!(r.list_objects().unwrap(), vec!["runs/demo/r2.json".to_string()]);
 }
+
+/// A build without the `s3` feature (the default release build) refuses an `s3://` store with the
+/// way to build the client in, and still opens a shared filesystem; a build with it parses the URL
+/// (here: finds no bucket name). `just test` runs this crate's tests alone too, so both builds are tested.
+#[test]
+fn s3_urls_open_only_in_a_build_with_the_s3_client() {
+    let tmp = tempfile::tempdir().unwrap();
+    assert!(Remote::open(&format!("file://{}", tmp.path().display())).is_ok());
+    let e = Remote::open("s3:///cache").err().expect("an s3 URL without a bucket").to_string();
+    assert!(e.contains("s3:///cache"), "{e}");
+    if S3_BUILT {
+        assert!(e.contains("no bucket name"), "{e}");
+    } else {
+        assert!(e.contains("built without the S3 client") && e.contains("--features s3"), "{e}");
+    }
+}
