@@ -38,11 +38,14 @@ test-fast: setup
 
 # Everything (what CI runs): the fast tier, plus tests/servers against a local S3 server that runs
 # for the suite's duration on 127.0.0.1 (the shared store, fan-out, 3 rounds of the chaos suite)
-# and a two-node Ray cluster on loopback; then the doc tests. Each test runs in its own process with
-# a time limit (.config/nextest.toml). Test builds have the failpoints feature; release builds never do.
+# and a two-node Ray cluster on loopback; then the store crate's tests again as the default release
+# build compiles it (without the `s3` feature), and the doc tests. Each test runs in its own process
+# with a time limit (.config/nextest.toml). Test builds have the failpoints and s3 features; release
+# builds never have failpoints.
 test: setup
     @scripts/bootstrap.sh --py --s3 --ray --nextest
     scripts/with-s3.sh cargo nextest run --workspace --no-fail-fast
+    cargo nextest run -p maskflow-remote --no-fail-fast
     cargo test --workspace --doc --quiet
 
 # The chaos suite alone, for soak runs: ROUNDS rounds of three processes sharing one S3 store with

@@ -423,7 +423,7 @@ struct StoreArgs {
     /// Shared store the local artifacts cache: s3://bucket/prefix (endpoint, region and credentials
     /// from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or
     /// file:///shared/path. Published artifacts are pulled instead of rebuilt; what is built is
-    /// published.
+    /// published. s3:// needs a binary built with the `s3` feature (`maskflow info` says).
     #[arg(long = "store", env = "MASKFLOW_STORE", value_name = "URL")]
     url: Option<String>,
     /// Only read the shared store: pull, never publish, lease or checkpoint.
