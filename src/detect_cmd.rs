@@ -3,7 +3,9 @@
 //! on stdout. Exit code 2 when any input failed (as `predict`).
 
 use anyhow::{bail, Context, Result};
+use maskflow_models::detector::{Detector, DetectorKind};
 use maskflow_models::mtcnn::MtcnnParams;
+use maskflow_models::ssd::{SsdInput, SsdParams};
 use maskflow_models::weights::{self, SearchPaths};
 use maskflow_predict::detect::{self, DetectOptions, PhotoResult, RgbImage};
 use crate::predict_cmd::Classifier;
@@ -16,7 +18,9 @@ pub struct Options<'a> {
     pub inputs: &'a [String],
     pub out: &'a Path,
     pub artifacts: &'a Path,
+    pub detector: DetectorKind,
     pub mtcnn: MtcnnParams,
+    pub ssd: SsdParams,
     pub margin: f32,
     pub annotate: bool,
     pub jsonl: bool,
@@ -39,8 +43,7 @@ fn unique_name(path: &str, taken: &mut BTreeSet<String>) -> String {
 pub fn run(o: &Options) -> Result<usize> {
     anyhow::ensure!(o.margin >= 0.0 && o.margin <= 2.0, "--margin {}: must be in [0, 2]", o.margin);
     let (bundle, threshold) = o.classifier.open()?;
-    let mtcnn = weights::mtcnn(o.artifacts, &SearchPaths::from_env(), o.mtcnn.clone(), o.classifier.compute.device)
-        .context("loading the MTCNN face detector")?;
+    let detector = load_detector(o).with_context(|| format!("loading the {} face detector", o.detector))?;
     let (files, failed) = maskflow_predict::expand(o.inputs);
     std::fs::create_dir_all(o.out).with_context(|| format!("creating {}", o.out.display()))?;
     let mut all = String::new();
@@ -87,7 +90,7 @@ pub fn run(o: &Options) -> Result<usize> {
     };
     let opts = DetectOptions { margin: o.margin, batch: o.classifier.batch, threshold, ..Default::default() };
     let started = std::time::Instant::now();
-    let mut results = detect::detect_photos(&bundle, &mtcnn, &files, &opts, &mut write_photo, &|n| pb.inc(n))?;
+    let mut results = detect::detect_photos(&bundle, &detector, &files, &opts, &mut write_photo, &|n| pb.inc(n))?;
     pb.finish_and_clear();
     for f in &failed {
         let r = PhotoResult::Failed { path: f.path().to_string(), error: f.reason().to_string() };
@@ -107,6 +110,16 @@ pub fn run(o: &Options) -> Result<usize> {
         o.out.display()
     );
     Ok(bad)
+}
+
+fn load_detector(o: &Options) -> Result<Detector> {
+    let (search, device) = (SearchPaths::from_env(), o.classifier.compute.device);
+    let ssd = |input| weights::ssd(o.artifacts, &search, input, o.ssd.clone(), device).map(Detector::Ssd);
+    Ok(match o.detector {
+        DetectorKind::Mtcnn => Detector::Mtcnn(weights::mtcnn(o.artifacts, &search, o.mtcnn.clone(), device)?),
+        DetectorKind::Ssd => ssd(SsdInput::S360)?,
+        DetectorKind::Ssd260 => ssd(SsdInput::S260)?,
+    })
 }
 
 fn write_image(img: &RgbImage, path: &PathBuf) -> Result<()> {

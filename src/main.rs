@@ -219,9 +219,10 @@ enum Command {
         #[command(flatten)]
         compute: ComputeArgs,
     },
-    /// Find faces in whole photos (MTCNN, facenet-pytorch's weights and defaults), cut each out with
-    /// a margin, classify it with an exported bundle (its own resize and crop), and write into --out
-    /// per photo NAME.json (each face: box, detector score, five landmarks, label, probabilities) and
+    /// Find faces in whole photos (--detector: the face-mask SSD, or MTCNN), cut each out with a
+    /// margin, classify it with an exported bundle (its own resize and crop), and write into --out
+    /// per photo NAME.json (each face: box, detector score, MTCNN's five landmarks or the SSD's own
+    /// mask scores, label, probabilities) and
     /// NAME.annotated.jpg (boxes coloured by class, label and probability), plus detections.jsonl
     /// with every photo. A photo with no face says so; a bad file gets its reason and the rest go on;
     /// the exit code is 2 when any input failed.
@@ -359,16 +360,27 @@ impl ClassifyArgs {
     }
 }
 
-/// The MTCNN face detector's knobs (facenet-pytorch's defaults).
+/// The face detector and its knobs (each detector's published defaults).
 #[derive(clap::Args)]
 struct DetectorArgs {
-    /// Smallest face searched for, in pixels (facenet-pytorch: 20).
+    /// ssd: AIZOOTech's face-mask SSD-lite at 360² (trained on faces with and without masks;
+    /// weights shipped in third_party/); ssd260: the same at 260²; mtcnn: MTCNN (facenet-pytorch's
+    /// nets, trained on faces without masks; gives five landmarks). docs/DETECT.md has the figures.
+    #[arg(long, default_value = "ssd", value_parser = ["ssd", "ssd260", "mtcnn"])]
+    detector: String,
+    /// SSD: boxes whose larger class score is at most this are dropped (the repository's 0.5).
+    #[arg(long, default_value_t = 0.5)]
+    conf_threshold: f32,
+    /// SSD: NMS IoU threshold (the repository's 0.4).
+    #[arg(long, default_value_t = 0.4)]
+    iou_threshold: f32,
+    /// MTCNN: smallest face searched for, in pixels (facenet-pytorch: 20).
     #[arg(long, default_value_t = 20.0)]
     min_face_size: f64,
-    /// The P-, R- and O-Net score thresholds (facenet-pytorch: 0.6,0.7,0.7).
+    /// MTCNN: the P-, R- and O-Net score thresholds (facenet-pytorch: 0.6,0.7,0.7).
     #[arg(long, value_delimiter = ',', num_args = 1, default_values_t = [0.6, 0.7, 0.7])]
     thresholds: Vec<f64>,
-    /// Scale step of the image pyramid (facenet-pytorch: 0.709).
+    /// MTCNN: scale step of the image pyramid (facenet-pytorch: 0.709).
     #[arg(long, default_value_t = 0.709)]
     factor: f64,
 }
@@ -382,6 +394,16 @@ impl DetectorArgs {
         p.validate().map_err(|e| anyhow::anyhow!("detector: {e}"))?;
         Ok(p)
     }
+
+    fn kind(&self) -> Result<maskflow_models::detector::DetectorKind> {
+        self.detector.parse().map_err(anyhow::Error::msg)
+    }
+
+    fn ssd_params(&self) -> Result<maskflow_models::ssd::SsdParams> {
+        let p = maskflow_models::ssd::SsdParams { conf_threshold: self.conf_threshold, iou_threshold: self.iou_threshold };
+        p.validate().map_err(|e| anyhow::anyhow!("detector: {e}"))?;
+        Ok(p)
+    }
 }
 
 #[derive(Subcommand)]
@@ -392,7 +414,7 @@ enum WeightsAction {
     /// check its sha256, read it (legacy or zip torch.save format, no Python) and write
     /// model.safetensors. Cached by the source's sha256.
     Import {
-        /// A registry name: mobilenet_v2, resnet18, resnet34, resnet50, mtcnn_pnet, mtcnn_rnet, mtcnn_onet.
+        /// A registry name: mobilenet_v2, resnet18, resnet34, resnet50, mtcnn_pnet, mtcnn_rnet, mtcnn_onet, ssd360, ssd260.
         name: String,
         /// The checkpoint file to use instead of searching.
         #[arg(long, value_name = "PATH")]
@@ -550,7 +572,9 @@ fn real_main() -> Result<()> {
                 inputs: &inputs,
                 out: &out,
                 artifacts: &artifacts,
+                detector: detector.kind()?,
                 mtcnn: detector.params()?,
+                ssd: detector.ssd_params()?,
                 margin,
                 annotate: !no_annotate,
                 jsonl,

@@ -80,7 +80,7 @@ fn a_pipeline_trains_on_the_faces_of_whole_photos_and_detect_labels_them() {
     let b = bundle.display().to_string();
     let res = maskflow(
         d.path(),
-        &["detect", "--bundle", &b, "--out", "det", "--device", "cpu", "--min-face-size", "24",
+        &["detect", "--bundle", &b, "--out", "det", "--device", "cpu", "--detector", "mtcnn", "--min-face-size", "24",
           "data/photos/astronaut/two-faces.jpg", "data/photos/astronaut/coffee.jpg", "data/photos/astronaut/truncated.jpg", "missing.jpg"],
     );
     let stdout = String::from_utf8_lossy(&res.stdout);
@@ -120,4 +120,25 @@ fn a_pipeline_trains_on_the_faces_of_whole_photos_and_detect_labels_them() {
     let lines = fs::read_to_string(det.join("detections.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 4);
     assert!(lines.lines().any(|l| l.contains("\"error\":\"no such file or folder\"")));
+
+    // The default detector, the face-mask SSD: no landmarks, its own mask scores beside the bundle's
+    // label, faces highest score first; the photos' folder walked (symlinked here).
+    std::os::unix::fs::symlink(d.path().join("data/photos/astronaut/two-faces.jpg"), d.path().join("two.jpg")).unwrap();
+    let res = maskflow(d.path(), &["detect", "--bundle", &b, "--out", "ssd", "--device", "cpu", "two.jpg"]);
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(res.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&res.stderr));
+    let two: serde_json::Value = serde_json::from_slice(&fs::read(d.path().join("ssd/two.json")).unwrap()).unwrap();
+    let faces = two["faces"].as_array().unwrap();
+    assert!(!faces.is_empty(), "{two}");
+    let scores: Vec<f64> = faces.iter().map(|f| f["score"].as_f64().unwrap()).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]) && scores[0] > 0.5, "{scores:?}");
+    for f in faces {
+        assert!(f.get("landmarks").is_none(), "{f}");
+        let m = f["detector_mask_scores"].as_array().unwrap();
+        assert!(m.len() == 2 && m.iter().all(|v| (0.0..=1.0).contains(&v.as_f64().unwrap())), "{f}");
+        let p = f["probabilities"].as_object().unwrap();
+        assert!((p.values().map(|v| v.as_f64().unwrap()).sum::<f64>() - 1.0).abs() < 1e-4, "{f}");
+    }
+    // The astronaut's face (left) is found.
+    assert!(faces.iter().any(|f| centre(f).0 < 230.0), "{two}");
 }

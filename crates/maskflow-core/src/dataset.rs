@@ -129,16 +129,28 @@ pub fn walk(root: &Path) -> Result<Listing, DatasetError> {
     let mut classes = Vec::new();
     for class in &class_dirs {
         let label = display_bytes(class.as_bytes());
-        let before = files.len();
-        let mut visited = HashSet::new();
-        walk_dir(root, Path::new(class), &label, &mut visited, &mut files, &mut notes);
-        if files.len() == before {
+        let (found, class_notes) = walk_folder(root, Path::new(class), &label);
+        if found.is_empty() {
             notes.push(WalkNote { path: label.clone(), what: "empty class folder: no files".into() });
         }
+        files.extend(found);
+        notes.extend(class_notes);
         classes.push(label);
     }
     files.sort_by(|a, b| a.rel_bytes().cmp(b.rel_bytes()));
     Ok(Listing { root: root.to_path_buf(), classes, files, notes })
+}
+
+/// The one folder walk, as the dataset's (index, faces) and `predict` / `detect`'s folders use it:
+/// every regular file under `root/rel` (hidden entries skipped, symlinks followed, a folder reached
+/// twice — a symlink loop — skipped), sorted by relative path bytes, each labelled `label`; what
+/// cannot be used (loops, broken links, unreadable folders, special files) comes back as notes with
+/// the reason.
+pub fn walk_folder(root: &Path, rel: &Path, label: &str) -> (Vec<DatasetFile>, Vec<WalkNote>) {
+    let (mut files, mut notes) = (Vec::new(), Vec::new());
+    walk_dir(root, rel, label, &mut HashSet::new(), &mut files, &mut notes);
+    files.sort_by(|a, b| a.rel_bytes().cmp(b.rel_bytes()));
+    (files, notes)
 }
 
 fn walk_dir(

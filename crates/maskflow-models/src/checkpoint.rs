@@ -55,15 +55,30 @@ pub enum CheckpointError {
 /// Reads a checkpoint file into named tensors (on the CPU, contiguous).
 pub fn read_checkpoint(path: &Path) -> Result<Checkpoint, CheckpointError> {
     let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io { path: path.to_owned(), source })?;
-    read_checkpoint_bytes(&bytes, path)
+    read_any(&bytes, path, &[])
 }
 
-/// As [`read_checkpoint`], from bytes already in memory; `path` is only used in messages.
-pub fn read_checkpoint_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint, CheckpointError> {
+/// As [`read_checkpoint`], from bytes already in memory; `path` is only used in messages. With
+/// `classes` non-empty, a whole pickled module naming only those classes is read too (see
+/// [`read_module_checkpoint`]).
+pub fn read_checkpoint_bytes(bytes: &[u8], path: &Path, classes: &[&str]) -> Result<Checkpoint, CheckpointError> {
+    read_any(bytes, path, classes)
+}
+
+/// Reads a *whole pickled module* (`torch.save(model)`) into its state dict's names and tensors
+/// (`conv.weight`, `bn.running_mean`, …, as `model.state_dict()` would name them). `classes` lists
+/// every module class the pickle may name (`torch.nn.modules.conv.Conv2d`, the model's own class,
+/// …); any other global is refused, and no class is ever looked up or run.
+pub fn read_module_checkpoint(path: &Path, classes: &[&str]) -> Result<Checkpoint, CheckpointError> {
+    let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io { path: path.to_owned(), source })?;
+    read_any(&bytes, path, classes)
+}
+
+fn read_any(bytes: &[u8], path: &Path, classes: &[&str]) -> Result<Checkpoint, CheckpointError> {
     if bytes.starts_with(b"PK\x03\x04") {
-        read_zip(bytes, path)
+        read_zip(bytes, path, classes)
     } else if bytes.starts_with(LEGACY_MAGIC) {
-        read_legacy(bytes, path)
+        read_legacy(bytes, path, classes)
     } else if LEGACY_MAGIC.starts_with(&bytes[..bytes.len().min(LEGACY_MAGIC.len())]) {
         Err(CheckpointError::Truncated { path: path.to_owned(), what: format!("only {} bytes", bytes.len()) })
     } else {
@@ -85,7 +100,7 @@ fn invalid(path: &Path, why: impl Into<String>) -> CheckpointError {
     CheckpointError::Invalid { path: path.to_owned(), why: why.into() }
 }
 
-fn read_legacy(bytes: &[u8], path: &Path) -> Result<Checkpoint, CheckpointError> {
+fn read_legacy(bytes: &[u8], path: &Path, classes: &[&str]) -> Result<Checkpoint, CheckpointError> {
     let no_pid = |_: &Value| -> Result<Value, String> { Err("unexpected persistent id".into()) };
     let mut pos = LEGACY_MAGIC.len();
     let (version, n) = pickle::load(&bytes[pos..], &no_pid).map_err(|e| pickle_err(path, e))?;
@@ -101,8 +116,8 @@ fn read_legacy(bytes: &[u8], path: &Path) -> Result<Checkpoint, CheckpointError>
             return Err(invalid(path, "written on a big-endian machine; not supported"));
         }
     }
-    let (object, n) =
-        pickle::load(&bytes[pos..], &pickle::storage_from_persistent_id).map_err(|e| pickle_err(path, e))?;
+    let (object, n) = pickle::load_with(&bytes[pos..], &pickle::storage_from_persistent_id, classes)
+        .map_err(|e| pickle_err(path, e))?;
     pos += n;
     let (keys, n) = pickle::load(&bytes[pos..], &no_pid).map_err(|e| pickle_err(path, e))?;
     pos += n;
@@ -143,7 +158,7 @@ fn read_legacy(bytes: &[u8], path: &Path) -> Result<Checkpoint, CheckpointError>
     finish(object, &storages, CheckpointFormat::Legacy, path)
 }
 
-fn read_zip(bytes: &[u8], path: &Path) -> Result<Checkpoint, CheckpointError> {
+fn read_zip(bytes: &[u8], path: &Path, classes: &[&str]) -> Result<Checkpoint, CheckpointError> {
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| CheckpointError::Truncated {
         path: path.to_owned(),
         what: format!("the zip archive cannot be opened ({e})"),
@@ -162,7 +177,8 @@ fn read_zip(bytes: &[u8], path: &Path) -> Result<Checkpoint, CheckpointError> {
         }
     }
     let pickled = read_entry(&mut archive, &pkl, path)?;
-    let (object, _) = pickle::load(&pickled, &pickle::storage_from_persistent_id).map_err(|e| pickle_err(path, e))?;
+    let (object, _) =
+        pickle::load_with(&pickled, &pickle::storage_from_persistent_id, classes).map_err(|e| pickle_err(path, e))?;
     let mut data: HashMap<String, Vec<u8>> = HashMap::new();
     for key in storage_refs(&object).keys() {
         let entry = format!("{prefix}data/{key}");
@@ -207,6 +223,7 @@ fn storage_refs(v: &Value) -> HashMap<&str, &StorageRef> {
                 walk(v, out)
             }),
             Value::List(items) | Value::Tuple(items) => items.iter().for_each(|v| walk(v, out)),
+            Value::Object { state, .. } => walk(state, out),
             _ => {}
         }
     }
@@ -223,8 +240,14 @@ fn finish(
     format: CheckpointFormat,
     path: &Path,
 ) -> Result<Checkpoint, CheckpointError> {
-    let Value::Dict(top) = object else {
-        return Err(invalid(path, "the saved object is not a dict (a whole pickled model is not a state dict)"));
+    let top = match object {
+        Value::Dict(top) => top,
+        module @ Value::Object { .. } => {
+            let mut flat = Vec::new();
+            flatten_module(module, "", &mut flat).map_err(|why| invalid(path, why))?;
+            flat
+        }
+        _ => return Err(invalid(path, "the saved object is neither a state dict nor a module")),
     };
     let all_tensors = top.iter().all(|(_, v)| matches!(v, Value::Tensor(_)));
     let items = if all_tensors {
@@ -258,6 +281,47 @@ fn finish(
         }
     }
     Ok(Checkpoint { format, tensors, skipped })
+}
+
+/// A module object's parameters and buffers under `prefix`, then its submodules', as
+/// `Module.state_dict()` orders them (a `None` parameter, e.g. a conv without bias, is left out).
+fn flatten_module(module: Value, prefix: &str, out: &mut Vec<(Value, Value)>) -> Result<(), String> {
+    let Value::Object { class, state } = module else {
+        return Err(format!("`{prefix}` is not a module object"));
+    };
+    let Value::Dict(attrs) = *state else {
+        return Err(format!("module `{prefix}` ({class}) has no attribute dict"));
+    };
+    let attr = |name: &str| {
+        attrs.iter().find(|(k, _)| *k == Value::Str(name.into())).map(|(_, v)| v.clone()).unwrap_or(Value::None)
+    };
+    for group in ["_parameters", "_buffers"] {
+        match attr(group) {
+            Value::Dict(items) => {
+                for (k, v) in items {
+                    let Value::Str(k) = k else { return Err(format!("module `{prefix}`: a {group} key is not a string")) };
+                    if v != Value::None {
+                        out.push((Value::Str(format!("{prefix}{k}")), v));
+                    }
+                }
+            }
+            Value::None => {}
+            _ => return Err(format!("module `{prefix}` ({class}): {group} is not a dict")),
+        }
+    }
+    match attr("_modules") {
+        Value::Dict(children) => {
+            for (k, child) in children {
+                let Value::Str(k) = k else { return Err(format!("module `{prefix}`: a submodule name is not a string")) };
+                if child != Value::None {
+                    flatten_module(child, &format!("{prefix}{k}."), out)?;
+                }
+            }
+            Ok(())
+        }
+        Value::None => Ok(()),
+        _ => Err(format!("module `{prefix}` ({class}): _modules is not a dict")),
+    }
 }
 
 fn kind_of(d: StorageDtype) -> Kind {

@@ -6,6 +6,11 @@
 //! `torch._utils._rebuild_parameter` and the typed storage classes (`torch.FloatStorage`, …). Any other
 //! global, and any opcode outside that set, is refused with an error that names it; nothing is ever
 //! executed.
+//!
+//! A *whole pickled module* (`torch.save(model)`, as some published detectors ship) is read with
+//! [`load_with`] and an explicit list of the module classes it may name (e.g.
+//! `torch.nn.modules.conv.Conv2d`): an instance of one becomes a [`Value::Object`] holding the
+//! attribute dict that `BUILD` gave it — data only; the class is never looked up or run.
 
 use std::collections::HashMap;
 
@@ -87,6 +92,9 @@ pub enum Value {
     Global(Known),
     Storage(StorageRef),
     Tensor(TensorRef),
+    /// An instance of an allowed class (see [`load_with`]): its qualified class name and the state
+    /// that `BUILD` set (`None` before it).
+    Object { class: String, state: Box<Value> },
     /// Marks the start of a variable-length group on the stack.
     Mark,
 }
@@ -98,6 +106,8 @@ pub enum Known {
     RebuildTensorV2,
     RebuildParameter,
     StorageClass(StorageDtype),
+    /// A class the caller allowed, instantiated by `NEWOBJ` into a [`Value::Object`].
+    Class(String),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -125,6 +135,16 @@ fn malformed(at: usize, why: impl Into<String>) -> PickleError {
 pub fn load(
     data: &[u8],
     persistent_load: &dyn Fn(&Value) -> Result<Value, String>,
+) -> Result<(Value, usize), PickleError> {
+    load_with(data, persistent_load, &[])
+}
+
+/// As [`load`], also accepting instances (`NEWOBJ` + `BUILD`) of the classes in `classes`, each a
+/// qualified name (`module.Class`), as [`Value::Object`]s: for whole pickled modules.
+pub fn load_with(
+    data: &[u8],
+    persistent_load: &dyn Fn(&Value) -> Result<Value, String>,
+    classes: &[&str],
 ) -> Result<(Value, usize), PickleError> {
     let mut r = Reader { data, pos: 0 };
     let mut stack: Vec<Value> = Vec::new();
@@ -211,13 +231,13 @@ pub fn load(
             b'c' => {
                 let module = r.line()?;
                 let name = r.line()?;
-                stack.push(Value::Global(known_global(&module, &name)?));
+                stack.push(Value::Global(known_global(&module, &name, classes)?));
             }
             0x93 => {
                 // STACK_GLOBAL
                 let name = pop_str(&mut stack, at)?;
                 let module = pop_str(&mut stack, at)?;
-                stack.push(Value::Global(known_global(&module, &name)?));
+                stack.push(Value::Global(known_global(&module, &name, classes)?));
             }
             b'q' => {
                 let k = r.u8()? as u32;
@@ -293,13 +313,29 @@ pub fn load(
                 let v = reduce(f, args).map_err(|why| malformed(at, why))?;
                 stack.push(v);
             }
+            0x81 => {
+                // NEWOBJ: cls.__new__(cls, *args) — only for an allowed class, with no arguments.
+                let args = pop(&mut stack, at)?;
+                let cls = pop(&mut stack, at)?;
+                match (cls, args) {
+                    (Value::Global(Known::Class(class)), Value::Tuple(a)) if a.is_empty() => {
+                        stack.push(Value::Object { class, state: Box::new(Value::None) })
+                    }
+                    (Value::Global(Known::Class(class)), _) => {
+                        return Err(malformed(at, format!("NEWOBJ of {class} with arguments")));
+                    }
+                    _ => return Err(malformed(at, "NEWOBJ of something that is not an allowed class")),
+                }
+            }
             b'b' => {
-                // BUILD: an OrderedDict's attributes (`_metadata`) — state dicts carry it; ignored.
-                let _state = pop(&mut stack, at)?;
-                match stack.last() {
+                // BUILD: an object's attribute dict; or an OrderedDict's attributes (`_metadata`) —
+                // state dicts carry it; ignored.
+                let state = pop(&mut stack, at)?;
+                match stack.last_mut() {
                     Some(Value::Dict(_)) => {}
+                    Some(Value::Object { state: slot, .. }) if **slot == Value::None => **slot = state,
                     other => {
-                        return Err(malformed(at, format!("BUILD on {}", kind_name(other))));
+                        return Err(malformed(at, format!("BUILD on {}", kind_name(other.map(|v| &*v)))));
                     }
                 }
             }
@@ -326,7 +362,10 @@ fn kind_name(v: Option<&Value>) -> &'static str {
     }
 }
 
-fn known_global(module: &str, name: &str) -> Result<Known, PickleError> {
+fn known_global(module: &str, name: &str, classes: &[&str]) -> Result<Known, PickleError> {
+    if classes.iter().any(|c| c.strip_prefix(module).and_then(|r| r.strip_prefix('.')) == Some(name)) {
+        return Ok(Known::Class(format!("{module}.{name}")));
+    }
     let k = match (module, name) {
         ("collections", "OrderedDict") => Known::OrderedDict,
         ("torch._utils", "_rebuild_tensor_v2") => Known::RebuildTensorV2,
@@ -380,6 +419,7 @@ fn reduce(f: Value, args: Value) -> Result<Value, String> {
             _ => Err("_rebuild_parameter: first argument is not a tensor".into()),
         },
         Known::StorageClass(_) => Err("storage classes are not called in state dicts".into()),
+        Known::Class(c) => Err(format!("{c} is only instantiated by NEWOBJ, not called")),
     }
 }
 
@@ -484,7 +524,12 @@ pub fn storage_from_persistent_id(pid: &Value) -> Result<Value, String> {
             let numel = u64::try_from(*numel).map_err(|_| format!("storage {key} has a negative size"))?;
             Ok(Value::Storage(StorageRef { key: key.clone(), dtype: *dtype, numel }))
         }
-        _ => Err(format!("persistent id {pid:?} is not a storage reference")),
+        // The legacy format records a pickled module's class as ('module', class, file, source):
+        // the class stands for itself (its source, kept for PyTorch's change warning, is ignored).
+        // Only a class the caller allowed reaches here as `Known::Class`.
+        [Value::Str(tag), class @ Value::Global(Known::Class(_)), ..] if tag == "module" => Ok(class.clone()),
+        [Value::Str(tag), ..] => Err(format!("persistent id of type `{tag}` is not a storage reference")),
+        _ => Err("persistent id is not a storage reference".into()),
     }
 }
 

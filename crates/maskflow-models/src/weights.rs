@@ -5,6 +5,7 @@
 use crate::arch::Arch;
 use crate::mtcnn::MtcnnNet;
 use crate::checkpoint::{read_checkpoint_bytes, CheckpointError, CheckpointFormat};
+use crate::ssd::SsdInput;
 use crate::classifier::{imagenet_model, load_named, LoadError};
 use maskflow_core::fsutil::{unique_suffix, write_json_atomic};
 use serde::{Deserialize, Serialize};
@@ -44,6 +45,8 @@ pub enum Network {
     Backbone(Arch),
     /// One net of the MTCNN face detector (facenet-pytorch's names).
     Mtcnn(MtcnnNet),
+    /// AIZOOTech's face-mask SSD-lite at one input size (its own layer names).
+    Ssd(SsdInput),
 }
 
 impl Network {
@@ -51,6 +54,7 @@ impl Network {
         match self {
             Network::Backbone(a) => a.name(),
             Network::Mtcnn(n) => n.name(),
+            Network::Ssd(s) => s.name(),
         }
     }
 
@@ -65,6 +69,10 @@ impl Network {
                 let vs = tch::nn::VarStore::new(Device::Cpu);
                 let _net = net.build(&vs.root());
                 load_named(&vs, tensors, &[], &[]).map(|_| ())
+            }
+            Network::Ssd(input) => {
+                let ssd = crate::ssd::FaceMaskSsd::untrained(input, Default::default(), Device::Cpu);
+                load_named(ssd.var_store(), tensors, &[], &[]).map(|_| ())
             }
         }
     }
@@ -85,12 +93,17 @@ pub struct WeightsSpec {
     pub sha256: Sha256,
     /// A file inside an installed Python package: (package directory in site-packages, path inside it).
     pub python_package: Option<(&'static str, &'static str, &'static str)>,
+    /// A file shipped in this repository (its path from the repository root).
+    pub vendored: Option<&'static str>,
+    /// The module classes the file names when it is a whole pickled module rather than a state dict.
+    pub pickled_module: &'static [&'static str],
     pub url: &'static str,
 }
 
-/// The weights maskflow knows by name: torchvision's ImageNet-1k V1 weights, and MTCNN's three nets
-/// as facenet-pytorch 2.6.0 ships them (converted by that project from the original MTCNN release).
-pub const REGISTRY: [WeightsSpec; 7] = [
+/// The weights maskflow knows by name: torchvision's ImageNet-1k V1 weights, MTCNN's three nets
+/// as facenet-pytorch 2.6.0 ships them (converted by that project from the original MTCNN release),
+/// and AIZOOTech's face-mask SSD at its two input sizes (shipped in `third_party/`, MIT).
+pub const REGISTRY: [WeightsSpec; 9] = [
     WeightsSpec {
         name: "mobilenet_v2",
         network: Network::Backbone(Arch::MobilenetV2),
@@ -102,6 +115,8 @@ pub const REGISTRY: [WeightsSpec; 7] = [
             "weights/mobilenet_v2-b0353104.pth",
         )),
         url: "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth",
+        vendored: None,
+        pickled_module: &[],
     },
     WeightsSpec {
         name: "resnet18",
@@ -110,6 +125,8 @@ pub const REGISTRY: [WeightsSpec; 7] = [
         sha256: Sha256::Prefix("f37072fd"),
         python_package: None,
         url: "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+        vendored: None,
+        pickled_module: &[],
     },
     WeightsSpec {
         name: "resnet34",
@@ -118,6 +135,8 @@ pub const REGISTRY: [WeightsSpec; 7] = [
         sha256: Sha256::Prefix("b627a593"),
         python_package: None,
         url: "https://download.pytorch.org/models/resnet34-b627a593.pth",
+        vendored: None,
+        pickled_module: &[],
     },
     WeightsSpec {
         name: "resnet50",
@@ -126,6 +145,8 @@ pub const REGISTRY: [WeightsSpec; 7] = [
         sha256: Sha256::Prefix("0676ba61"),
         python_package: None,
         url: "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+        vendored: None,
+        pickled_module: &[],
     },
     WeightsSpec {
         name: "mtcnn_pnet",
@@ -134,6 +155,8 @@ pub const REGISTRY: [WeightsSpec; 7] = [
         sha256: Sha256::Full("a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f"),
         python_package: Some(("facenet-pytorch==2.6.0", "facenet_pytorch", "data/pnet.pt")),
         url: "https://github.com/timesler/facenet-pytorch/raw/v2.6.0/data/pnet.pt",
+        vendored: None,
+        pickled_module: &[],
     },
     WeightsSpec {
         name: "mtcnn_rnet",
@@ -142,6 +165,8 @@ pub const REGISTRY: [WeightsSpec; 7] = [
         sha256: Sha256::Full("bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86"),
         python_package: Some(("facenet-pytorch==2.6.0", "facenet_pytorch", "data/rnet.pt")),
         url: "https://github.com/timesler/facenet-pytorch/raw/v2.6.0/data/rnet.pt",
+        vendored: None,
+        pickled_module: &[],
     },
     WeightsSpec {
         name: "mtcnn_onet",
@@ -150,6 +175,28 @@ pub const REGISTRY: [WeightsSpec; 7] = [
         sha256: Sha256::Full("165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d"),
         python_package: Some(("facenet-pytorch==2.6.0", "facenet_pytorch", "data/onet.pt")),
         url: "https://github.com/timesler/facenet-pytorch/raw/v2.6.0/data/onet.pt",
+        vendored: None,
+        pickled_module: &[],
+    },
+    WeightsSpec {
+        name: "ssd360",
+        network: Network::Ssd(SsdInput::S360),
+        file_name: "model360.pth",
+        sha256: Sha256::Full("2f131f1d1a2570a0c0da446a82104a78da99e4512bd6c6c00c5004ff633ba4de"),
+        python_package: None,
+        url: "https://github.com/AIZOOTech/FaceMaskDetection/raw/256dc65f726cb78d82936b2c61c55a5adc2cf05d/models/model360.pth",
+        vendored: Some("third_party/aizoo-face-mask-detection/models/model360.pth"),
+        pickled_module: &crate::ssd::PICKLED_CLASSES,
+    },
+    WeightsSpec {
+        name: "ssd260",
+        network: Network::Ssd(SsdInput::S260),
+        file_name: "face_mask_detection.pth",
+        sha256: Sha256::Full("38be682d73e2e138aeb6624aa341a9734c11717898c5c54cc4476da0e0ef501a"),
+        python_package: None,
+        url: "https://github.com/AIZOOTech/FaceMaskDetection/raw/256dc65f726cb78d82936b2c61c55a5adc2cf05d/models/face_mask_detection.pth",
+        vendored: Some("third_party/aizoo-face-mask-detection/models/face_mask_detection.pth"),
+        pickled_module: &crate::ssd::PICKLED_CLASSES,
     },
 ];
 
@@ -223,6 +270,11 @@ impl SearchPaths {
         let mut out = Vec::new();
         if let Some(hub) = &self.torch_hub {
             out.push((hub.join(spec.file_name), "torch hub cache".to_owned()));
+        }
+        if let Some(rel) = spec.vendored {
+            for root in &self.project_roots {
+                out.push((root.join(rel), "shipped in the repository".to_owned()));
+            }
         }
         if let Some((dist, dir, rel)) = spec.python_package {
             for root in &self.project_roots {
@@ -330,7 +382,7 @@ pub fn import(spec: &WeightsSpec, source: &Path, store: &Path) -> Result<Importe
             return Ok(cached);
         }
     }
-    let ckpt = read_checkpoint_bytes(&bytes, source)?;
+    let ckpt = read_checkpoint_bytes(&bytes, source, spec.pickled_module)?;
     drop(bytes);
     // The state dict must fit the network exactly (a torchvision model with its classifier).
     spec.network
@@ -446,4 +498,17 @@ pub fn mtcnn(
     let files = [p?.safetensors(), r?.safetensors(), o?.safetensors()];
     crate::mtcnn::Mtcnn::load([&files[0], &files[1], &files[2]], params, device)
         .map_err(|e| WeightsError::Store { path: store.join("weights"), why: e.to_string() })
+}
+
+/// The face-mask SSD at `input` (located, checked, imported once into `store`).
+pub fn ssd(
+    store: &Path,
+    search: &SearchPaths,
+    input: SsdInput,
+    params: crate::ssd::SsdParams,
+    device: Device,
+) -> Result<crate::ssd::FaceMaskSsd, WeightsError> {
+    let w = ensure(input.name(), None, store, search)?;
+    crate::ssd::FaceMaskSsd::load(&w.safetensors(), input, params, device)
+        .map_err(|e| WeightsError::Store { path: w.dir.clone(), why: e.to_string() })
 }

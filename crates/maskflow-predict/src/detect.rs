@@ -1,5 +1,6 @@
-//! `maskflow detect`: faces in whole photos. Each photo is decoded and run through the MTCNN
-//! detector in parallel (one detector per worker; photos of one size detected as a batch); each face
+//! `maskflow detect`: faces in whole photos. Each photo is decoded and run through the face
+//! detector (the face-mask SSD or MTCNN) in parallel (one detector per worker; photos of one size
+//! detected as a batch); each face
 //! is cut out with a margin and brought to the bundle's input exactly as its training images were
 //! (the bundle's own resize, filter and crop); the faces of many photos are classified together in
 //! batches. Per photo: a JSON record (box, detector score, landmarks, label, probabilities per face)
@@ -11,7 +12,7 @@ use image::Rgb;
 pub use image::RgbImage;
 use maskflow_contracts::bundle::ModelCard;
 use maskflow_imaging::{Limits, Resizer};
-use maskflow_models::mtcnn::{Face, Mtcnn};
+use maskflow_models::detector::{Detector, FoundFace};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -51,8 +52,13 @@ pub struct DetectedFace {
     pub bbox: [f32; 4],
     /// The detector's face probability.
     pub score: f32,
-    /// Left eye, right eye, nose, left and right mouth corner.
-    pub landmarks: [[f32; 2]; 5],
+    /// Left eye, right eye, nose, left and right mouth corner (MTCNN only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub landmarks: Option<[[f32; 2]; 5]>,
+    /// The SSD's own mask scores, `[with a mask, without]` (SSD only; the label comes from the
+    /// bundle's classifier).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detector_mask_scores: Option<[f32; 2]>,
     /// The region given to the classifier (`[left, top, right, bottom]`, margin included).
     pub crop: [u32; 4],
     pub label: String,
@@ -78,7 +84,7 @@ impl PhotoResult {
 /// A decoded photo with its faces and the classifier inputs cut from it.
 struct Detected {
     image: RgbImage,
-    faces: Vec<(Face, [u32; 4])>,
+    faces: Vec<(FoundFace, [u32; 4])>,
     pixels: Vec<u8>,
 }
 
@@ -91,7 +97,7 @@ fn decode(path: &Path) -> Result<RgbImage, String> {
 /// Faces of the photos of one size together (the pyramid's levels run once for all of them), then
 /// each face cut out and prepared for the bundle.
 fn detect_group(
-    mtcnn: &Mtcnn,
+    detector: &Detector,
     card: &ModelCard,
     images: Vec<RgbImage>,
     margin: f32,
@@ -102,7 +108,7 @@ fn detect_group(
     images.iter().for_each(|i| flat.extend_from_slice(i.as_raw()));
     let batch = tch::Tensor::from_data_size(&flat, &[images.len() as i64, h as i64, w as i64, 3], tch::Kind::Uint8);
     drop(flat);
-    let found = match mtcnn.detect_batch(&batch) {
+    let found = match detector.detect_batch(&batch) {
         Ok(f) => f,
         Err(e) => return images.iter().map(|_| Err(format!("detector: {e}"))).collect(),
     };
@@ -131,7 +137,7 @@ fn detect_group(
 fn detect_round(
     round: &[PathBuf],
     card: &ModelCard,
-    source: &std::sync::Mutex<Mtcnn>,
+    source: &std::sync::Mutex<Detector>,
     margin: f32,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Vec<Result<Detected, String>> {
@@ -177,7 +183,7 @@ fn detect_round(
 /// command writes its files there; `progress` counts photos.
 pub fn detect_photos(
     bundle: &Bundle,
-    mtcnn: &Mtcnn,
+    detector: &Detector,
     paths: &[PathBuf],
     o: &DetectOptions,
     on_photo: &mut dyn FnMut(&PhotoResult, Option<&RgbImage>) -> Result<()>,
@@ -187,7 +193,7 @@ pub fn detect_photos(
     let k = classes.len();
     let threads = tch::get_num_threads();
     // Tensors are not `Sync`: each worker duplicates the detector from behind a lock.
-    let source = std::sync::Mutex::new(mtcnn.duplicate());
+    let source = std::sync::Mutex::new(detector.duplicate());
     let card = &bundle.card;
     let mut out = Vec::with_capacity(paths.len());
     for round in paths.chunks(o.photos_per_round.max(1)) {
@@ -213,6 +219,7 @@ pub fn detect_photos(
                                 bbox: f.bbox,
                                 score: f.score,
                                 landmarks: f.landmarks,
+                                detector_mask_scores: f.mask_scores,
                                 crop,
                                 label: label_of(&p, classes, o.threshold),
                                 probabilities: classes.iter().cloned().zip(p).collect(),
@@ -257,7 +264,7 @@ pub fn annotate(image: &RgbImage, faces: &[DetectedFace], classes: &[String]) ->
             draw_hollow_rect_mut(&mut out, Rect::at(x1 - t, y1 - t).of_size(rw, rh), colour);
         }
         let dot = (thick + 1) / 2 + 1;
-        for [x, y] in f.landmarks {
+        for [x, y] in f.landmarks.into_iter().flatten() {
             draw_filled_circle_mut(&mut out, (x.round() as i32, y.round() as i32), dot, colour);
         }
         let Some(font) = &font else { continue };

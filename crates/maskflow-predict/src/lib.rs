@@ -53,8 +53,10 @@ impl Outcome {
     }
 }
 
-/// Files named by `inputs`: files as given, folders walked recursively (hidden entries skipped, sorted),
-/// anything else read as a glob. Inputs that match nothing come back as failures.
+/// Files named by `inputs`: files as given, folders walked recursively by the dataset's walk
+/// ([`maskflow_core::dataset::walk_folder`]: hidden entries skipped, symlinks followed, loops
+/// detected, sorted), anything else read as a glob. Inputs that match nothing, and what a walk could
+/// not use (a broken link, a loop, an unreadable folder), come back as failures with the reason.
 pub fn expand(inputs: &[String]) -> (Vec<PathBuf>, Vec<Outcome>) {
     let mut files = Vec::new();
     let mut failed = Vec::new();
@@ -63,14 +65,15 @@ pub fn expand(inputs: &[String]) -> (Vec<PathBuf>, Vec<Outcome>) {
         if p.is_file() {
             files.push(p.to_path_buf());
         } else if p.is_dir() {
-            match maskflow_core::fsutil::list_files_recursive(p) {
-                Ok(list) => files.extend(
-                    list.into_iter()
-                        .filter(|r| !r.components().any(|c| c.as_os_str().to_string_lossy().starts_with('.')))
-                        .map(|r| p.join(r)),
-                ),
-                Err(e) => failed.push(Outcome::Failed { path: input.clone(), reason: format!("cannot list: {e}") }),
+            let (found, notes) = maskflow_core::dataset::walk_folder(p, Path::new(""), "");
+            if found.is_empty() && notes.is_empty() {
+                failed.push(Outcome::Failed { path: input.clone(), reason: "folder holds no files".into() });
             }
+            files.extend(found.into_iter().map(|f| p.join(f.rel)));
+            failed.extend(notes.into_iter().map(|n| Outcome::Failed {
+                path: p.join(&n.path).display().to_string(),
+                reason: n.what,
+            }));
         } else if input.contains(['*', '?', '[']) {
             match glob::glob(input) {
                 Ok(paths) => {
@@ -276,5 +279,38 @@ mod tests {
         let (files, failed) = expand(&inputs);
         assert_eq!(files, vec![d.path().join("a/b/x.jpg"), d.path().join("y.png")]);
         assert_eq!(failed.len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod walk_tests {
+    use super::*;
+
+    /// `predict` / `detect` walk a folder as the index walks a dataset: a folder of symlinks gives
+    /// their targets, a symlinked folder is entered, a loop and a broken link are reported with
+    /// their reason (they once came back as "0 photo(s)" with no word).
+    #[test]
+    fn a_folder_of_symlinks_is_walked_as_the_index_walks_it() {
+        let d = tempfile::tempdir().unwrap();
+        let real = d.path().join("real");
+        std::fs::create_dir_all(real.join("deep")).unwrap();
+        std::fs::write(real.join("one.jpg"), b"1").unwrap();
+        std::fs::write(real.join("deep/two.jpg"), b"2").unwrap();
+        let links = d.path().join("links");
+        std::fs::create_dir_all(&links).unwrap();
+        std::os::unix::fs::symlink(real.join("one.jpg"), links.join("a.jpg")).unwrap();
+        std::os::unix::fs::symlink(real.join("deep"), links.join("dir")).unwrap();
+        std::os::unix::fs::symlink(&links, links.join("dir-loop")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("gone.jpg"), links.join("broken.jpg")).unwrap();
+        let (files, failed) = expand(&[links.display().to_string()]);
+        assert_eq!(files, vec![links.join("a.jpg"), links.join("dir/two.jpg")]);
+        let reasons: Vec<String> = failed.iter().map(|f| format!("{}: {}", f.path(), f.reason())).collect();
+        assert_eq!(failed.len(), 2, "{reasons:?}");
+        assert!(reasons.iter().any(|r| r.contains("broken.jpg") && r.contains("broken symlink")), "{reasons:?}");
+        assert!(reasons.iter().any(|r| r.contains("dir-loop") && r.contains("symlink loop")), "{reasons:?}");
+        // An empty folder is a failure too, not zero photos.
+        std::fs::create_dir_all(d.path().join("empty")).unwrap();
+        let (files, failed) = expand(&[d.path().join("empty").display().to_string()]);
+        assert!(files.is_empty() && failed[0].reason().contains("no files"));
     }
 }
