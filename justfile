@@ -95,6 +95,11 @@ bench-e2e DATASET="../shared/datasets/face-mask": build py
 bench-detect BUNDLE DATASET="../shared/datasets/face-mask" N="60" THREADS="2": build py
     bench/detect_bench.sh {{BUNDLE}} {{DATASET}} {{N}} {{THREADS}}
 
+# Face finding on annotated whole photos: `maskflow detect` with each detector (ssd, ssd260, mtcnn) on
+# the held-out fifth of SCENES; recall of faces ≥ 32 px and of all, precision, wall, peak RSS.
+bench-detect-recall BUNDLE SCENES="../shared/datasets/face-mask-scenes" THREADS="2": build
+    bench/detect_recall.sh {{BUNDLE}} {{SCENES}} {{THREADS}}
+
 # Index + prep of the real data: plain run vs plan/task/commit with the local executor vs Ray on a local
 # two-node cluster (wall, byte identity, per-task overhead, a scaling projection).
 bench-fanout PIPELINE="pipelines/facemask.toml" ITEMS="500": build py
