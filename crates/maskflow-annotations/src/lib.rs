@@ -14,7 +14,10 @@
 //! order of a folder listing.
 //!
 //! [`split`] assigns photos to validation by their content (blake3 of the file's bytes, the index's
-//! rule), so a photo keeps its side whatever else is added to the set.
+//! rule), so a photo keeps its side whatever else is added to the set. [`metrics`] scores detections
+//! against the faces as COCO does (AP@[.5:.95], AP@.5, per class and face size, recall).
+
+pub mod metrics;
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
