@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Face finding on annotated whole photos, one detector after another in one run: `maskflow detect`
 # with --detector ssd, ssd260 and mtcnn on the held-out fifth of SCENES (photos whose content's
-# sha256, as a number, is 0 mod 5), then bench/scenes_recall.py: recall of faces ≥ 32 px and of all,
-# precision, the SSD's own mask labels; wall time and peak RSS of each run.
+# sha256, as a number, is 0 mod 5), and the Python peer (AIZOOTech's own PyTorch inference of the same
+# SSD, detection only: bench/detect_ssd_py.py); then bench/scenes_recall.py: recall of faces ≥ 32 px
+# and of all, precision, the SSD's own mask labels; wall time and peak RSS of each run.
 # usage: bench/detect_recall.sh BUNDLE [SCENES] [THREADS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,4 +32,9 @@ for det in ssd ssd260 mtcnn; do
     >/dev/null 2>"$work/$det.err" || true
   tail -1 "$work/$det.err" >&2
 done
-python3 bench/scenes_recall.py "$scenes/annotations" "$work/ssd/detections.jsonl" "$work/ssd260/detections.jsonl" "$work/mtcnn/detections.jsonl"
+mkdir -p "$work/python-ssd"
+THREADS=$threads /usr/bin/time -f "python-ssd (detection only): wall %e s, peak RSS %M KB" \
+  .venv/bin/python bench/detect_ssd_py.py "$work/python-ssd/detections.jsonl" "${photos[@]}" >/dev/null 2>"$work/py.err" || true
+tail -1 "$work/py.err" >&2
+python3 bench/scenes_recall.py "$scenes/annotations" "$work/ssd/detections.jsonl" "$work/ssd260/detections.jsonl" \
+  "$work/mtcnn/detections.jsonl" "$work/python-ssd/detections.jsonl"

@@ -70,7 +70,8 @@ for path in sys.argv[2:]:
             if gj in matched:
                 found_all += 1
                 found_big += big
-                ms = faces[matched[gj]].get("detector_mask_scores")
+                f = faces[matched[gj]]
+                ms = f.get("detector_mask_scores", f.get("mask_scores"))
                 if ms is not None:
                     seen[cls] += 1
                     right[cls] += int((ms[1] > ms[0]) == (cls == 1))

@@ -24,6 +24,8 @@ pub struct Options<'a> {
     pub margin: f32,
     pub annotate: bool,
     pub jsonl: bool,
+    /// Photos per detector batch (`None`: the detector's default).
+    pub group: Option<usize>,
 }
 
 /// `photo.jpg` → `photo`, then `photo-2`, … for later photos of the same stem (input order).
@@ -88,7 +90,7 @@ pub fn run(o: &Options) -> Result<usize> {
         }
         Ok(())
     };
-    let opts = DetectOptions { margin: o.margin, batch: o.classifier.batch, threshold, ..Default::default() };
+    let opts = DetectOptions { margin: o.margin, batch: o.classifier.batch, threshold, group: o.group, ..Default::default() };
     let started = std::time::Instant::now();
     let mut results = detect::detect_photos(&bundle, &detector, &files, &opts, &mut write_photo, &|n| pb.inc(n))?;
     pb.finish_and_clear();

@@ -250,6 +250,10 @@ enum Command {
         /// Print each photo's JSON record on stdout instead of a summary line.
         #[arg(long)]
         jsonl: bool,
+        /// Photos of one size per detector batch (default: 8 for MTCNN, whose pyramid levels run
+        /// once per batch; 1 for the SSD, whose memory grows with the batch and speed does not).
+        #[arg(long, value_name = "N")]
+        group: Option<usize>,
         #[command(flatten)]
         compute: ComputeArgs,
     },
@@ -566,7 +570,7 @@ fn real_main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Detect { classify, inputs, out, artifacts, margin, detector, no_annotate, jsonl, compute } => {
+        Command::Detect { classify, inputs, out, artifacts, margin, detector, no_annotate, jsonl, group, compute } => {
             let bad = detect_cmd::run(&detect_cmd::Options {
                 classifier: classify.classifier(&compute)?,
                 inputs: &inputs,
@@ -578,6 +582,7 @@ fn real_main() -> Result<()> {
                 margin,
                 annotate: !no_annotate,
                 jsonl,
+                group,
             })?;
             if bad > 0 {
                 std::process::exit(2);

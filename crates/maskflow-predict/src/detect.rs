@@ -28,12 +28,14 @@ pub struct DetectOptions {
     pub batch: usize,
     /// Photos decoded and detected per round (their faces are classified together).
     pub photos_per_round: usize,
+    /// Photos of one size per detector batch (`None`: the detector's own, [`group_size`]).
+    pub group: Option<usize>,
     pub threshold: Threshold,
 }
 
 impl Default for DetectOptions {
     fn default() -> Self {
-        DetectOptions { margin: DEFAULT_MARGIN, batch: 64, photos_per_round: 32, threshold: None }
+        DetectOptions { margin: DEFAULT_MARGIN, batch: 64, photos_per_round: 32, group: None, threshold: None }
     }
 }
 
@@ -132,13 +134,25 @@ fn detect_group(
         .collect()
 }
 
-/// One round of photos: decoded in parallel, then detected in parallel by groups of up to 8 photos
-/// of one size (each group one detector batch). Results in input order; `progress` counts photos.
+/// Photos of one size per detector batch, by default: MTCNN runs each pyramid level once for a
+/// batch, so 8 save P-Net calls; the SSD gains nothing from batching on a CPU and its activations at
+/// 360² grow with the batch, so 1 (measured: docs/BENCHMARKS.md, detect).
+pub fn group_size(detector: &Detector) -> usize {
+    match detector {
+        Detector::Mtcnn(_) => 8,
+        Detector::Ssd(_) => 1,
+    }
+}
+
+/// One round of photos: decoded in parallel, then detected in parallel by groups of up to `group`
+/// photos of one size (each group one detector batch). Results in input order; `progress` counts
+/// photos.
 fn detect_round(
     round: &[PathBuf],
     card: &ModelCard,
     source: &std::sync::Mutex<Detector>,
     margin: f32,
+    group: usize,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Vec<Result<Detected, String>> {
     let decoded: Vec<Result<RgbImage, String>> = round.par_iter().map(|p| decode(p)).collect();
@@ -149,7 +163,7 @@ fn detect_round(
             Ok(img) => {
                 let batches = groups.entry(img.dimensions()).or_default();
                 match batches.last_mut() {
-                    Some(b) if b.len() < 8 => b.push((i, img)),
+                    Some(b) if b.len() < group => b.push((i, img)),
                     _ => batches.push(vec![(i, img)]),
                 }
             }
@@ -199,7 +213,8 @@ pub fn detect_photos(
     for round in paths.chunks(o.photos_per_round.max(1)) {
         // One intra-op thread per worker while the workers run detectors side by side.
         tch::set_num_threads(1);
-        let per_photo = detect_round(round, card, &source, o.margin, progress);
+        let group = o.group.unwrap_or_else(|| group_size(detector)).max(1);
+        let per_photo = detect_round(round, card, &source, o.margin, group, progress);
         tch::set_num_threads(threads);
         // Every face of the round through the classifier together.
         let pixels: Vec<u8> = per_photo.iter().flatten().flat_map(|d| d.pixels.iter().copied()).collect();
