@@ -116,9 +116,9 @@ pub fn run(o: &Options) -> Result<usize> {
 
 fn load_detector(o: &Options) -> Result<Detector> {
     let (search, device) = (SearchPaths::from_env(), o.classifier.compute.device);
-    let ssd = |input| weights::ssd(o.artifacts, &search, input, o.ssd.clone(), device).map(Detector::Ssd);
+    let ssd = |input| weights::ssd(o.artifacts, &search, input, o.ssd.clone(), device).map(|s| Detector::Ssd(Box::new(s)));
     Ok(match o.detector {
-        DetectorKind::Mtcnn => Detector::Mtcnn(weights::mtcnn(o.artifacts, &search, o.mtcnn.clone(), device)?),
+        DetectorKind::Mtcnn => Detector::Mtcnn(Box::new(weights::mtcnn(o.artifacts, &search, o.mtcnn.clone(), device)?)),
         DetectorKind::Ssd => ssd(SsdInput::S360)?,
         DetectorKind::Ssd260 => ssd(SsdInput::S260)?,
     })

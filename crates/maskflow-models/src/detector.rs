@@ -62,8 +62,8 @@ pub struct FoundFace {
 /// A loaded detector.
 #[derive(Debug)]
 pub enum Detector {
-    Mtcnn(Mtcnn),
-    Ssd(FaceMaskSsd),
+    Mtcnn(Box<Mtcnn>),
+    Ssd(Box<FaceMaskSsd>),
 }
 
 impl Detector {
@@ -80,37 +80,30 @@ impl Detector {
     /// A copy with its own tensors, for another worker thread.
     pub fn duplicate(&self) -> Detector {
         match self {
-            Detector::Mtcnn(m) => Detector::Mtcnn(m.duplicate()),
-            Detector::Ssd(s) => Detector::Ssd(s.duplicate()),
+            Detector::Mtcnn(m) => Detector::Mtcnn(Box::new(m.duplicate())),
+            Detector::Ssd(s) => Detector::Ssd(Box::new(s.duplicate())),
         }
     }
 
     /// The faces in each photo of a batch (`(N, H, W, 3)` uint8, one size): MTCNN's largest first,
     /// the SSD's highest score first.
     pub fn detect_batch(&self, photos: &Tensor) -> Result<Vec<Vec<FoundFace>>, String> {
-        match self {
-            Detector::Mtcnn(m) => Ok(m
-                .detect_batch(photos)
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .map(|faces| {
-                    faces
-                        .into_iter()
-                        .map(|f| FoundFace { bbox: f.bbox, score: f.score, landmarks: Some(f.landmarks), mask_scores: None })
-                        .collect()
-                })
-                .collect()),
-            Detector::Ssd(s) => Ok(s
-                .detect_batch(photos)
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .map(|faces| {
-                    faces
-                        .into_iter()
-                        .map(|f| FoundFace { bbox: f.bbox, score: f.score, landmarks: None, mask_scores: Some(f.mask_scores) })
-                        .collect()
-                })
-                .collect()),
+        fn each<F>(batch: Vec<Vec<F>>, to: impl Fn(F) -> FoundFace) -> Vec<Vec<FoundFace>> {
+            batch.into_iter().map(|faces| faces.into_iter().map(&to).collect()).collect()
         }
+        Ok(match self {
+            Detector::Mtcnn(m) => each(m.detect_batch(photos).map_err(|e| e.to_string())?, |f| FoundFace {
+                bbox: f.bbox,
+                score: f.score,
+                landmarks: Some(f.landmarks),
+                mask_scores: None,
+            }),
+            Detector::Ssd(s) => each(s.detect_batch(photos).map_err(|e| e.to_string())?, |f| FoundFace {
+                bbox: f.bbox,
+                score: f.score,
+                landmarks: None,
+                mask_scores: Some(f.mask_scores),
+            }),
+        })
     }
 }

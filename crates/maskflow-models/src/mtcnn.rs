@@ -547,8 +547,8 @@ struct Passed {
     mask: Tensor,
 }
 
-/// A float tensor's values, flattened, on the host.
-fn host_f32(t: &Tensor) -> Vec<f32> {
+/// A tensor's values as f32 on the host, flattened (the detectors' outputs, for decoding and NMS).
+pub(crate) fn host_f32(t: &Tensor) -> Vec<f32> {
     Vec::<f32>::try_from(t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous().view([-1])).unwrap_or_default()
 }
 

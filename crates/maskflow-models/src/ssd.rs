@@ -15,6 +15,7 @@
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::nn::{self, Module, ModuleT};
+use crate::mtcnn::host_f32;
 use tch::{Device, Kind, Tensor};
 
 /// The module classes the published `.pth` files name (MMdnn's generated `KitModel` and torch's).
@@ -390,11 +391,6 @@ impl FaceMaskSsd {
             })
             .collect()
     }
-}
-
-fn host_f32(t: &Tensor) -> Vec<f32> {
-    let t = t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous().view([-1]);
-    Vec::<f32>::try_from(&t).unwrap_or_default()
 }
 
 #[cfg(test)]
