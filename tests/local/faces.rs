@@ -17,11 +17,15 @@ fn photos(dir: &Path) {
 }
 
 fn pipeline(dir: &Path, keep: &str) {
+    pipeline_with(dir, keep, "kind = \"mtcnn\"\nmin_face_size = 24")
+}
+
+fn pipeline_with(dir: &Path, keep: &str, detector: &str) {
     fs::create_dir_all(dir.join("pipelines")).unwrap();
     fs::write(
         dir.join("pipelines/p.toml"),
         format!(
-            "name = \"p\"\n[dataset]\nroot = \"../data/photos\"\n\n[faces]\nkeep = \"{keep}\"\n\n[faces.detector]\nmin_face_size = 24\n\n\
+            "name = \"p\"\n[dataset]\nroot = \"../data/photos\"\n\n[faces]\nkeep = \"{keep}\"\n\n[faces.detector]\n{detector}\n\n\
              [index]\nvalid_pct = 0.25\n\n[prep]\nsize = 32\nshard_rows = 8\nrow_group_rows = 4\n\n\
              [train]\narch = \"resnet18\"\npretrained = \"none\"\nbatch_size = 4\nfrozen_epochs = 1\nunfrozen_epochs = 1\n\n\
              [eval]\nrobustness = []\n\n[export]\n"
@@ -74,6 +78,12 @@ fn a_pipeline_trains_on_the_faces_of_whole_photos_and_detect_labels_them() {
     let all = ok(d.path(), &["run", "pipelines/p.toml", "--device", "cpu", "--until", "index"]);
     assert!(all.contains("15 photos → 14 face crops (1 with no face, 1 unreadable)"), "{all}");
     assert_eq!(keys(&art, "faces").len(), 2);
+    // The default detector, the SSD (no `kind`): another faces key; every face photo gives a crop.
+    pipeline_with(d.path(), "largest", "");
+    let ssd = ok(d.path(), &["run", "pipelines/p.toml", "--device", "cpu", "--until", "faces"]);
+    eprintln!("{ssd}");
+    assert!(ssd.contains("15 photos → 13 face crops (1 with no face, 1 unreadable)"), "{ssd}");
+    assert_eq!(keys(&art, "faces").len(), 3);
 
     // detect with the bundle the pipeline exported (classes astronaut / camera).
     let bundle = only_key(&art, "export");

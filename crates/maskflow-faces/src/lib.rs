@@ -1,5 +1,6 @@
 //! The `faces` stage: the pipeline's labelled folder of whole photos → an `image_folder` artifact,
-//! `images/<class>/<photo>.face<N>.png`: the largest (or every) face the MTCNN detector finds in
+//! `images/<class>/<photo>.face<N>.png`: the largest (or every) face the detector (MTCNN or the
+//! face-mask SSD, `[faces.detector] kind`) finds in
 //! each photo, cut out with a margin, lossless. With `[faces]` in a pipeline, the index and prep
 //! stages read these crops instead of the photos (their optional `images` slot), so the rest of the
 //! pipeline trains on faces. Every photo without a crop — no face found, or unreadable — is listed
@@ -10,7 +11,7 @@ use maskflow_contracts::faces::{FaceCrop, FacesManifest, NoCrop, IMAGES_DIR};
 use maskflow_contracts::{kinds, JsonFile};
 use maskflow_core::dataset::DatasetFile;
 use maskflow_imaging::Limits;
-use maskflow_models::mtcnn::{Mtcnn, MtcnnNet, MtcnnParams};
+use maskflow_models::detector::{Detector, DetectorParams};
 use maskflow_stage::{External, RunCtx, Slot, Stage};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -34,9 +35,10 @@ pub enum Keep {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FacesParams {
-    /// The detector (`[faces.detector]`: `min_face_size`, `thresholds`, `factor`), with
-    /// facenet-pytorch's defaults (20, [0.6, 0.7, 0.7], 0.709).
-    pub detector: MtcnnParams,
+    /// The detector (`[faces.detector]`: `kind` = mtcnn | ssd | ssd260; MTCNN's `min_face_size`,
+    /// `thresholds`, `factor` with facenet-pytorch's defaults 20, [0.6, 0.7, 0.7], 0.709; the SSD's
+    /// `conf_threshold` 0.5 and `iou_threshold` 0.4). Only the chosen detector's knobs are used.
+    pub detector: DetectorParams,
     /// Context added on every side of the face box, as a fraction of its longer side (0: the
     /// square on the box, what `maskflow detect` gives the classifier by default).
     pub margin: f32,
@@ -46,7 +48,7 @@ pub struct FacesParams {
 
 impl Default for FacesParams {
     fn default() -> Self {
-        FacesParams { detector: MtcnnParams::default(), margin: 0.0, keep: Keep::Largest }
+        FacesParams { detector: DetectorParams::default(), margin: 0.0, keep: Keep::Largest }
     }
 }
 
@@ -75,7 +77,8 @@ pub struct FacesReport {
 
 impl Stage for FacesStage {
     const KIND: &'static str = "faces";
-    const VERSION: u32 = 1;
+    /// 2: the detector became a choice (`[faces.detector] kind`); its knobs all enter the key.
+    const VERSION: u32 = 2;
     const OUTPUT: &'static str = kinds::IMAGE_FOLDER;
     const READS_DATASET: bool = true;
     type Params = FacesParams;
@@ -87,24 +90,25 @@ impl Stage for FacesStage {
     fn inputs(_: &FacesParams) -> Vec<Slot> {
         Vec::new()
     }
-    /// The detector's three nets, imported into the store, keyed by their sha256.
-    fn externals(_: &FacesParams, rt: &maskflow_stage::Runtime) -> Result<BTreeMap<String, External>> {
+    /// The chosen detector's weights (MTCNN's three nets, or the SSD), imported into the store,
+    /// keyed by their sha256.
+    fn externals(p: &FacesParams, rt: &maskflow_stage::Runtime) -> Result<BTreeMap<String, External>> {
         let search = maskflow_models::weights::SearchPaths::from_env();
         let mut out = BTreeMap::new();
-        for net in MtcnnNet::ALL {
-            let w = maskflow_models::weights::ensure(net.name(), None, &rt.artifacts, &search)
-                .with_context(|| format!("the face detector's weights {net}"))?;
-            out.insert(net.name().to_string(), External { path: w.safetensors(), key: format!("sha256:{}", w.sha256), files: None });
+        for name in p.detector.weights() {
+            let w = maskflow_models::weights::ensure(name, None, &rt.artifacts, &search)
+                .with_context(|| format!("the face detector's weights {name}"))?;
+            out.insert(name.to_string(), External { path: w.safetensors(), key: format!("sha256:{}", w.sha256), files: None });
         }
         Ok(out)
     }
     fn run(p: &FacesParams, ctx: &RunCtx) -> Result<FacesReport> {
         let ds = ctx.external(maskflow_stage::DATASET)?;
         let root = ctx.dataset_root.unwrap_or(&ds.path);
-        let files: Vec<_> = MtcnnNet::ALL.iter().map(|n| ctx.external(n.name()).map(|e| e.path.clone())).collect::<Result<_, _>>()?;
+        let files: Vec<_> = p.detector.weights().iter().map(|n| ctx.external(n).map(|e| e.path.as_path())).collect::<Result<_, _>>()?;
         let device = maskflow_models::torch_device(ctx.runtime.device);
-        let mtcnn = Mtcnn::load([&files[0], &files[1], &files[2]], p.detector.clone(), device)?;
-        run(root, p, &mtcnn, ctx.out)
+        let detector = Detector::load(&p.detector, &files, device).map_err(anyhow::Error::msg)?;
+        run(root, p, &detector, ctx.out)
     }
     fn summary(r: &FacesReport) -> String {
         format!("{} photos → {} face crops ({} with no face, {} unreadable)", r.photos, r.crops, r.no_face, r.unreadable)
@@ -116,7 +120,7 @@ type PhotoCrops = Result<Vec<FaceCrop>, NoCrop>;
 
 /// Detects the faces of one photo and writes their crops under `images`. A photo that cannot be
 /// read or has no face is an `Ok(Err(NoCrop))`; a crop that cannot be written fails the stage.
-fn crops_of(root: &Path, f: &DatasetFile, p: &FacesParams, mtcnn: &Mtcnn, images: &Path) -> Result<PhotoCrops> {
+fn crops_of(root: &Path, f: &DatasetFile, p: &FacesParams, detector: &Detector, images: &Path) -> Result<PhotoCrops> {
     let rel = f.display();
     let no = |code: &str, detail: String| Ok(Err(NoCrop { source: rel.clone(), code: code.to_string(), detail }));
     let bytes = match std::fs::read(root.join(&f.rel)) {
@@ -129,7 +133,10 @@ fn crops_of(root: &Path, f: &DatasetFile, p: &FacesParams, mtcnn: &Mtcnn, images
     };
     let img = maskflow_imaging::to_rgb8(d.image, [255, 255, 255]);
     let (w, h) = img.dimensions();
-    let faces = mtcnn.detect_rgb(w, h, img.as_raw())?;
+    let photo = tch::Tensor::from_data_size(img.as_raw(), &[1, h as i64, w as i64, 3], tch::Kind::Uint8);
+    let mut faces = detector.detect_batch(&photo).map_err(anyhow::Error::msg)?.pop().unwrap_or_default();
+    // Largest first (MTCNN's order already; the SSD gives its faces by score), ties by score.
+    faces.sort_by(|a, b| area(b).total_cmp(&area(a)).then(b.score.total_cmp(&a.score)));
     let take = match p.keep {
         Keep::Largest => 1,
         Keep::All => faces.len(),
@@ -153,15 +160,19 @@ fn crops_of(root: &Path, f: &DatasetFile, p: &FacesParams, mtcnn: &Mtcnn, images
     Ok(Ok(out))
 }
 
+fn area(f: &maskflow_models::detector::FoundFace) -> f32 {
+    (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1])
+}
+
 /// The stage on a folder: crops into `out/images/`, `faces.json`, the report.
-pub fn run(root: &Path, p: &FacesParams, mtcnn: &Mtcnn, out: &Path) -> Result<FacesReport> {
+pub fn run(root: &Path, p: &FacesParams, detector: &Detector, out: &Path) -> Result<FacesReport> {
     p.validate().map_err(anyhow::Error::msg)?;
     let listing = maskflow_core::dataset::walk(root)?;
     let pb = maskflow_core::progress::bar(listing.files.len() as u64, "faces", "photos");
     // One intra-op thread per worker: detections do not depend on how photos are shared out.
     let threads = tch::get_num_threads();
     tch::set_num_threads(1);
-    let source = std::sync::Mutex::new(mtcnn.duplicate());
+    let source = std::sync::Mutex::new(detector.duplicate());
     let images = out.join(IMAGES_DIR);
     let results: Result<Vec<PhotoCrops>> = listing
         .files
@@ -211,10 +222,14 @@ mod tests {
     #[test]
     fn params_are_checked_and_documented_defaults_hold() {
         let p = FacesParams::default();
-        assert_eq!(p.detector, MtcnnParams::default());
+        assert_eq!(p.detector, DetectorParams::default());
+        assert_eq!((p.detector.min_face_size, p.detector.thresholds, p.detector.factor), (20.0, [0.6, 0.7, 0.7], 0.709));
+        assert_eq!((p.detector.conf_threshold, p.detector.iou_threshold), (0.5, 0.4));
         assert_eq!((p.margin, p.keep), (0.0, Keep::Largest));
         assert!(FacesParams { margin: -0.1, ..Default::default() }.validate().is_err());
-        let bad = FacesParams { detector: MtcnnParams { factor: 1.5, ..Default::default() }, ..Default::default() };
+        let bad = FacesParams { detector: DetectorParams { factor: 1.5, ..Default::default() }, ..Default::default() };
+        assert!(bad.validate().unwrap_err().contains("faces.detector"));
+        let bad = FacesParams { detector: DetectorParams { iou_threshold: 0.0, ..Default::default() }, ..Default::default() };
         assert!(bad.validate().unwrap_err().contains("faces.detector"));
     }
 }

@@ -107,3 +107,90 @@ impl Detector {
         })
     }
 }
+
+/// A detector and its knobs as a pipeline holds them (`[faces.detector]`): which one, MTCNN's
+/// knobs and the SSD's, each with its published defaults (only the chosen detector's are used).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectorParams {
+    /// `mtcnn`, `ssd` or `ssd260`.
+    pub kind: DetectorKind,
+    /// MTCNN: smallest face side searched for, in pixels.
+    pub min_face_size: f64,
+    /// MTCNN: score thresholds of the P-, R- and O-Net.
+    pub thresholds: [f64; 3],
+    /// MTCNN: scale step between pyramid levels.
+    pub factor: f64,
+    /// SSD: boxes whose larger class score is at most this are dropped.
+    pub conf_threshold: f32,
+    /// SSD: the NMS IoU threshold.
+    pub iou_threshold: f32,
+}
+
+impl DetectorParams {
+    /// The defaults with `kind` as the detector.
+    pub fn of(kind: DetectorKind) -> DetectorParams {
+        let m = crate::mtcnn::MtcnnParams::default();
+        let s = crate::ssd::SsdParams::default();
+        DetectorParams {
+            kind,
+            min_face_size: m.min_face_size,
+            thresholds: m.thresholds,
+            factor: m.factor,
+            conf_threshold: s.conf_threshold,
+            iou_threshold: s.iou_threshold,
+        }
+    }
+
+    pub fn mtcnn(&self) -> crate::mtcnn::MtcnnParams {
+        crate::mtcnn::MtcnnParams { min_face_size: self.min_face_size, thresholds: self.thresholds, factor: self.factor }
+    }
+
+    pub fn ssd(&self) -> crate::ssd::SsdParams {
+        crate::ssd::SsdParams { conf_threshold: self.conf_threshold, iou_threshold: self.iou_threshold }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        self.mtcnn().validate()?;
+        self.ssd().validate()
+    }
+
+    /// The registry names of the chosen detector's weights, in the order [`Detector::load`] takes
+    /// their files.
+    pub fn weights(&self) -> &'static [&'static str] {
+        match self.kind {
+            DetectorKind::Mtcnn => &["mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet"],
+            DetectorKind::Ssd => &["ssd360"],
+            DetectorKind::Ssd260 => &["ssd260"],
+        }
+    }
+}
+
+impl Detector {
+    /// The detector `p` names, from its imported safetensors files (in [`DetectorParams::weights`]'s
+    /// order).
+    pub fn load(p: &DetectorParams, files: &[&std::path::Path], device: tch::Device) -> Result<Detector, String> {
+        p.validate()?;
+        let want = p.weights().len();
+        if files.len() != want {
+            return Err(format!("the {} detector takes {want} weight file(s), got {}", p.kind, files.len()));
+        }
+        let ssd = |input| crate::ssd::FaceMaskSsd::load(files[0], input, p.ssd(), device).map_err(|e| e.to_string());
+        Ok(match p.kind {
+            DetectorKind::Mtcnn => Detector::Mtcnn(Box::new(
+                Mtcnn::load([files[0], files[1], files[2]], p.mtcnn(), device).map_err(|e| e.to_string())?,
+            )),
+            DetectorKind::Ssd => Detector::Ssd(Box::new(ssd(crate::ssd::SsdInput::S360)?)),
+            DetectorKind::Ssd260 => Detector::Ssd(Box::new(ssd(crate::ssd::SsdInput::S260)?)),
+        })
+    }
+}
+
+/// The faces stage's default detector — the SSD: on 150 + 150 pictures of the face-mask dataset it
+/// finds a face in 148 with_mask and 150 without_mask pictures, MTCNN in 96 and 149
+/// (`bench/faces_found.sh`) — and every knob at its published default.
+impl Default for DetectorParams {
+    fn default() -> Self {
+        DetectorParams::of(DetectorKind::Ssd)
+    }
+}
