@@ -3,9 +3,7 @@
 //! on stdout. Exit code 2 when any input failed (as `predict`).
 
 use anyhow::{bail, Context, Result};
-use maskflow_models::detector::{Detector, DetectorKind};
-use maskflow_models::mtcnn::MtcnnParams;
-use maskflow_models::ssd::{SsdInput, SsdParams};
+use maskflow_models::detector::DetectorParams;
 use maskflow_models::weights::{self, SearchPaths};
 use maskflow_predict::detect::{self, DetectOptions, PhotoResult, RgbImage};
 use crate::predict_cmd::Classifier;
@@ -18,9 +16,7 @@ pub struct Options<'a> {
     pub inputs: &'a [String],
     pub out: &'a Path,
     pub artifacts: &'a Path,
-    pub detector: DetectorKind,
-    pub mtcnn: MtcnnParams,
-    pub ssd: SsdParams,
+    pub detector: DetectorParams,
     pub margin: f32,
     pub annotate: bool,
     pub jsonl: bool,
@@ -45,7 +41,8 @@ fn unique_name(path: &str, taken: &mut BTreeSet<String>) -> String {
 pub fn run(o: &Options) -> Result<usize> {
     anyhow::ensure!(o.margin >= 0.0 && o.margin <= 2.0, "--margin {}: must be in [0, 2]", o.margin);
     let (bundle, threshold) = o.classifier.open()?;
-    let detector = load_detector(o).with_context(|| format!("loading the {} face detector", o.detector))?;
+    let detector = weights::detector(o.artifacts, &SearchPaths::from_env(), &o.detector, o.classifier.compute.device)
+        .with_context(|| format!("loading the {} face detector", o.detector.kind))?;
     let (files, failed) = maskflow_predict::expand(o.inputs);
     std::fs::create_dir_all(o.out).with_context(|| format!("creating {}", o.out.display()))?;
     let mut all = String::new();
@@ -112,16 +109,6 @@ pub fn run(o: &Options) -> Result<usize> {
         o.out.display()
     );
     Ok(bad)
-}
-
-fn load_detector(o: &Options) -> Result<Detector> {
-    let (search, device) = (SearchPaths::from_env(), o.classifier.compute.device);
-    let ssd = |input| weights::ssd(o.artifacts, &search, input, o.ssd.clone(), device).map(|s| Detector::Ssd(Box::new(s)));
-    Ok(match o.detector {
-        DetectorKind::Mtcnn => Detector::Mtcnn(Box::new(weights::mtcnn(o.artifacts, &search, o.mtcnn.clone(), device)?)),
-        DetectorKind::Ssd => ssd(SsdInput::S360)?,
-        DetectorKind::Ssd260 => ssd(SsdInput::S260)?,
-    })
 }
 
 fn write_image(img: &RgbImage, path: &PathBuf) -> Result<()> {

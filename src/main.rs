@@ -390,21 +390,18 @@ struct DetectorArgs {
 }
 
 impl DetectorArgs {
-    fn params(&self) -> Result<maskflow_models::mtcnn::MtcnnParams> {
+    fn params(&self) -> Result<maskflow_models::detector::DetectorParams> {
         let [t1, t2, t3] = self.thresholds[..] else {
             anyhow::bail!("--thresholds takes three values (P-, R-, O-Net), got {}", self.thresholds.len());
         };
-        let p = maskflow_models::mtcnn::MtcnnParams { min_face_size: self.min_face_size, thresholds: [t1, t2, t3], factor: self.factor };
-        p.validate().map_err(|e| anyhow::anyhow!("detector: {e}"))?;
-        Ok(p)
-    }
-
-    fn kind(&self) -> Result<maskflow_models::detector::DetectorKind> {
-        self.detector.parse().map_err(anyhow::Error::msg)
-    }
-
-    fn ssd_params(&self) -> Result<maskflow_models::ssd::SsdParams> {
-        let p = maskflow_models::ssd::SsdParams { conf_threshold: self.conf_threshold, iou_threshold: self.iou_threshold };
+        let p = maskflow_models::detector::DetectorParams {
+            kind: self.detector.parse().map_err(anyhow::Error::msg)?,
+            min_face_size: self.min_face_size,
+            thresholds: [t1, t2, t3],
+            factor: self.factor,
+            conf_threshold: self.conf_threshold,
+            iou_threshold: self.iou_threshold,
+        };
         p.validate().map_err(|e| anyhow::anyhow!("detector: {e}"))?;
         Ok(p)
     }
@@ -576,9 +573,7 @@ fn real_main() -> Result<()> {
                 inputs: &inputs,
                 out: &out,
                 artifacts: &artifacts,
-                detector: detector.kind()?,
-                mtcnn: detector.params()?,
-                ssd: detector.ssd_params()?,
+                detector: detector.params()?,
                 margin,
                 annotate: !no_annotate,
                 jsonl,

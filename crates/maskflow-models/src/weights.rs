@@ -487,17 +487,19 @@ pub fn ensure(
     import(spec, &source, store)
 }
 
-/// The MTCNN detector with its three registered nets (located, checked, imported once into `store`).
-pub fn mtcnn(
+/// The detector `params` names, with its registered weights (located, checked, imported once into
+/// `store`).
+pub fn detector(
     store: &Path,
     search: &SearchPaths,
-    params: crate::mtcnn::MtcnnParams,
+    params: &crate::detector::DetectorParams,
     device: Device,
-) -> Result<crate::mtcnn::Mtcnn, WeightsError> {
-    let [p, r, o] = MtcnnNet::ALL.map(|n| ensure(n.name(), None, store, search));
-    let files = [p?.safetensors(), r?.safetensors(), o?.safetensors()];
-    crate::mtcnn::Mtcnn::load([&files[0], &files[1], &files[2]], params, device)
-        .map_err(|e| WeightsError::Store { path: store.join("weights"), why: e.to_string() })
+) -> Result<crate::detector::Detector, WeightsError> {
+    let files: Vec<PathBuf> =
+        params.weights().iter().map(|n| ensure(n, None, store, search).map(|w| w.safetensors())).collect::<Result<_, _>>()?;
+    let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    crate::detector::Detector::load(params, &refs, device)
+        .map_err(|why| WeightsError::Store { path: store.join("weights"), why })
 }
 
 /// The face-mask SSD at `input` (located, checked, imported once into `store`).
