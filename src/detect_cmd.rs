@@ -89,7 +89,7 @@ pub fn run(o: &Options) -> Result<usize> {
     };
     let opts = DetectOptions { margin: o.margin, batch: o.classifier.batch, threshold, group: o.group, ..Default::default() };
     let started = std::time::Instant::now();
-    let mut results = detect::detect_photos(&bundle, &detector, &files, &opts, &mut write_photo, &|n| pb.inc(n))?;
+    let mut results = detect::detect_photos(&detect::Labeller::Classifier(&bundle), &detector, &files, &opts, &mut write_photo, &|n| pb.inc(n))?;
     pb.finish_and_clear();
     for f in &failed {
         let r = PhotoResult::Failed { path: f.path().to_string(), error: f.reason().to_string() };

@@ -7,6 +7,7 @@
 mod common;
 
 mod architecture;
+mod deteval;
 mod eval;
 mod export;
 mod faces;

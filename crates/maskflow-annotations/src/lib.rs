@@ -464,6 +464,73 @@ pub fn read_coco(json: &Path, images: &Path, map: &ClassMap) -> Result<Annotated
     Ok(set.finish())
 }
 
+/// The annotation format of an annotated folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// `annotations/*.xml` beside `images/`.
+    #[default]
+    Voc,
+    /// `labels/*.txt` beside `images/`, class numbers into `names`.
+    Yolo,
+    /// One JSON file (`coco_file`) beside `images/`.
+    Coco,
+}
+
+/// The photos of an annotated folder are always in `images/`.
+pub const IMAGES_DIR: &str = "images";
+
+/// An annotated folder's layout and class names, as a pipeline file gives them
+/// (`[deteval.annotations]`): everything needed to read it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnnotatedFolder {
+    /// `voc` (default): `annotations/*.xml`; `yolo`: `labels/*.txt`; `coco`: `coco_file`. The
+    /// photos are in `images/` in each case.
+    pub format: Format,
+    /// The set's class names → the pipeline's (`con_mascarilla = "with_mask"`); several may map to
+    /// one. Required: a face whose class is not here rejects its photo (counted).
+    pub classes: ClassMap,
+    /// YOLO only: class number → the set's class name (YOLO files carry numbers).
+    pub names: Vec<String>,
+    /// COCO only: the JSON file, relative to the folder (default `annotations.json`).
+    pub coco_file: String,
+}
+
+impl Default for AnnotatedFolder {
+    fn default() -> Self {
+        AnnotatedFolder { format: Format::Voc, classes: ClassMap::default(), names: Vec::new(), coco_file: "annotations.json".into() }
+    }
+}
+
+impl AnnotatedFolder {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.classes.0.is_empty() {
+            return Err("classes: map the set's class names to the pipeline's, e.g. classes = { con_mascarilla = \"with_mask\" }".into());
+        }
+        if let Some((k, _)) = self.classes.0.iter().find(|(k, v)| k.is_empty() || v.is_empty()) {
+            return Err(format!("classes: an empty class name ({k:?})"));
+        }
+        match self.format {
+            Format::Yolo if self.names.is_empty() => Err("format = \"yolo\" needs names = [...] (class number → name)".into()),
+            Format::Coco if self.coco_file.is_empty() || self.coco_file.contains("..") => {
+                Err(format!("coco_file {:?} must be a file inside the folder", self.coco_file))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The photos of the folder `root` and their faces, the rejections counted.
+    pub fn read(&self, root: &Path) -> Result<Annotated, AnnotationError> {
+        let images = root.join(IMAGES_DIR);
+        match self.format {
+            Format::Voc => read_voc(&root.join("annotations"), &images, &self.classes),
+            Format::Yolo => read_yolo(&root.join("labels"), &images, &self.names, &self.classes),
+            Format::Coco => read_coco(&root.join(&self.coco_file), &images, &self.classes),
+        }
+    }
+}
+
 /// For each photo, whether it is in the validation part: `u(blake3 of its bytes, seed) < valid_pct`
 /// (the index's rule), so a photo's side depends on its content alone.
 pub fn split(photos: &[Photo], images: &Path, valid_pct: f64, seed: u64) -> Result<Vec<bool>, AnnotationError> {

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 /// An annotated face: photo index, class index, `[x1, y1, x2, y2]`, crowd/difficult.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Truth {
     pub photo: usize,
     pub class: usize,
@@ -24,6 +25,7 @@ pub struct Truth {
 
 /// A detection: photo index, class index, `[x1, y1, x2, y2]`, score.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Detection {
     pub photo: usize,
     pub class: usize,
@@ -241,6 +243,7 @@ impl Accumulated {
 /// AP@[.5:.95], AP@.5, AP@.75, AP per face size, and recall (at `max_dets` detections per photo):
 /// `None` where no face counts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Summary {
     pub ap: Option<f64>,
     pub ap50: Option<f64>,

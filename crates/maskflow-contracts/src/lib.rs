@@ -10,10 +10,13 @@
 //! | `trained_model` | train | `model.safetensors`, `train_config.json`, `metrics.jsonl`, `curves.png`, `show_batch.png` |
 //! | `eval_result` | eval | `metrics.json`, `predictions.parquet`, `report.html`, … |
 //! | `bundle` | export | `model.pt`, `model.safetensors`, `model_card.json`, `README.md` |
+//! | `image_folder` | faces | `images/<class>/…`, `faces.json` |
+//! | `detection_result` | deteval | `detection.json`, `detections.json`, `pr_curve.png`, `report.html`, `worst/` |
 //!
 //! No torch, no images decoded here; the Parquet codecs sit behind the default `tables` feature.
 
 pub mod bundle;
+pub mod detection;
 pub mod eval;
 pub mod faces;
 #[cfg(feature = "tables")]
@@ -43,6 +46,8 @@ pub mod kinds {
     pub const LABEL_REVIEW: &str = "label_review";
     /// A labelled folder made by a stage (`images/<class>/…`, see [`crate::faces`]).
     pub const IMAGE_FOLDER: &str = "image_folder";
+    /// A detector scored on annotated photos (see [`crate::detection`]).
+    pub const DETECTION_RESULT: &str = "detection_result";
 }
 
 #[derive(Debug, thiserror::Error)]

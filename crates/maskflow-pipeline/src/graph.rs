@@ -15,6 +15,8 @@
 //! [eval.street]                 # (train.resnet here), else the default one
 //! data = "../data/street"       # a labelled folder: indexed and prepped like the pipeline's data
 //! inputs = { model = "train.resnet" }
+//! [deteval]                     # a kind that reads a folder itself reads `data` instead of the
+//! data = "../data/scenes"       # pipeline's (here: annotated photos)
 //! [export]
 //! ```
 //!
@@ -341,7 +343,8 @@ impl Builder<'_> {
         }
         let mut table = table;
         let mut data = None;
-        if default_slots.iter().any(|s| s.data) {
+        // A kind that reads a folder itself (deteval on annotated photos), or through data slots.
+        if d.stage.reads_dataset() || default_slots.iter().any(|s| s.data) {
             let (rest, entry) = without(&table, DATA_KEY);
             if let Some(v) = entry {
                 let Some(s) = v.get_ref().as_str() else {
@@ -361,7 +364,7 @@ impl Builder<'_> {
             kind: d.stage.kind(),
             params,
             inputs,
-            dataset: d.stage.reads_dataset().then(|| self.root.clone()),
+            dataset: d.stage.reads_dataset().then(|| data.clone().unwrap_or_else(|| self.root.clone())),
             declared: true,
             data,
             at,

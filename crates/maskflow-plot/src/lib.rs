@@ -89,14 +89,20 @@ pub fn tick_label(x: f64, log: bool) -> String {
     }
 }
 
-/// Draws `chart` into a `w`×`h` PNG at `path`.
+/// Draws `chart` into a `w`×`h` PNG at `path`, the axes spanning the data.
 pub fn line_chart(path: &Path, chart: &LineChart, w: u32, h: u32) -> Result<()> {
+    line_chart_within(path, chart, w, h, bounds(chart))
+}
+
+/// Draws `chart` with the axes spanning `(x0, x1, y0, y1)` (e.g. a precision–recall chart: 0–1
+/// with room for a marker's label).
+pub fn line_chart_within(path: &Path, chart: &LineChart, w: u32, h: u32, axes: (f64, f64, f64, f64)) -> Result<()> {
     fonts();
     let mut buf = vec![255u8; (w * h * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let (x0, x1, y0, y1) = bounds(chart);
+        let (x0, x1, y0, y1) = axes;
         let mut builder = ChartBuilder::on(&root);
         builder.caption(chart.title, ("sans-serif", 20)).margin(12).x_label_area_size(40).y_label_area_size(60);
         macro_rules! draw {

@@ -96,11 +96,38 @@ fn decode(path: &Path) -> Result<RgbImage, String> {
     Ok(maskflow_imaging::to_rgb8(d.image, [255, 255, 255]))
 }
 
+/// What labels the faces found.
+pub enum Labeller<'a> {
+    /// A bundle's classifier on each face's crop (the default everywhere).
+    Classifier(&'a Bundle),
+    /// The detector's own mask scores (the face-mask SSD's), classes [`DETECTOR_CLASSES`].
+    Detector,
+}
+
+/// The classes of the face-mask SSD's own mask scores, in their order.
+pub const DETECTOR_CLASSES: [&str; 2] = ["with_mask", "without_mask"];
+
+impl Labeller<'_> {
+    /// The class names its probabilities are over, in order.
+    pub fn classes(&self) -> Vec<String> {
+        match self {
+            Labeller::Classifier(b) => b.card.classes.clone(),
+            Labeller::Detector => DETECTOR_CLASSES.map(String::from).to_vec(),
+        }
+    }
+    fn card(&self) -> Option<&ModelCard> {
+        match self {
+            Labeller::Classifier(b) => Some(&b.card),
+            Labeller::Detector => None,
+        }
+    }
+}
+
 /// Faces of the photos of one size together (the pyramid's levels run once for all of them), then
-/// each face cut out and prepared for the bundle.
+/// each face cut out and (for a classifier) prepared for the bundle.
 fn detect_group(
     detector: &Detector,
-    card: &ModelCard,
+    card: Option<&ModelCard>,
     images: Vec<RgbImage>,
     margin: f32,
     resizer: &mut Resizer,
@@ -124,9 +151,11 @@ fn detect_group(
                 let Some(region) = maskflow_imaging::face_region(w, h, face.bbox, margin) else {
                     continue;
                 };
-                let [l, t, r, b] = region;
-                let crop = image::imageops::crop_imm(&image, l, t, r - l, b - t).to_image();
-                pixels.extend(prepare_rgb(&crop, card, resizer)?);
+                if let Some(card) = card {
+                    let [l, t, r, b] = region;
+                    let crop = image::imageops::crop_imm(&image, l, t, r - l, b - t).to_image();
+                    pixels.extend(prepare_rgb(&crop, card, resizer)?);
+                }
                 kept.push((face, region));
             }
             Ok(Detected { image, faces: kept, pixels })
@@ -149,7 +178,7 @@ pub fn group_size(detector: &Detector) -> usize {
 /// photos.
 fn detect_round(
     round: &[PathBuf],
-    card: &ModelCard,
+    card: Option<&ModelCard>,
     source: &std::sync::Mutex<Detector>,
     margin: f32,
     group: usize,
@@ -192,23 +221,27 @@ fn detect_round(
     results.into_iter().map(|r| r.unwrap_or_else(|| Err("internal: photo not processed".into()))).collect()
 }
 
-/// Detects, cuts out and classifies the faces of `paths` (results in input order). `on_photo` is
+/// Detects, cuts out and labels the faces of `paths` (results in input order). `on_photo` is
 /// called with each finished photo (its result and, when it decoded, the photo itself) — the
-/// command writes its files there; `progress` counts photos.
+/// command writes its files there; `progress` counts photos. Labelling by the detector needs a
+/// detector with mask scores (the SSD; MTCNN has none).
 pub fn detect_photos(
-    bundle: &Bundle,
+    labeller: &Labeller,
     detector: &Detector,
     paths: &[PathBuf],
     o: &DetectOptions,
     on_photo: &mut dyn FnMut(&PhotoResult, Option<&RgbImage>) -> Result<()>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Vec<PhotoResult>> {
-    let classes = &bundle.card.classes;
+    if matches!(labeller, Labeller::Detector) && matches!(detector, Detector::Mtcnn(_)) {
+        anyhow::bail!("MTCNN gives no mask label: label its faces with a bundle's classifier");
+    }
+    let classes = &labeller.classes();
     let k = classes.len();
     let threads = tch::get_num_threads();
     // Tensors are not `Sync`: each worker duplicates the detector from behind a lock.
     let source = std::sync::Mutex::new(detector.duplicate());
-    let card = &bundle.card;
+    let card = labeller.card();
     let mut out = Vec::with_capacity(paths.len());
     for round in paths.chunks(o.photos_per_round.max(1)) {
         // One intra-op thread per worker while the workers run detectors side by side.
@@ -216,9 +249,18 @@ pub fn detect_photos(
         let group = o.group.unwrap_or_else(|| group_size(detector)).max(1);
         let per_photo = detect_round(round, card, &source, o.margin, group, progress);
         tch::set_num_threads(threads);
-        // Every face of the round through the classifier together.
-        let pixels: Vec<u8> = per_photo.iter().flatten().flat_map(|d| d.pixels.iter().copied()).collect();
-        let probs = if pixels.is_empty() { Vec::new() } else { classify_pixels(bundle, &pixels, o.batch)? };
+        // Every face of the round through the classifier together (or the detector's own scores).
+        let probs = match labeller {
+            Labeller::Classifier(bundle) => {
+                let pixels: Vec<u8> = per_photo.iter().flatten().flat_map(|d| d.pixels.iter().copied()).collect();
+                if pixels.is_empty() { Vec::new() } else { classify_pixels(bundle, &pixels, o.batch)? }
+            }
+            Labeller::Detector => per_photo
+                .iter()
+                .flatten()
+                .flat_map(|d| d.faces.iter().flat_map(|(f, _)| f.mask_scores.unwrap_or([0.0, 0.0])))
+                .collect(),
+        };
         let mut next = 0;
         for (path, r) in round.iter().zip(per_photo) {
             let path = path.display().to_string();

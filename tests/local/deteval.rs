@@ -1,0 +1,142 @@
+//! The `deteval` stage in a pipeline: a classifier trained on the faces of whole photos, exported,
+//! then the face detector + that classifier scored on an annotated Pascal VOC folder
+//! (`tests/py/annotated_scenes.py`), checked against pycocotools on the same detections.
+
+use crate::common::*;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+fn python(script: &str, args: &[&Path]) -> String {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("tests/py").join(script))
+        .args(args)
+        .output()
+        .expect("the project venv's python (scripts/bootstrap.sh)");
+    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const CLASSES: &str = "classes = { astronaut_face = \"astronaut\", camera_face = \"camera\" }";
+
+fn pipeline(dir: &Path) {
+    fs::create_dir_all(dir.join("pipelines")).unwrap();
+    fs::write(
+        dir.join("pipelines/p.toml"),
+        format!(
+            "name = \"p\"\n[dataset]\nroot = \"../data/photos\"\n\n[faces]\n\n\
+             [index]\nvalid_pct = 0.25\n\n[prep]\nsize = 32\nshard_rows = 8\nrow_group_rows = 4\n\n\
+             [train]\narch = \"resnet18\"\npretrained = \"none\"\nbatch_size = 4\nfrozen_epochs = 1\nunfrozen_epochs = 1\n\n\
+             [export]\n\n\
+             [deteval]\ndata = \"../data/scenes\"\npart = \"all\"\n[deteval.annotations]\n{CLASSES}\n\n\
+             [deteval.mtcnn]\ndata = \"../data/scenes\"\npart = \"all\"\nannotations = {{ {CLASSES} }}\ndetector = {{ kind = \"mtcnn\", min_face_size = 16 }}\n\n\
+             [deteval.own]\ndata = \"../data/scenes\"\npart = \"all\"\nlabels = \"detector\"\n\
+             annotations = {{ classes = {{ astronaut_face = \"with_mask\", camera_face = \"without_mask\" }} }}\n"
+        ),
+    )
+    .unwrap();
+}
+
+fn result(art: &Path, key: &str) -> (PathBuf, serde_json::Value) {
+    let dir = art.join("deteval").join(key);
+    let v = serde_json::from_slice(&fs::read(dir.join("detection.json")).unwrap()).unwrap();
+    (dir, v)
+}
+
+fn close(a: &serde_json::Value, b: f64, what: &str) {
+    let a = a.as_f64().unwrap_or(-1.0);
+    assert!((a - b).abs() <= 1e-4, "{what}: maskflow {a}, pycocotools {b}");
+}
+
+#[test]
+fn deteval_scores_a_detector_and_classifier_on_annotated_photos_as_pycocotools_does() {
+    let d = tempfile::tempdir().unwrap();
+    python("face_photos.py", &[&d.path().join("data/photos")]);
+    python("annotated_scenes.py", &[&d.path().join("data/scenes")]);
+    pipeline(d.path());
+    let out = ok(d.path(), &["run", "pipelines/p.toml", "--device", "cpu"]);
+    eprintln!("{out}");
+    let art = d.path().join("artifacts");
+    let k = keys(&art, "deteval");
+    assert_eq!(k.len(), 3, "{k:?}");
+    let mut seen = Vec::new();
+    for key in &k {
+        let (dir, r) = result(&art, key);
+        let setup = format!("{} + {}", r["detector"].as_str().unwrap(), r["labeller"].as_str().unwrap());
+        seen.push(setup.clone());
+        // 12 photos scored; the four bad annotation files counted by reason, nothing else dropped.
+        assert_eq!(r["photos"], 12, "{setup}");
+        let rejected = &r["rejected"];
+        for reason in ["missing_image", "unknown_class", "bad_box", "malformed"] {
+            assert_eq!(rejected[reason], 1, "{setup}: {rejected}");
+        }
+        // 14 faces, one of them difficult (counted neither way): 13 at the operating point, 12 of
+        // them at least 32 px.
+        let op = &r["operating"];
+        assert_eq!((op["faces"].as_u64(), op["faces_min_side"].as_u64()), (Some(13), Some(12)), "{setup}: {op}");
+        assert!(op["recall_min_side"].as_f64().unwrap() >= 0.9, "{setup}: {op}");
+        // The labels' confusion covers every face found.
+        let m: Vec<Vec<u64>> = serde_json::from_value(r["labels"]["matrix"].clone()).unwrap();
+        let labelled: u64 = m.iter().flatten().sum::<u64>() + r["labels"]["unlabelled"].as_u64().unwrap();
+        assert_eq!(labelled, op["found"].as_u64().unwrap(), "{setup}: {}", r["labels"]);
+
+        // pycocotools on the same faces and detections gives the same figures.
+        let coco: serde_json::Value = serde_json::from_str(&python("cocoeval_scored.py", &[&dir.join("detections.json")])).unwrap();
+        let names = ["ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large"];
+        for (i, n) in names.iter().enumerate() {
+            close(&r["faces"][n], coco["faces"][i].as_f64().unwrap(), &format!("{setup} faces {n}"));
+            close(&r["mean"][n], coco["classes"][i].as_f64().unwrap(), &format!("{setup} classes {n}"));
+        }
+        close(&r["faces"]["ar"], coco["faces"][8].as_f64().unwrap(), &format!("{setup} faces ar"));
+        let classes: Vec<String> = serde_json::from_value(r["classes"].clone()).unwrap();
+        for (c, want) in classes.iter().zip(coco["per_class_ap50"].as_array().unwrap()) {
+            close(&r["per_class"][c]["ap50"], want.as_f64().unwrap_or(-1.0), &format!("{setup} {c} ap50"));
+        }
+        assert!(r["faces"]["ap50"].as_f64().unwrap() > 0.8, "{setup}: {}", r["faces"]);
+
+        // The pictures and the page: the PR curve, the worst photos drawn, every image it shows there.
+        let png = image::open(dir.join("pr_curve.png")).unwrap();
+        assert!(png.width() >= 600);
+        let html = fs::read_to_string(dir.join("report.html")).unwrap();
+        let shown: Vec<&str> = html.split("<img src=\"").skip(1).map(|s| s.split('"').next().unwrap()).collect();
+        assert!(shown.contains(&"pr_curve.png"), "{setup}");
+        for f in &shown {
+            assert!(dir.join(f).is_file(), "{setup}: report.html shows {f}, which is not there");
+        }
+        let worst = r["worst"].as_array().unwrap();
+        assert!(!worst.is_empty() && shown.len() == 1 + worst.len().min(12), "{setup}: {} worst, {} shown", worst.len(), shown.len());
+        // One face under 32² px of area (COCO's small), 11 medium, one large.
+        assert_eq!(op["by_size"]["small"][0], 1, "{setup}: {op}");
+    }
+    seen.sort();
+    assert_eq!(seen, ["mtcnn + classifier", "ssd + classifier", "ssd + detector"]);
+    assert!(out.contains("deteval") && out.contains("face AP@.5"), "{out}");
+
+    // Cached on a second run; a changed annotation re-keys the deteval instances and nothing else.
+    let again = ok(d.path(), &["run", "pipelines/p.toml", "--device", "cpu"]);
+    assert!(!again.contains("built in"), "{again}");
+    let xml = d.path().join("data/scenes/annotations/single-0.xml");
+    let text = fs::read_to_string(&xml).unwrap();
+    fs::write(&xml, text.replace("<difficult>0</difficult>", "<difficult>1</difficult>")).unwrap();
+    let changed = ok(d.path(), &["run", "pipelines/p.toml", "--device", "cpu"]);
+    assert_eq!(changed.matches("built in").count(), 3, "{changed}");
+    assert_eq!(keys(&art, "deteval").len(), 6);
+    assert_eq!(keys(&art, "export").len(), 1);
+}
+
+#[test]
+fn deteval_without_a_class_map_or_with_classes_the_classifier_lacks_fails_with_the_reason() {
+    let d = tempfile::tempdir().unwrap();
+    fs::create_dir_all(d.path().join("pipelines")).unwrap();
+    fs::create_dir_all(d.path().join("data/photos/a")).unwrap();
+    fs::write(d.path().join("pipelines/p.toml"), "[dataset]\nroot = \"../data/photos\"\n[deteval]\ndata = \"../data/scenes\"\n").unwrap();
+    let err = fails(d.path(), &["run", "pipelines/p.toml", "--device", "cpu"]);
+    assert!(err.contains("p.toml") && err.contains("deteval.annotations: classes: map the set's class names"), "{err}");
+    fs::write(
+        d.path().join("pipelines/p.toml"),
+        "[dataset]\nroot = \"../data/photos\"\n[deteval]\ndata = \"../data/scenes\"\nlabels = \"detector\"\ndetector = { kind = \"mtcnn\" }\n[deteval.annotations]\nclasses = { a = \"with_mask\" }\n",
+    )
+    .unwrap();
+    let err = fails(d.path(), &["run", "pipelines/p.toml", "--device", "cpu"]);
+    assert!(err.contains("MTCNN has none"), "{err}");
+}
