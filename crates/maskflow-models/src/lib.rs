@@ -23,6 +23,7 @@ pub mod normalize;
 pub mod trained;
 pub mod pickle;
 pub mod ssd;
+pub mod ssd_train;
 pub mod weights;
 
 pub use arch::{Arch, ArchNet};

@@ -163,13 +163,13 @@ impl Head {
         }
     }
 
-    /// `(N, A, 2)` class probabilities and `(N, A, 4)` offsets for this level's anchors.
+    /// `(N, A, 2)` class logits and `(N, A, 4)` offsets for this level's anchors.
     fn forward(&self, x: &Tensor) -> (Tensor, Tensor) {
         let n = x.size()[0];
         let branch = |insert: &ConvBn, conv: &nn::Conv2D, k: i64| {
             conv.forward(&insert.forward(x).constant_pad_nd([1, 1, 1, 1])).permute([0, 2, 3, 1]).reshape([n, -1, k])
         };
-        (branch(&self.cls_insert, &self.cls, 2).sigmoid(), branch(&self.loc_insert, &self.loc, 4))
+        (branch(&self.cls_insert, &self.cls, 2), branch(&self.loc_insert, &self.loc, 4))
     }
 }
 
@@ -201,7 +201,8 @@ impl Net {
         }
     }
 
-    /// `(N, 3, S, S)` in [0, 1] → `(N, A, 4)` raw offsets and `(N, A, 2)` class probabilities.
+    /// `(N, 3, S, S)` in [0, 1] → `(N, A, 4)` raw offsets and `(N, A, 2)` class logits (the
+    /// published model applies a sigmoid: [`FaceMaskSsd::forward`]).
     fn forward(&self, x: &Tensor) -> (Tensor, Tensor) {
         let b = &self.body;
         let x = pool(&b[0].forward(x), false);
@@ -243,9 +244,11 @@ pub fn anchors(input: SsdInput) -> Vec<[f64; 4]> {
     out
 }
 
+/// SSD's variances of the centre offsets and of the log sizes.
+pub const VARIANCES: [f64; 4] = [0.1, 0.1, 0.2, 0.2];
+
 /// An anchor and the network's raw offsets → a box in fractions of the input (`decode_bbox`).
 pub fn decode(anchor: &[f64; 4], raw: [f32; 4]) -> [f64; 4] {
-    const VARIANCES: [f64; 4] = [0.1, 0.1, 0.2, 0.2];
     let (aw, ah) = (anchor[2] - anchor[0], anchor[3] - anchor[1]);
     let (ax, ay) = ((anchor[0] + anchor[2]) / 2.0, (anchor[1] + anchor[3]) / 2.0);
     let d: Vec<f64> = raw.iter().zip(VARIANCES).map(|(&r, v)| r as f64 * v).collect();
@@ -339,7 +342,31 @@ impl FaceMaskSsd {
     /// The network on inputs already at its size: `(N, 3, S, S)` floats in [0, 1] → raw offsets
     /// `(N, A, 4)` and class probabilities `(N, A, 2)`.
     pub fn forward(&self, x: &Tensor) -> (Tensor, Tensor) {
-        tch::no_grad(|| self.net.forward(&x.to_device(self.device)))
+        tch::no_grad(|| {
+            let (loc, logits) = self.net.forward(&x.to_device(self.device));
+            (loc, logits.sigmoid())
+        })
+    }
+
+    /// The network with gradients (BatchNorm keeps its statistics: fine-tuning runs it frozen):
+    /// raw offsets `(N, A, 4)` and class logits `(N, A, 2)`.
+    pub fn forward_logits(&self, x: &Tensor) -> (Tensor, Tensor) {
+        self.net.forward(&x.to_device(self.device))
+    }
+
+    /// The variables, for training (trainable again after [`FaceMaskSsd::load`] froze them).
+    pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
+        &mut self.vs
+    }
+
+    /// Whether a variable belongs to the prediction heads (`cls_*`, `loc_*`) rather than the body.
+    pub fn is_head(name: &str) -> bool {
+        name.starts_with("cls_") || name.starts_with("loc_")
+    }
+
+    /// The anchors of this input size, in output order.
+    pub fn anchors(&self) -> &[[f64; 4]] {
+        &self.anchors
     }
 
     /// Faces in each photo of a batch (`(N, H, W, 3)` uint8, one size), each list highest score first.

@@ -10,7 +10,7 @@ use maskflow_core::fsutil::{write_atomic, write_json_atomic};
 use maskflow_models::Classifier;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-use tch::{Device, Tensor};
+use tch::Tensor;
 
 const PROGRESS_FILE: &str = "progress.json";
 
@@ -49,25 +49,10 @@ impl Progress {
 
 /// The model's variables, sorted by name, on the CPU.
 pub(crate) fn sorted_variables(model: &Classifier) -> Vec<(String, Tensor)> {
-    let mut v: Vec<(String, Tensor)> =
-        model.vs.variables().into_iter().map(|(n, t)| (n, t.detach().to_device(Device::Cpu).contiguous())).collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
+    maskflow_fit::checkpoint::sorted_variables(&model.vs)
 }
 
-/// Writes named tensors as safetensors, atomically.
-pub(crate) fn save_safetensors(named: &[(String, Tensor)], path: &Path) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        maskflow_core::fsutil::unique_suffix()
-    ));
-    let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    Tensor::write_safetensors(&refs, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
-    Ok(())
-}
+pub(crate) use maskflow_fit::checkpoint::save_safetensors;
 
 /// The checkpoint in `dir` for this configuration, if there is one that verifies: its progress,
 /// the model's tensors and the optimizer's.
@@ -81,21 +66,10 @@ pub(crate) fn read(dir: &Path, config_hash: &str, note: &dyn Fn(String)) -> Opti
         return None;
     }
     let file = dir.join(&p.tensors_file);
-    match maskflow_core::hash::blake3_file(&file) {
-        Ok((h, _)) if h == p.tensors_blake3 => {}
-        Ok(_) => {
-            note(format!("train: ignoring checkpoint {}: it does not match its blake3 (damaged)", file.display()));
-            return None;
-        }
-        Err(e) => {
-            note(format!("train: ignoring checkpoint {}: {e}", file.display()));
-            return None;
-        }
-    }
-    let tensors = match Tensor::read_safetensors(&file) {
+    let tensors = match maskflow_fit::checkpoint::verified_tensors(&file, &p.tensors_blake3) {
         Ok(t) => t,
-        Err(e) => {
-            note(format!("train: ignoring unreadable checkpoint {}: {e}", file.display()));
+        Err(why) => {
+            note(format!("train: ignoring checkpoint {why}"));
             return None;
         }
     };

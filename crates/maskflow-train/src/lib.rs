@@ -19,12 +19,11 @@
 mod checkpoint;
 mod fit;
 pub mod lr_find;
-pub mod optim;
 mod outputs;
 pub mod params;
-pub mod phase;
-pub mod schedule;
 pub mod seeds;
+/// One-cycle, Adam and the phases live below the stages (`maskflow-fit`), shared with `dettrain`.
+pub use maskflow_fit::{optim, phase, schedule};
 #[cfg(test)]
 mod tests;
 

@@ -21,7 +21,7 @@ impl Phase {
     }
 
     /// The phase's number in seed streams (0, 1).
-    pub(crate) fn number(self) -> u64 {
+    pub fn number(self) -> u64 {
         match self {
             Phase::Frozen => 0,
             Phase::Unfrozen => 1,
