@@ -3,7 +3,8 @@
 //! on stdout. Exit code 2 when any input failed (as `predict`).
 
 use anyhow::{bail, Context, Result};
-use maskflow_models::detector::DetectorParams;
+use maskflow_contracts::detector::WEIGHTS_FILE as DETECTOR_WEIGHTS;
+use maskflow_models::detector::{Detector, DetectorParams};
 use maskflow_models::weights::{self, SearchPaths};
 use maskflow_predict::detect::{self, DetectOptions, PhotoResult, RgbImage};
 use crate::predict_cmd::Classifier;
@@ -17,6 +18,8 @@ pub struct Options<'a> {
     pub out: &'a Path,
     pub artifacts: &'a Path,
     pub detector: DetectorParams,
+    /// Use the bundle's fine-tuned detector when it has one (no `--detector` given).
+    pub bundled_detector: bool,
     pub margin: f32,
     pub annotate: bool,
     pub jsonl: bool,
@@ -41,8 +44,20 @@ fn unique_name(path: &str, taken: &mut BTreeSet<String>) -> String {
 pub fn run(o: &Options) -> Result<usize> {
     anyhow::ensure!(o.margin >= 0.0 && o.margin <= 2.0, "--margin {}: must be in [0, 2]", o.margin);
     let (bundle, threshold) = o.classifier.open()?;
-    let detector = weights::detector(o.artifacts, &SearchPaths::from_env(), &o.detector, o.classifier.compute.device)
-        .with_context(|| format!("loading the {} face detector", o.detector.kind))?;
+    let (detector, which) = match (&bundle.card.detector, o.bundled_detector) {
+        (Some(card), true) => {
+            let file = o.classifier.bundle.join(DETECTOR_WEIGHTS);
+            let d = Detector::load_trained(&card.kind, &file, &o.detector, o.classifier.compute.device)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("loading the bundle's face detector {}", file.display()))?;
+            (d, format!("{} fine-tuned, from the bundle", card.kind))
+        }
+        _ => {
+            let d = weights::detector(o.artifacts, &SearchPaths::from_env(), &o.detector, o.classifier.compute.device)
+                .with_context(|| format!("loading the {} face detector", o.detector.kind))?;
+            (d, o.detector.kind.to_string())
+        }
+    };
     let (files, failed) = maskflow_predict::expand(o.inputs);
     std::fs::create_dir_all(o.out).with_context(|| format!("creating {}", o.out.display()))?;
     let mut all = String::new();
@@ -103,7 +118,7 @@ pub fn run(o: &Options) -> Result<usize> {
     let bad = results.iter().filter(|r| matches!(r, PhotoResult::Failed { .. })).count();
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "detect: {} photo(s), {faces} face(s), {bad} failed in {secs:.2} s ({:.2} photos/s after loading) → {}",
+        "detect ({which}): {} photo(s), {faces} face(s), {bad} failed in {secs:.2} s ({:.2} photos/s after loading) → {}",
         results.len(),
         results.len() as f64 / secs.max(1e-9),
         o.out.display()

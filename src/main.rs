@@ -219,7 +219,8 @@ enum Command {
         #[command(flatten)]
         compute: ComputeArgs,
     },
-    /// Find faces in whole photos (--detector: the face-mask SSD, or MTCNN), cut each out with a
+    /// Find faces in whole photos (--detector: the face-mask SSD, or MTCNN; by default the bundle's
+    /// own fine-tuned detector if it ships one, else the SSD), cut each out with a
     /// margin, classify it with an exported bundle (its own resize and crop), and write into --out
     /// per photo NAME.json (each face: box, detector score, MTCNN's five landmarks or the SSD's own
     /// mask scores, label, probabilities) and
@@ -370,8 +371,9 @@ struct DetectorArgs {
     /// ssd: AIZOOTech's face-mask SSD-lite at 360² (trained on faces with and without masks;
     /// weights shipped in third_party/); ssd260: the same at 260²; mtcnn: MTCNN (facenet-pytorch's
     /// nets, trained on faces without masks; gives five landmarks). docs/DETECT.md has the figures.
-    #[arg(long, default_value = "ssd", value_parser = ["ssd", "ssd260", "mtcnn"])]
-    detector: String,
+    /// Default: the bundle's own fine-tuned detector when it has one (`dettrain` + `export`), else ssd.
+    #[arg(long, value_parser = ["ssd", "ssd260", "mtcnn"])]
+    detector: Option<String>,
     /// SSD: boxes whose larger class score is at most this are dropped (the repository's 0.5).
     #[arg(long, default_value_t = 0.5)]
     conf_threshold: f32,
@@ -395,7 +397,7 @@ impl DetectorArgs {
             anyhow::bail!("--thresholds takes three values (P-, R-, O-Net), got {}", self.thresholds.len());
         };
         let p = maskflow_models::detector::DetectorParams {
-            kind: self.detector.parse().map_err(anyhow::Error::msg)?,
+            kind: self.detector.as_deref().unwrap_or("ssd").parse().map_err(anyhow::Error::msg)?,
             min_face_size: self.min_face_size,
             thresholds: [t1, t2, t3],
             factor: self.factor,
@@ -574,6 +576,7 @@ fn real_main() -> Result<()> {
                 out: &out,
                 artifacts: &artifacts,
                 detector: detector.params()?,
+                bundled_detector: detector.detector.is_none(),
                 margin,
                 annotate: !no_annotate,
                 jsonl,

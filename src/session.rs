@@ -23,6 +23,7 @@ pub fn registry() -> Registry {
         .register::<maskflow_eval::EvalStage>()
         .register::<maskflow_export::ExportStage>()
         .register::<maskflow_review::ReviewStage>()
+        .register::<maskflow_dettrain::DetTrainStage>()
         .register::<maskflow_deteval::DetEvalStage>()
 }
 

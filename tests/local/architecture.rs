@@ -58,7 +58,7 @@ fn no_stage_crate_depends_on_another_and_predict_stays_small() {
     let meta = metadata();
     let ws = workspace(&meta);
     let stage_crates: BTreeSet<String> = kinds().keys().map(|k| format!("maskflow-{k}")).collect();
-    assert_eq!(stage_crates.len(), 8, "{stage_crates:?}");
+    assert_eq!(stage_crates.len(), 9, "{stage_crates:?}");
     for c in &stage_crates {
         assert!(ws.contains_key(c), "stage crate {c} not in the workspace");
     }

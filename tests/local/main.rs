@@ -8,6 +8,7 @@ mod common;
 
 mod architecture;
 mod deteval;
+mod dettrain;
 mod eval;
 mod export;
 mod faces;

@@ -37,6 +37,9 @@ pub struct ModelCard {
     /// The keys of the artifacts this bundle was made from (slot → key).
     pub upstream: BTreeMap<String, String>,
     pub maskflow_version: String,
+    /// A fine-tuned face detector shipped beside the classifier (`detector.safetensors`, made by
+    /// `dettrain`): `maskflow detect --bundle` finds faces with it. `null` when there is none.
+    pub detector: Option<crate::detector::DetectorCard>,
 }
 
 crate::json_file!(ModelCard, "model_card.json", "model card", 2);

@@ -11,12 +11,14 @@
 //! | `eval_result` | eval | `metrics.json`, `predictions.parquet`, `report.html`, … |
 //! | `bundle` | export | `model.pt`, `model.safetensors`, `model_card.json`, `README.md` |
 //! | `image_folder` | faces | `images/<class>/…`, `faces.json` |
+//! | `detector` | dettrain | `detector.safetensors`, `detector.json`, `metrics.jsonl`, `curves.png` |
 //! | `detection_result` | deteval | `detection.json`, `detections.json`, `pr_curve.png`, `report.html`, `worst/` |
 //!
 //! No torch, no images decoded here; the Parquet codecs sit behind the default `tables` feature.
 
 pub mod bundle;
 pub mod detection;
+pub mod detector;
 pub mod eval;
 pub mod faces;
 #[cfg(feature = "tables")]
@@ -48,6 +50,8 @@ pub mod kinds {
     pub const IMAGE_FOLDER: &str = "image_folder";
     /// A detector scored on annotated photos (see [`crate::detection`]).
     pub const DETECTION_RESULT: &str = "detection_result";
+    /// A fine-tuned face detector (see [`crate::detector`]).
+    pub const DETECTOR: &str = "detector";
 }
 
 #[derive(Debug, thiserror::Error)]

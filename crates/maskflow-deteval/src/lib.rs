@@ -27,6 +27,7 @@ pub mod score;
 use anyhow::{bail, Context, Result};
 use maskflow_annotations::{metrics, AnnotatedFolder, Photo};
 use maskflow_contracts::detection::{DetectionResult, Scored};
+use maskflow_contracts::detector::{DetectorCard, WEIGHTS_FILE};
 use maskflow_contracts::{kinds, JsonFile};
 use maskflow_models::detector::{Detector, DetectorKind, DetectorParams};
 use maskflow_predict::detect::{DetectOptions, Labeller, PhotoResult, DEFAULT_MARGIN, DETECTOR_CLASSES};
@@ -41,6 +42,8 @@ pub struct DetEvalStage;
 
 /// The input slot of the classifier's bundle.
 pub const BUNDLE_SLOT: &str = "bundle";
+/// The input slot of a fine-tuned detector (with `trained = true`).
+pub const DETECTOR_SLOT: &str = "detector";
 
 /// Which photos are scored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -78,6 +81,10 @@ pub struct DetEvalParams {
     /// The detector and its knobs (`[deteval.detector]`, as `[faces.detector]`; the SSD by default).
     /// Its `conf_threshold` is the operating threshold.
     pub detector: DetectorParams,
+    /// Score the fine-tuned detector of the `detector` input (a `dettrain` instance; the pipeline's
+    /// `[dettrain]` by default) instead of the imported weights `detector.kind` names; the
+    /// thresholds still come from `[deteval.detector]`.
+    pub trained: bool,
     /// `classifier` (default) or `detector`.
     pub labels: LabelledBy,
     /// The SSD runs keeping boxes above this score (0.05), for AP over its whole curve; at most
@@ -102,6 +109,7 @@ impl Default for DetEvalParams {
             valid_pct: 0.2,
             seed: 42,
             detector: DetectorParams::default(),
+            trained: false,
             labels: LabelledBy::Classifier,
             score_floor: 0.05,
             match_iou: 0.5,
@@ -130,6 +138,9 @@ impl DetEvalParams {
         }
         if !(0.0..=2.0).contains(&self.margin) {
             return Err(format!("margin must be in [0, 2], got {}", self.margin));
+        }
+        if self.trained && self.detector.kind == DetectorKind::Mtcnn {
+            return Err("trained = true scores a fine-tuned SSD: leave detector.kind at ssd".into());
         }
         if self.labels == LabelledBy::Detector {
             if self.detector.kind == DetectorKind::Mtcnn {
@@ -188,15 +199,23 @@ impl Stage for DetEvalStage {
         p.validate()
     }
     fn inputs(p: &DetEvalParams) -> Vec<Slot> {
-        match p.labels {
-            LabelledBy::Classifier => vec![Slot::new(BUNDLE_SLOT, kinds::BUNDLE)],
-            LabelledBy::Detector => Vec::new(),
+        let mut slots = Vec::new();
+        if p.labels == LabelledBy::Classifier {
+            slots.push(Slot::new(BUNDLE_SLOT, kinds::BUNDLE));
         }
+        if p.trained {
+            slots.push(Slot::new(DETECTOR_SLOT, kinds::DETECTOR));
+        }
+        slots
     }
-    /// The detector's weights, imported into the store, keyed by their sha256.
+    /// The detector's weights, imported into the store, keyed by their sha256 (none when it scores
+    /// a fine-tuned detector: that is an input).
     fn externals(p: &DetEvalParams, rt: &maskflow_stage::Runtime) -> Result<BTreeMap<String, External>> {
         let search = maskflow_models::weights::SearchPaths::from_env();
         let mut out = BTreeMap::new();
+        if p.trained {
+            return Ok(out);
+        }
         for name in p.detector.weights() {
             let w = maskflow_models::weights::ensure(name, None, &rt.artifacts, &search)
                 .with_context(|| format!("the face detector's weights {name}"))?;
@@ -207,9 +226,15 @@ impl Stage for DetEvalStage {
     fn run(p: &DetEvalParams, ctx: &RunCtx) -> Result<DetEvalReport> {
         let ds = ctx.external(maskflow_stage::DATASET)?;
         let root = ctx.dataset_root.unwrap_or(&ds.path);
-        let files: Vec<_> = p.detector.weights().iter().map(|n| ctx.external(n).map(|e| e.path.as_path())).collect::<Result<_, _>>()?;
         let device = maskflow_models::torch_device(ctx.runtime.device);
-        let detector = Detector::load(&p.detector_as_run(), &files, device).map_err(anyhow::Error::msg)?;
+        let detector = if p.trained {
+            let dir = ctx.input(DETECTOR_SLOT)?;
+            let card = DetectorCard::read(dir)?;
+            Detector::load_trained(&card.kind, &dir.join(WEIGHTS_FILE), &p.detector_as_run(), device).map_err(anyhow::Error::msg)?
+        } else {
+            let files: Vec<_> = p.detector.weights().iter().map(|n| ctx.external(n).map(|e| e.path.as_path())).collect::<Result<_, _>>()?;
+            Detector::load(&p.detector_as_run(), &files, device).map_err(anyhow::Error::msg)?
+        };
         let bundle = match p.labels {
             LabelledBy::Classifier => Some(maskflow_predict::load(ctx.input(BUNDLE_SLOT)?, device)?),
             LabelledBy::Detector => None,
@@ -289,7 +314,8 @@ pub fn run(root: &Path, p: &DetEvalParams, detector: &Detector, labeller: &Label
     pb.finish_and_clear();
 
     let (boxes, unreadable) = photo_boxes(&photos, &classes, &results);
-    let (result, curves) = score(p, &boxes, &classes, &photos, unreadable, rejected);
+    let (mut result, curves) = score(p, &boxes, &classes, &photos, unreadable, rejected);
+    result.detector = format!("{}{}", detector.kind().name(), if p.trained { " (fine-tuned)" } else { "" });
     let scored = {
         let (truth, detections) = score::coco_inputs(&boxes, false);
         Scored { schema: Scored::SCHEMA, images: boxes.iter().map(|b| b.image.clone()).collect(), classes: classes.clone(), truth, detections }

@@ -7,11 +7,14 @@
 //! - `model_card.json`: classes, input, preprocessing, normalisation, architecture, training recipe,
 //!   metrics, dataset fingerprint, the input artifacts' keys, maskflow version.
 //! - `README.md`: how to load it from Python (preprocessing as the card says) and from Rust.
+//! - With a `detector` input (a `dettrain` artifact): `detector.safetensors`, and its card in
+//!   `model_card.json`'s `detector`: `maskflow detect --bundle` then finds faces with it.
 //!
 //! `maskflow predict` (crate `maskflow-predict`) runs a bundle.
 
 use anyhow::{Context, Result};
 use maskflow_contracts::bundle::{InputSpec, ModelCard, Normalization, MODULE_FILE, README_FILE, WEIGHTS_FILE};
+use maskflow_contracts::detector::{DetectorCard, WEIGHTS_FILE as DETECTOR_WEIGHTS};
 use maskflow_contracts::eval::{read_metrics, Metrics};
 use maskflow_contracts::model::{TrainConfig, MODEL_FILE};
 use maskflow_contracts::{kinds, Filter, JsonFile, ResizeMode};
@@ -51,16 +54,26 @@ pub struct ExportStage;
 
 impl Stage for ExportStage {
     const KIND: &'static str = "export";
-    const VERSION: u32 = 2;
+    /// 3: the card names the bundled face detector (`detector`, null without one).
+    const VERSION: u32 = 3;
     const OUTPUT: &'static str = kinds::BUNDLE;
     type Params = ExportParams;
     type Report = ExportReport;
 
     fn inputs(_: &ExportParams) -> Vec<Slot> {
-        vec![Slot::new("model", kinds::TRAINED_MODEL), Slot::new("metrics", kinds::EVAL_RESULT).optional()]
+        vec![
+            Slot::new("model", kinds::TRAINED_MODEL),
+            Slot::new("metrics", kinds::EVAL_RESULT).optional(),
+            Slot::new("detector", kinds::DETECTOR).optional(),
+        ]
     }
     fn run(p: &ExportParams, ctx: &RunCtx) -> Result<ExportReport> {
-        let inputs = Inputs { model_dir: ctx.input("model")?, eval_dir: ctx.optional_input("metrics"), upstream: ctx.input_keys() };
+        let inputs = Inputs {
+            model_dir: ctx.input("model")?,
+            eval_dir: ctx.optional_input("metrics"),
+            detector_dir: ctx.optional_input("detector"),
+            upstream: ctx.input_keys(),
+        };
         run(&inputs, p, ctx.out)
     }
     fn summary(r: &ExportReport) -> String {
@@ -80,6 +93,8 @@ pub struct Inputs<'a> {
     pub model_dir: &'a Path,
     /// An `eval_result` artifact whose metrics go into the card.
     pub eval_dir: Option<&'a Path>,
+    /// A `detector` artifact (dettrain's) shipped in the bundle.
+    pub detector_dir: Option<&'a Path>,
     /// Slot → key of the inputs (recorded in the card).
     pub upstream: BTreeMap<String, String>,
 }
@@ -113,6 +128,18 @@ pub fn run(inputs: &Inputs, params: &ExportParams, out_dir: &Path) -> Result<Exp
     let st = std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
     write_atomic(&out_dir.join(WEIGHTS_FILE), &st)?;
     let metrics: Option<Metrics> = inputs.eval_dir.map(read_metrics).transpose()?;
+    let mut files = vec![MODULE_FILE, WEIGHTS_FILE, ModelCard::FILE, README_FILE];
+    let detector = match inputs.detector_dir {
+        Some(dir) => {
+            let card = DetectorCard::read(dir)?;
+            let src = dir.join(DETECTOR_WEIGHTS);
+            let bytes = std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
+            write_atomic(&out_dir.join(DETECTOR_WEIGHTS), &bytes)?;
+            files.push(DETECTOR_WEIGHTS);
+            Some(card)
+        }
+        None => None,
+    };
     let card = ModelCard {
         schema: ModelCard::SCHEMA,
         name: params.name.clone(),
@@ -144,6 +171,7 @@ pub fn run(inputs: &Inputs, params: &ExportParams, out_dir: &Path) -> Result<Exp
         dataset_fingerprint: cfg.dataset_fingerprint.clone(),
         upstream: inputs.upstream.clone(),
         maskflow_version: maskflow_core::TOOL_VERSION.into(),
+        detector,
     };
     card.write(out_dir)?;
     write_atomic(&out_dir.join(README_FILE), readme(&card).as_bytes())?;
@@ -151,7 +179,7 @@ pub fn run(inputs: &Inputs, params: &ExportParams, out_dir: &Path) -> Result<Exp
         classes: card.classes.clone(),
         input: card.input.clone(),
         architecture: card.architecture.clone(),
-        files: [MODULE_FILE, WEIGHTS_FILE, ModelCard::FILE, README_FILE].map(String::from).to_vec(),
+        files: files.into_iter().map(String::from).collect(),
     })
 }
 

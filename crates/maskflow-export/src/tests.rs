@@ -17,7 +17,7 @@ fn the_bundle_matches_the_model_and_its_card_matches_the_inputs() {
     let out = d.path().join("bundle");
     std::fs::create_dir_all(&out).unwrap();
     let upstream = [("model".to_string(), "KEY".to_string())].into();
-    let r = crate::run(&Inputs { model_dir: &model_dir, eval_dir: None, upstream }, &ExportParams::default(), &out).unwrap();
+    let r = crate::run(&Inputs { model_dir: &model_dir, eval_dir: None, detector_dir: None, upstream }, &ExportParams::default(), &out).unwrap();
     assert_eq!(r.classes, classes);
     let card = ModelCard::read(&out).unwrap();
     assert_eq!((card.input.height, card.preprocessing.size, card.arch), (48, 48, Arch::MobilenetV2));
@@ -51,6 +51,7 @@ use maskflow_contracts::Preprocess;
 
 fn card(resize: ResizeMode, filter: Filter) -> ModelCard {
     ModelCard {
+        detector: None,
         schema: ModelCard::SCHEMA,
         name: "m".into(),
         classes: vec!["a".into(), "b".into()],

@@ -186,6 +186,18 @@ impl Detector {
     }
 }
 
+impl Detector {
+    /// A fine-tuned SSD (a `dettrain` artifact's, or a bundle's): its architecture `kind` as its
+    /// card names it (`ssd`, `ssd260`), its weights file, and the thresholds of `p`.
+    pub fn load_trained(kind: &str, weights: &std::path::Path, p: &DetectorParams, device: tch::Device) -> Result<Detector, String> {
+        let kind: DetectorKind = kind.parse()?;
+        if kind == DetectorKind::Mtcnn {
+            return Err("a fine-tuned detector is an SSD (ssd or ssd260), not mtcnn".into());
+        }
+        Detector::load(&DetectorParams { kind, ..p.clone() }, &[weights], device)
+    }
+}
+
 /// The faces stage's default detector — the SSD: on 150 + 150 pictures of the face-mask dataset it
 /// finds a face in 148 with_mask and 150 without_mask pictures, MTCNN in 96 and 149
 /// (`bench/faces_found.sh`) — and every knob at its published default.

@@ -22,6 +22,9 @@ use tch::{Device, Kind, Tensor};
 pub const PICKLED_CLASSES: [&str; 3] =
     ["MainModel.KitModel", "torch.nn.modules.conv.Conv2d", "torch.nn.modules.batchnorm.BatchNorm2d"];
 
+/// The SSD's two classes, in the order of its scores.
+pub const CLASSES: [&str; 2] = ["with_mask", "without_mask"];
+
 /// The two published input sizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

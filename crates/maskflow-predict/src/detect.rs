@@ -105,7 +105,7 @@ pub enum Labeller<'a> {
 }
 
 /// The classes of the face-mask SSD's own mask scores, in their order.
-pub const DETECTOR_CLASSES: [&str; 2] = ["with_mask", "without_mask"];
+pub use maskflow_models::ssd::CLASSES as DETECTOR_CLASSES;
 
 impl Labeller<'_> {
     /// The class names its probabilities are over, in order.
