@@ -1,5 +1,6 @@
 """pycocotools' COCOeval (bbox, maxDets 100) on a deteval artifact's `detections.json` — the faces
-and detections exactly as maskflow scored them — for faces as one class and per class.
+and detections exactly as maskflow scored them — for faces as one class (`faces`, every detection)
+and per class (`truth`: a face of a class the labeller lacks is a crowd face in each class).
 
 usage: cocoeval_scored.py DETECTIONS_JSON   (prints JSON: {"faces": stats, "classes": stats, "per_class_ap50": [...]})
 `stats` are summarize()'s 12 numbers (-1 where nothing counts).
@@ -18,6 +19,7 @@ s = json.load(open(sys.argv[1]))
 
 def evaluate(one_class):
     k = 1 if one_class else len(s["classes"])
+    truth = s["faces"] if one_class else s["truth"]
     cls = (lambda c: 1) if one_class else (lambda c: c + 1)  # noqa: E731
     xywh = lambda b: [b[0], b[1], b[2] - b[0], b[3] - b[1]]  # noqa: E731
     gt = {
@@ -27,7 +29,7 @@ def evaluate(one_class):
         "annotations": [
             {"id": i + 1, "image_id": t["photo"] + 1, "category_id": cls(t["class"]), "bbox": xywh(t["bbox"]),
              "area": (t["bbox"][2] - t["bbox"][0]) * (t["bbox"][3] - t["bbox"][1]), "iscrowd": int(t["crowd"])}
-            for i, t in enumerate(s["truth"])
+            for i, t in enumerate(truth)
         ],
     }
     with contextlib.redirect_stdout(io.StringIO()):

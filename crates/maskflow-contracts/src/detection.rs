@@ -38,15 +38,18 @@ pub struct Operating {
     pub by_size: BTreeMap<String, (usize, usize)>,
 }
 
-/// The mask label on the faces found at the operating threshold: `matrix[truth][predicted]` over
-/// `classes`; `unlabelled` counts faces whose predicted label is not one of them.
+/// The mask label on the faces found at the operating threshold: `matrix[truth][predicted]`, rows
+/// the annotations' `classes`, columns the labeller's `predicted`. A row whose class the labeller
+/// does not have (`not_scored`: e.g. masks worn incorrectly, kept apart) shows how it labels such
+/// faces and counts in neither accuracy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LabelConfusion {
     pub classes: Vec<String>,
+    pub predicted: Vec<String>,
     pub matrix: Vec<Vec<usize>>,
-    pub unlabelled: usize,
-    /// The mean over classes (with at least one face) of the share labelled right.
+    pub not_scored: Vec<String>,
+    /// The mean over the scored classes (with at least one face found) of the share labelled right.
     pub balanced_accuracy: Option<f64>,
     pub accuracy: Option<f64>,
 }
@@ -80,12 +83,13 @@ pub struct DetectionResult {
     pub unreadable: Vec<String>,
     /// The annotation reader's rejections, by reason (the photo and all its faces left out).
     pub rejected: BTreeMap<String, usize>,
+    /// The annotations' classes (after the class map).
     pub classes: Vec<String>,
     /// Faces per class in the photos measured.
     pub faces_per_class: BTreeMap<String, usize>,
     /// Every face one class ("face"): how well the detector finds faces.
     pub faces: Summary,
-    /// Each class with its label from the labeller, and their mean.
+    /// Each of the labeller's classes that has faces, with the labeller's label, and their mean.
     pub per_class: BTreeMap<String, Summary>,
     pub mean: Summary,
     pub operating: Operating,
@@ -94,17 +98,21 @@ pub struct DetectionResult {
     pub worst: Vec<PhotoMistakes>,
 }
 
-crate::json_file!(DetectionResult, "detection.json", "detection result", 1);
+crate::json_file!(DetectionResult, "detection.json", "detection result", 2);
 
-/// `detections.json`: photo `i` is `images[i]`; classes index `classes`.
+/// `detections.json`: photo `i` is `images[i]`; classes index `classes`, the labeller's (a face of
+/// a class it does not have is a crowd face in each).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scored {
     pub schema: u32,
     pub images: Vec<String>,
     pub classes: Vec<String>,
+    /// Every face as one class (0): what the faces figures score.
+    pub faces: Vec<Truth>,
+    /// The faces by the labeller's classes: what the per-class figures score.
     pub truth: Vec<Truth>,
     pub detections: Vec<Detection>,
 }
 
-crate::json_file!(Scored, "detections.json", "scored detections", 1);
+crate::json_file!(Scored, "detections.json", "scored detections", 2);

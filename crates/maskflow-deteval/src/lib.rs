@@ -32,7 +32,7 @@ use maskflow_contracts::{kinds, JsonFile};
 use maskflow_models::detector::{Detector, DetectorKind, DetectorParams};
 use maskflow_predict::detect::{DetectOptions, Labeller, PhotoResult, DEFAULT_MARGIN, DETECTOR_CLASSES};
 use maskflow_stage::{External, RunCtx, Slot, Stage};
-use score::PhotoBoxes;
+use score::{Classes, PhotoBoxes};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -146,8 +146,8 @@ impl DetEvalParams {
             if self.detector.kind == DetectorKind::Mtcnn {
                 return Err("labels = \"detector\" needs a detector with mask scores (ssd, ssd260); MTCNN has none".into());
             }
-            if let Some(c) = self.annotations.classes.classes().into_iter().find(|c| !DETECTOR_CLASSES.contains(&c.as_str())) {
-                return Err(format!("labels = \"detector\": the detector's classes are {DETECTOR_CLASSES:?}, not {c:?}"));
+            if !self.annotations.classes.classes().iter().any(|c| DETECTOR_CLASSES.contains(&c.as_str())) {
+                return Err(format!("labels = \"detector\": map at least one class onto the detector's {DETECTOR_CLASSES:?}"));
             }
         }
         Ok(())
@@ -189,7 +189,9 @@ pub struct DetEvalReport {
 
 impl Stage for DetEvalStage {
     const KIND: &'static str = "deteval";
-    const VERSION: u32 = 1;
+    /// 2: a class the labeller lacks is found but not scored (its own row); detections.json keeps
+    /// the faces as one class apart.
+    const VERSION: u32 = 2;
     const OUTPUT: &'static str = kinds::DETECTION_RESULT;
     const READS_DATASET: bool = true;
     type Params = DetEvalParams;
@@ -299,12 +301,13 @@ pub fn run(root: &Path, p: &DetEvalParams, detector: &Detector, labeller: &Label
     if photos.is_empty() {
         bail!("{}: no annotated photo to score ({} rejected: {rejected:?})", root.display(), annotated.rejected.len());
     }
-    let classes = p.annotations.classes.classes();
-    if let Labeller::Classifier(b) = labeller {
-        let missing: Vec<&String> = classes.iter().filter(|c| !b.card.classes.contains(c)).collect();
-        if !missing.is_empty() {
-            bail!("the classifier's classes are {:?}: it has no {missing:?} (map the annotations' classes onto its own)", b.card.classes);
-        }
+    let classes = Classes { truth: p.annotations.classes.classes(), labels: labeller.classes() };
+    if !classes.truth.iter().any(|c| classes.labels.contains(c)) {
+        bail!(
+            "the labeller's classes are {:?} and the annotations' {:?}: map at least one onto the labeller's (a class it lacks is found but not scored)",
+            classes.labels,
+            classes.truth
+        );
     }
     let images = root.join(maskflow_annotations::IMAGES_DIR);
     let paths: Vec<PathBuf> = photos.iter().map(|ph| images.join(&ph.image)).collect();
@@ -317,8 +320,10 @@ pub fn run(root: &Path, p: &DetEvalParams, detector: &Detector, labeller: &Label
     let (mut result, curves) = score(p, &boxes, &classes, &photos, unreadable, rejected);
     result.detector = format!("{}{}", detector.kind().name(), if p.trained { " (fine-tuned)" } else { "" });
     let scored = {
-        let (truth, detections) = score::coco_inputs(&boxes, false);
-        Scored { schema: Scored::SCHEMA, images: boxes.iter().map(|b| b.image.clone()).collect(), classes: classes.clone(), truth, detections }
+        let (faces, _) = score::coco_inputs(&boxes, &classes, true);
+        let (truth, detections) = score::coco_inputs(&boxes, &classes, false);
+        let images = boxes.iter().map(|b| b.image.clone()).collect();
+        Scored { schema: Scored::SCHEMA, images, classes: classes.labels.clone(), faces, truth, detections }
     };
     scored.write(out)?;
     let result = report::write(out, &images, p, result, &boxes, &curves)?;
@@ -327,21 +332,19 @@ pub fn run(root: &Path, p: &DetEvalParams, detector: &Detector, labeller: &Label
 }
 
 /// Each photo's faces and detections as the scoring takes them; the photos that failed to decode.
-fn photo_boxes(photos: &[Photo], classes: &[String], results: &[PhotoResult]) -> (Vec<PhotoBoxes>, Vec<String>) {
-    let class_of = |name: &str| classes.iter().position(|c| c == name);
+fn photo_boxes(photos: &[Photo], classes: &Classes, results: &[PhotoResult]) -> (Vec<PhotoBoxes>, Vec<String>) {
+    let index = |names: &[String], name: &str| names.iter().position(|c| c == name).unwrap_or_else(|| unreachable!("{name} is one of {names:?}"));
     let mut unreadable = Vec::new();
     let boxes = photos
         .iter()
         .zip(results)
         .map(|(ph, r)| {
             let image = ph.image.display().to_string();
-            let faces = ph
-                .faces
-                .iter()
-                .map(|f| (f.bbox.map(f64::from), class_of(&f.class).unwrap_or_else(|| unreachable!("mapped classes")), f.difficult))
-                .collect();
+            let faces = ph.faces.iter().map(|f| (f.bbox.map(f64::from), index(&classes.truth, &f.class), f.difficult)).collect();
             let detections = match r {
-                PhotoResult::Ok { faces, .. } => faces.iter().map(|d| (d.bbox.map(f64::from), d.score as f64, class_of(&d.label))).collect(),
+                PhotoResult::Ok { faces, .. } => {
+                    faces.iter().map(|d| (d.bbox.map(f64::from), d.score as f64, index(&classes.labels, &d.label))).collect()
+                }
                 PhotoResult::Failed { error, .. } => {
                     unreadable.push(format!("{image}: {error}"));
                     Vec::new()
@@ -373,23 +376,24 @@ fn curve(acc: &metrics::Accumulated, k: usize, name: &str) -> Option<Curve> {
 fn score(
     p: &DetEvalParams,
     boxes: &[PhotoBoxes],
-    classes: &[String],
+    classes: &Classes,
     photos: &[Photo],
     unreadable: Vec<String>,
     rejected: BTreeMap<String, usize>,
 ) -> (DetectionResult, Vec<Curve>) {
     let n = boxes.len();
-    let (t, d) = score::coco_inputs(boxes, true);
+    let (t, d) = score::coco_inputs(boxes, classes, true);
     let face_acc = metrics::accumulate(&t, &d, n, 1, 100);
     let faces = face_acc.summary(&[0]);
-    let (t, d) = score::coco_inputs(boxes, false);
-    let acc = metrics::accumulate(&t, &d, n, classes.len(), 100);
+    let labels = &classes.labels;
+    let (t, d) = score::coco_inputs(boxes, classes, false);
+    let acc = metrics::accumulate(&t, &d, n, labels.len(), 100);
     let mut curves: Vec<Curve> = curve(&face_acc, 0, "faces (any label)").into_iter().collect();
-    curves.extend(classes.iter().enumerate().filter_map(|(k, c)| curve(&acc, k, c)));
-    let per_class = classes.iter().enumerate().map(|(k, c)| (c.clone(), acc.summary(&[k]))).collect();
-    let all: Vec<usize> = (0..classes.len()).collect();
+    curves.extend(labels.iter().enumerate().filter_map(|(k, c)| curve(&acc, k, c)));
+    let per_class = labels.iter().enumerate().filter(|(k, _)| acc.recall[0][*k][0].is_some()).map(|(k, c)| (c.clone(), acc.summary(&[k]))).collect();
+    let all: Vec<usize> = (0..labels.len()).collect();
     let at = score::at_threshold(boxes, classes, p.operating_threshold(), p.match_iou, p.min_side);
-    let mut faces_per_class: BTreeMap<String, usize> = classes.iter().map(|c| (c.clone(), 0)).collect();
+    let mut faces_per_class: BTreeMap<String, usize> = classes.truth.iter().map(|c| (c.clone(), 0)).collect();
     for f in photos.iter().flat_map(|ph| &ph.faces) {
         *faces_per_class.entry(f.class.clone()).or_default() += 1;
     }
@@ -407,7 +411,7 @@ fn score(
         photos: n,
         unreadable,
         rejected,
-        classes: classes.to_vec(),
+        classes: classes.truth.clone(),
         faces_per_class,
         faces,
         per_class,

@@ -1,7 +1,7 @@
 //! The deteval stage's pictures and page: `pr_curve.png`, the worst photos drawn under `worst/`, and
 //! `report.html` (static, nothing fetched).
 
-use crate::score::{match_photo, Outcome, PhotoBoxes};
+use crate::score::{match_photo, Classes, Outcome, PhotoBoxes};
 use crate::{Curve, DetEvalParams};
 use anyhow::{Context, Result};
 use image::{Rgb, RgbImage};
@@ -16,6 +16,7 @@ const WRONG_LABEL: Rgb<u8> = Rgb([240, 150, 0]);
 const FALSE_POSITIVE: Rgb<u8> = Rgb([230, 30, 30]);
 const MISSED: Rgb<u8> = Rgb([220, 0, 220]);
 const DIFFICULT: Rgb<u8> = Rgb([150, 150, 150]);
+const NOT_SCORED: Rgb<u8> = Rgb([30, 110, 240]);
 /// Drawn photos are scaled to at most this on their longer side.
 const MAX_SIDE: u32 = 1000;
 
@@ -31,7 +32,7 @@ pub fn write(out: &Path, images: &Path, p: &DetEvalParams, mut r: DetectionResul
         log_x: false,
     };
     maskflow_plot::line_chart_within(&out.join(PR_CURVE_FILE), &chart, 760, 480, (0.0, 1.25, 0.0, 1.05))?;
-    let classes = r.classes.clone();
+    let classes = Classes { truth: r.classes.clone(), labels: r.labels.predicted.clone() };
     for (i, m) in r.worst.iter_mut().take(p.worst).enumerate() {
         let Some(b) = boxes.iter().find(|b| b.image == m.image) else { continue };
         let Ok(photo) = decode(&images.join(&m.image)) else { continue };
@@ -55,7 +56,7 @@ fn decode(path: &Path) -> Result<RgbImage> {
 
 /// The photo scaled down, every face and detection above the threshold drawn in the colour of
 /// what happened to it, with a tag.
-fn draw(photo: &RgbImage, b: &PhotoBoxes, classes: &[String], p: &DetEvalParams) -> RgbImage {
+fn draw(photo: &RgbImage, b: &PhotoBoxes, classes: &Classes, p: &DetEvalParams) -> RgbImage {
     use imageproc::drawing::{draw_filled_rect_mut, draw_hollow_rect_mut, draw_text_mut, text_size};
     use imageproc::rect::Rect;
     let (w, h) = photo.dimensions();
@@ -82,22 +83,25 @@ fn draw(photo: &RgbImage, b: &PhotoBoxes, classes: &[String], p: &DetEvalParams)
         draw_filled_rect_mut(img, Rect::at(x1, top).of_size(tw + 6, th + 4), colour);
         draw_text_mut(img, Rgb([255, 255, 255]), x1 + 3, top + 2, px, font, tag);
     };
-    let m = match_photo(b, p.operating_threshold() as f64, p.match_iou);
-    let name = |c: Option<usize>| c.and_then(|c| classes.get(c)).map(String::as_str).unwrap_or("?");
+    let m = match_photo(b, classes, p.operating_threshold() as f64, p.match_iou);
+    let name = |names: &[String], c: usize| names.get(c).cloned().unwrap_or_else(|| "?".into());
     for (f, (bb, class, difficult)) in b.faces.iter().enumerate() {
         match (m.face_found_by[f], difficult) {
             (_, true) => boxed(&mut img, bb, DIFFICULT, ""),
-            (None, false) => boxed(&mut img, bb, MISSED, &format!("missed {}", name(Some(*class)))),
+            (None, false) => boxed(&mut img, bb, MISSED, &format!("missed {}", name(&classes.truth, *class))),
             (Some(_), false) => {}
         }
     }
-    for (d, (bb, score, class)) in b.detections.iter().enumerate() {
-        let tag = format!("{} {score:.2}", name(*class));
+    for (d, (bb, score, label)) in b.detections.iter().enumerate() {
+        let tag = format!("{} {score:.2}", name(&classes.labels, *label));
         match m.detections[d] {
             Outcome::Skipped | Outcome::Difficult => {}
-            Outcome::Found { right: true, .. } => boxed(&mut img, bb, FOUND, &tag),
-            Outcome::Found { right: false, face } => {
-                boxed(&mut img, bb, WRONG_LABEL, &format!("{tag} (is {})", name(Some(b.faces[face].1))))
+            Outcome::Found { right: Some(true), .. } => boxed(&mut img, bb, FOUND, &tag),
+            Outcome::Found { right: Some(false), face } => {
+                boxed(&mut img, bb, WRONG_LABEL, &format!("{tag} (is {})", name(&classes.truth, b.faces[face].1)))
+            }
+            Outcome::Found { right: None, face } => {
+                boxed(&mut img, bb, NOT_SCORED, &format!("{tag} (is {})", name(&classes.truth, b.faces[face].1)))
             }
             Outcome::FalsePositive => boxed(&mut img, bb, FALSE_POSITIVE, &tag),
         }
@@ -175,13 +179,17 @@ fn page(r: &DetectionResult, p: &DetEvalParams) -> Result<String> {
     let l = &r.labels;
     write!(
         h,
-        "<h2>Labels on the faces found</h2><p>Balanced accuracy <b>{}</b>, accuracy {}; {} found face(s) got a label outside these classes.</p>\
+        "<h2>Labels on the faces found</h2><p>Balanced accuracy <b>{}</b>, accuracy {}{}.</p>\
          <table><tr><th class=l>truth \\ predicted</th>",
         fig(l.balanced_accuracy),
         fig(l.accuracy),
-        l.unlabelled
+        if l.not_scored.is_empty() {
+            String::new()
+        } else {
+            format!("; the labeller has no class for {}: those rows show how it labels them and count in neither", esc(&l.not_scored.join(", ")))
+        }
     )?;
-    for c in &l.classes {
+    for c in &l.predicted {
         write!(h, "<th>{}</th>", esc(c))?;
     }
     h.push_str("</tr>");
@@ -197,10 +205,11 @@ fn page(r: &DetectionResult, p: &DetEvalParams) -> Result<String> {
     write!(
         h,
         "<h2>Worst photos</h2><p>{} photo(s) with a mistake; the most first. {}found, labelled right {}found, wrong label \
-         {}false positive {}missed face {}difficult (not counted).</p>",
+         {}found, a class the labeller lacks {}false positive {}missed face {}difficult (not counted).</p>",
         r.worst.len(),
         key(FOUND),
         key(WRONG_LABEL),
+        key(NOT_SCORED),
         key(FALSE_POSITIVE),
         key(MISSED),
         key(DIFFICULT)
