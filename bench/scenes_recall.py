@@ -17,6 +17,9 @@ import xml.etree.ElementTree as ET
 
 ann_dir = sys.argv[1]
 WITH = {"con_mascarilla": 0, "mascarilla_mal_puesta": 0, "sin_mascarilla": 1}
+# The label (`label`: the classifier's, or the SSD's own with --labels detector) on with/without
+# faces; masks worn incorrectly are left out of it.
+LABEL = {"con_mascarilla": "with_mask", "sin_mascarilla": "without_mask"}
 
 
 def truth(stem):
@@ -25,7 +28,7 @@ def truth(stem):
     for o in root.iter("object"):
         b = o.find("bndbox")
         box = [float(b.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax")]
-        out.append((box, WITH[o.find("name").text]))
+        out.append((box, WITH[o.find("name").text], o.find("name").text))
     return out
 
 
@@ -41,6 +44,8 @@ for path in sys.argv[2:]:
     found_big = total_big = found_all = total_all = dets = tp = photos = 0
     right = [0, 0]
     seen = [0, 0]
+    label_right = {"with_mask": 0, "without_mask": 0}
+    label_seen = {"with_mask": 0, "without_mask": 0}
     for line in open(path):
         r = json.loads(line)
         if "faces" not in r:
@@ -54,7 +59,7 @@ for path in sys.argv[2:]:
         # Greedy over detections, highest score first, each taking the best unmatched face.
         for di, f in enumerate(faces):
             best, bj = 0.5, None
-            for gj, (g, _) in enumerate(gt):
+            for gj, (g, _, _) in enumerate(gt):
                 if gj in matched:
                     continue
                 v = iou(f["box"], g)
@@ -63,7 +68,7 @@ for path in sys.argv[2:]:
             if bj is not None:
                 matched[bj] = di
         tp += len(matched)
-        for gj, (g, cls) in enumerate(gt):
+        for gj, (g, cls, name) in enumerate(gt):
             big = min(g[2] - g[0], g[3] - g[1]) >= 32
             total_all += 1
             total_big += big
@@ -71,6 +76,9 @@ for path in sys.argv[2:]:
                 found_all += 1
                 found_big += big
                 f = faces[matched[gj]]
+                if "label" in f and name in LABEL:
+                    label_seen[LABEL[name]] += 1
+                    label_right[LABEL[name]] += int(f["label"] == LABEL[name])
                 ms = f.get("detector_mask_scores", f.get("mask_scores"))
                 if ms is not None:
                     seen[cls] += 1
@@ -85,6 +93,8 @@ for path in sys.argv[2:]:
         "precision": round(tp / max(dets, 1), 4),
         "detections": dets,
     }
+    if sum(label_seen.values()):
+        line["label, balanced accuracy (with/without)"] = round(sum(label_right[c] / max(label_seen[c], 1) for c in label_seen) / 2, 4)
     if sum(seen):
         line["own mask label, balanced accuracy"] = round(sum(right[c] / max(seen[c], 1) for c in (0, 1)) / 2, 4)
     print(json.dumps(line))

@@ -3,7 +3,9 @@
 //! on stdout. Exit code 2 when any input failed (as `predict`).
 
 use anyhow::{bail, Context, Result};
+use maskflow_contracts::bundle::ModelCard;
 use maskflow_contracts::detector::WEIGHTS_FILE as DETECTOR_WEIGHTS;
+use maskflow_contracts::JsonFile;
 use maskflow_models::detector::{Detector, DetectorParams};
 use maskflow_models::weights::{self, SearchPaths};
 use maskflow_predict::detect::{self, DetectOptions, PhotoResult, RgbImage};
@@ -20,6 +22,8 @@ pub struct Options<'a> {
     pub detector: DetectorParams,
     /// Use the bundle's fine-tuned detector when it has one (no `--detector` given).
     pub bundled_detector: bool,
+    /// Label faces with the SSD's own mask scores instead of the bundle's classifier.
+    pub own_labels: bool,
     pub margin: f32,
     pub annotate: bool,
     pub jsonl: bool,
@@ -43,14 +47,26 @@ fn unique_name(path: &str, taken: &mut BTreeSet<String>) -> String {
 /// Runs the detection; returns the number of inputs that failed.
 pub fn run(o: &Options) -> Result<usize> {
     anyhow::ensure!(o.margin >= 0.0 && o.margin <= 2.0, "--margin {}: must be in [0, 2]", o.margin);
-    let (bundle, threshold) = o.classifier.open()?;
-    let (detector, which) = match (&bundle.card.detector, o.bundled_detector) {
-        (Some(card), true) => {
+    // The classifier is loaded only when it labels the faces; the card (classes, a bundled
+    // detector) is read either way.
+    let (bundle, threshold) = if o.own_labels {
+        tch::set_num_threads(o.classifier.compute.threads.max(1) as i32);
+        (None, None)
+    } else {
+        let (b, t) = o.classifier.open()?;
+        (Some(b), t)
+    };
+    let card = match &bundle {
+        Some(b) => b.card.clone(),
+        None => ModelCard::read(o.classifier.bundle).with_context(|| format!("{}: not a maskflow bundle", o.classifier.bundle.display()))?,
+    };
+    let (detector, which) = match (&card.detector, o.bundled_detector) {
+        (Some(c), true) => {
             let file = o.classifier.bundle.join(DETECTOR_WEIGHTS);
-            let d = Detector::load_trained(&card.kind, &file, &o.detector, o.classifier.compute.device)
+            let d = Detector::load_trained(&c.kind, &file, &o.detector, o.classifier.compute.device)
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("loading the bundle's face detector {}", file.display()))?;
-            (d, format!("{} fine-tuned, from the bundle", card.kind))
+            (d, format!("{} fine-tuned, from the bundle", c.kind))
         }
         _ => {
             let d = weights::detector(o.artifacts, &SearchPaths::from_env(), &o.detector, o.classifier.compute.device)
@@ -62,7 +78,11 @@ pub fn run(o: &Options) -> Result<usize> {
     std::fs::create_dir_all(o.out).with_context(|| format!("creating {}", o.out.display()))?;
     let mut all = String::new();
     let mut taken = BTreeSet::new();
-    let classes = bundle.card.classes.clone();
+    let labeller = match &bundle {
+        Some(b) => detect::Labeller::Classifier(b),
+        None => detect::Labeller::Detector,
+    };
+    let classes = labeller.classes();
     let stdout = std::io::stdout();
     let pb = maskflow_core::progress::bar(files.len() as u64, "detect", "photos");
     let mut write_photo = |r: &PhotoResult, image: Option<&RgbImage>| -> Result<()> {
@@ -103,8 +123,9 @@ pub fn run(o: &Options) -> Result<usize> {
         Ok(())
     };
     let opts = DetectOptions { margin: o.margin, batch: o.classifier.batch, threshold, group: o.group, ..Default::default() };
+    let labelled_by = if o.own_labels { "its own" } else { "the classifier's" };
     let started = std::time::Instant::now();
-    let mut results = detect::detect_photos(&detect::Labeller::Classifier(&bundle), &detector, &files, &opts, &mut write_photo, &|n| pb.inc(n))?;
+    let mut results = detect::detect_photos(&labeller, &detector, &files, &opts, &mut write_photo, &|n| pb.inc(n))?;
     pb.finish_and_clear();
     for f in &failed {
         let r = PhotoResult::Failed { path: f.path().to_string(), error: f.reason().to_string() };
@@ -118,7 +139,8 @@ pub fn run(o: &Options) -> Result<usize> {
     let bad = results.iter().filter(|r| matches!(r, PhotoResult::Failed { .. })).count();
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "detect ({which}): {} photo(s), {faces} face(s), {bad} failed in {secs:.2} s ({:.2} photos/s after loading) → {}",
+        "detect ({which}, {} labels): {} photo(s), {faces} face(s), {bad} failed in {secs:.2} s ({:.2} photos/s after loading) → {}",
+        labelled_by,
         results.len(),
         results.len() as f64 / secs.max(1e-9),
         o.out.display()

@@ -251,6 +251,11 @@ enum Command {
         /// Print each photo's JSON record on stdout instead of a summary line.
         #[arg(long)]
         jsonl: bool,
+        /// Who labels each face: the bundle's classifier (default), or the SSD's own mask scores
+        /// (`detector`: no classifier runs; the bundle still names the classes and may carry the
+        /// detector).
+        #[arg(long, default_value = "classifier", value_parser = ["classifier", "detector"])]
+        labels: String,
         /// Photos of one size per detector batch (default: 8 for MTCNN, whose pyramid levels run
         /// once per batch; 1 for the SSD, whose memory grows with the batch and speed does not).
         #[arg(long, value_name = "N")]
@@ -348,18 +353,19 @@ struct ClassifyArgs {
     /// The positive class for --threshold (default: the last class).
     #[arg(long)]
     positive: Option<String>,
-    /// Images (detect: faces) per classifier forward pass.
-    #[arg(long, default_value_t = 64)]
-    batch: usize,
+    /// Images (detect: faces) per classifier forward pass. Default: predict 64; detect 16 (faces of
+    /// whole photos: the same speed as 64 at a third of the peak memory, docs/BENCHMARKS.md).
+    #[arg(long)]
+    batch: Option<usize>,
 }
 
 impl ClassifyArgs {
-    fn classifier(&self, compute: &ComputeArgs) -> Result<predict_cmd::Classifier<'_>> {
+    fn classifier(&self, compute: &ComputeArgs, default_batch: usize) -> Result<predict_cmd::Classifier<'_>> {
         Ok(predict_cmd::Classifier {
             bundle: &self.bundle,
             threshold: self.threshold,
             positive: self.positive.as_deref(),
-            batch: self.batch,
+            batch: self.batch.unwrap_or(default_batch).max(1),
             compute: compute.options()?,
         })
     }
@@ -559,7 +565,7 @@ fn real_main() -> Result<()> {
         ),
         Command::Predict { classify, inputs, format, tta, compute } => {
             let bad = predict_cmd::run(&predict_cmd::Options {
-                classifier: classify.classifier(&compute)?,
+                classifier: classify.classifier(&compute, 64)?,
                 inputs: &inputs,
                 format,
                 tta: tta.into(),
@@ -569,14 +575,15 @@ fn real_main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Detect { classify, inputs, out, artifacts, margin, detector, no_annotate, jsonl, group, compute } => {
+        Command::Detect { classify, inputs, out, artifacts, margin, detector, labels, no_annotate, jsonl, group, compute } => {
             let bad = detect_cmd::run(&detect_cmd::Options {
-                classifier: classify.classifier(&compute)?,
+                classifier: classify.classifier(&compute, 16)?,
                 inputs: &inputs,
                 out: &out,
                 artifacts: &artifacts,
                 detector: detector.params()?,
                 bundled_detector: detector.detector.is_none(),
+                own_labels: labels == "detector",
                 margin,
                 annotate: !no_annotate,
                 jsonl,

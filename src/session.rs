@@ -223,15 +223,30 @@ mod tests {
         let rt = Compute { device: tch::Device::Cpu, threads: 1 }.runtime(&d.path().join("artifacts"));
         let mut kinds = std::collections::BTreeSet::new();
         let mut unplannable = Vec::new();
-        for (name, tables) in [("chain", "[index]\n[prep]\n[train]\npretrained = \"none\"\n[eval]\n[export]\n[review]\n"), ("faces", "[faces]\n[index]\n[prep]\n")] {
+        // An annotated folder for the detection kinds (planning reads no annotation either).
+        for (dir, file, bytes) in [("images", "1.jpg", &b"one"[..]), ("annotations", "1.xml", b"<annotation/>")] {
+            std::fs::create_dir_all(d.path().join("scenes").join(dir)).unwrap();
+            std::fs::write(d.path().join("scenes").join(dir).join(file), bytes).unwrap();
+        }
+        let detection = "[dettrain]\n[dettrain.annotations]\nclasses = { a = \"with_mask\" }\n\
+                         [deteval]\ntrained = true\nlabels = \"detector\"\n[deteval.annotations]\nclasses = { a = \"with_mask\" }\n";
+        for (name, root, file, tables) in [
+            ("chain", "data", "with_mask/1.jpg", "[index]\n[prep]\n[train]\npretrained = \"none\"\n[eval]\n[export]\n[review]\n"),
+            ("faces", "data", "with_mask/1.jpg", "[faces]\n[index]\n[prep]\n"),
+            ("detection", "scenes", "images/1.jpg", detection),
+        ] {
             let path = d.path().join(format!("{name}.toml"));
-            std::fs::write(&path, format!("name = \"{name}\"\n\n[dataset]\nroot = \"data\"\n\n{tables}")).unwrap();
+            std::fs::write(&path, format!("name = \"{name}\"\n\n[dataset]\nroot = \"{root}\"\n\n{tables}")).unwrap();
             let g = Graph::load(&path, &reg).unwrap();
             let alternatives = [
                 ("train", "pretrained", serde_json::json!("mobilenet_v2")),
                 ("train", "unfrozen_lr", serde_json::json!([2e-5, 1e-4])),
+                ("dettrain", "annotations.names", serde_json::json!(["a"])),
+                ("deteval", "annotations.names", serde_json::json!(["a"])),
+                ("dettrain", "annotations.classes.a", serde_json::json!("without_mask")),
+                ("deteval", "annotations.classes.a", serde_json::json!("without_mask")),
             ];
-            let (tried, skipped) = maskflow_pipeline::testing::assert_planning_covers(&g, &reg, &rt, &d.path().join("data/with_mask/1.jpg"), &alternatives);
+            let (tried, skipped) = maskflow_pipeline::testing::assert_planning_covers(&g, &reg, &rt, &d.path().join(root).join(file), &alternatives);
             assert!(tried >= 3 * g.nodes.len(), "{name}: {tried} param changes checked");
             unplannable.extend(skipped);
             kinds.extend(g.nodes.iter().map(|n| n.kind));

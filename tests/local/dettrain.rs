@@ -79,10 +79,20 @@ fn a_fine_tuned_detector_is_scored_bundled_and_used_by_detect() {
     let b = bundle.display().to_string();
     let res = maskflow(d.path(), &["detect", "--bundle", &b, "--out", "det", "--device", "cpu", "data/scenes/images/pair.jpg"]);
     let stderr = String::from_utf8_lossy(&res.stderr);
-    assert!(res.status.success() && stderr.contains("detect (ssd260 fine-tuned, from the bundle)"), "{stderr}");
+    assert!(res.status.success() && stderr.contains("detect (ssd260 fine-tuned, from the bundle, the classifier's labels)"), "{stderr}");
     let res = maskflow(d.path(), &["detect", "--bundle", &b, "--out", "det2", "--device", "cpu", "--detector", "ssd", "data/scenes/images/pair.jpg"]);
     let stderr = String::from_utf8_lossy(&res.stderr);
-    assert!(res.status.success() && stderr.contains("detect (ssd)"), "{stderr}");
+    assert!(res.status.success() && stderr.contains("detect (ssd, the classifier's labels)"), "{stderr}");
+    // The SSD's own labels: no classifier runs; the faces carry the detector's classes.
+    let res = maskflow(d.path(), &["detect", "--bundle", &b, "--out", "det3", "--device", "cpu", "--labels", "detector", "data/scenes/images/pair.jpg"]);
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success() && stderr.contains("detect (ssd260 fine-tuned, from the bundle, its own labels)"), "{stderr}");
+    let pair: serde_json::Value = serde_json::from_slice(&fs::read(d.path().join("det3/pair.json")).unwrap()).unwrap();
+    for f in pair["faces"].as_array().unwrap() {
+        let m = f["detector_mask_scores"].as_array().unwrap();
+        let own = if m[0].as_f64() >= m[1].as_f64() { "with_mask" } else { "without_mask" };
+        assert_eq!(f["label"], own, "{f}");
+    }
 }
 
 fn detector_bytes(art: &Path) -> Vec<u8> {

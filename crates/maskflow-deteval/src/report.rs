@@ -19,6 +19,8 @@ const DIFFICULT: Rgb<u8> = Rgb([150, 150, 150]);
 const NOT_SCORED: Rgb<u8> = Rgb([30, 110, 240]);
 /// Drawn photos are scaled to at most this on their longer side.
 const MAX_SIDE: u32 = 1000;
+/// Boxes narrower than this (drawn pixels) get no tag.
+const MIN_TAGGED: i32 = 36;
 
 /// Writes the PR curve, the worst photos and the page; returns the result with each drawn photo's
 /// file filled in.
@@ -60,8 +62,9 @@ fn draw(photo: &RgbImage, b: &PhotoBoxes, classes: &Classes, p: &DetEvalParams) 
     use imageproc::drawing::{draw_filled_rect_mut, draw_hollow_rect_mut, draw_text_mut, text_size};
     use imageproc::rect::Rect;
     let (w, h) = photo.dimensions();
-    let s = (MAX_SIDE as f64 / w.max(h) as f64).min(1.0);
-    let mut img = if s < 1.0 {
+    // Large photos scaled down, small ones up to twice their size, so that boxes and tags read.
+    let s = (MAX_SIDE as f64 / w.max(h) as f64).min(2.0);
+    let mut img = if s != 1.0 {
         image::imageops::resize(photo, ((w as f64 * s).round() as u32).max(1), ((h as f64 * s).round() as u32).max(1), image::imageops::FilterType::Triangle)
     } else {
         photo.clone()
@@ -75,7 +78,8 @@ fn draw(photo: &RgbImage, b: &PhotoBoxes, classes: &Classes, p: &DetEvalParams) 
             draw_hollow_rect_mut(img, Rect::at(x1 - t, y1 - t).of_size(rw, rh), colour);
         }
         let Some(font) = &font else { return };
-        if tag.is_empty() {
+        // Faces too small to carry a readable tag keep the colour of their box only.
+        if tag.is_empty() || x2 - x1 < MIN_TAGGED {
             return;
         }
         let (tw, th) = text_size(px, font, tag);
