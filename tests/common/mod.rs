@@ -41,6 +41,19 @@ pub fn fails(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Runs `tests/py/SCRIPT ARGS…` with the project venv's Python; its stdout, panicking with its
+/// stderr when it fails.
+pub fn python(script: &str, args: &[&Path]) -> String {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("tests/py").join(script))
+        .args(args)
+        .output()
+        .expect("the project venv's python (scripts/bootstrap.sh)");
+    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A small synthetic pipeline: `pipelines/p.toml` with data under `data/synth`.
 pub fn small_pipeline(dir: &Path, extra: &str) -> PathBuf {
     std::fs::create_dir_all(dir.join("pipelines")).unwrap();

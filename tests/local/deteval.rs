@@ -6,17 +6,6 @@ use crate::common::*;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-fn python(script: &str, args: &[&Path]) -> String {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let out = std::process::Command::new(root.join(".venv/bin/python"))
-        .arg(root.join("tests/py").join(script))
-        .args(args)
-        .output()
-        .expect("the project venv's python (scripts/bootstrap.sh)");
-    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 const CLASSES: &str = "classes = { astronaut_face = \"astronaut\", camera_face = \"camera\" }";
 
 fn pipeline(dir: &Path) {

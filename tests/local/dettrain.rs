@@ -5,18 +5,8 @@
 
 use crate::common::*;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn python(script: &str, out: &Path) {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let run = std::process::Command::new(root.join(".venv/bin/python"))
-        .arg(root.join("tests/py").join(script))
-        .arg(out)
-        .output()
-        .expect("the project venv's python (scripts/bootstrap.sh)");
-    assert!(run.status.success(), "{script}: {}", String::from_utf8_lossy(&run.stderr));
-}
 
 const ANNOTATIONS: &str = "annotations = { classes = { astronaut_face = \"with_mask\", camera_face = \"without_mask\" } }";
 
@@ -30,11 +20,11 @@ fn dettrain(epochs: (usize, usize)) -> String {
 #[test]
 fn a_fine_tuned_detector_is_scored_bundled_and_used_by_detect() {
     let d = tempfile::tempdir().unwrap();
-    python("face_photos.py", &d.path().join("data/photos"));
+    python("face_photos.py", &[&d.path().join("data/photos")]);
     // The classifier's classes are the detector's: with_mask (the astronaut), without_mask.
     fs::rename(d.path().join("data/photos/astronaut"), d.path().join("data/photos/with_mask")).unwrap();
     fs::rename(d.path().join("data/photos/camera"), d.path().join("data/photos/without_mask")).unwrap();
-    python("annotated_scenes.py", &d.path().join("data/scenes"));
+    python("annotated_scenes.py", &[&d.path().join("data/scenes")]);
     fs::create_dir_all(d.path().join("pipelines")).unwrap();
     fs::write(
         d.path().join("pipelines/p.toml"),
@@ -103,7 +93,7 @@ fn detector_bytes(art: &Path) -> Vec<u8> {
 #[test]
 fn kill_9_during_dettrain_then_resume_gives_the_same_bytes() {
     let d = tempfile::tempdir().unwrap();
-    python("annotated_scenes.py", &d.path().join("data/scenes"));
+    python("annotated_scenes.py", &[&d.path().join("data/scenes")]);
     fs::create_dir_all(d.path().join("pipelines")).unwrap();
     fs::write(d.path().join("pipelines/r.toml"), format!("name = \"r\"\n[dataset]\nroot = \"../data/scenes\"\n{}", dettrain((2, 2)))).unwrap();
     let mut child = command()

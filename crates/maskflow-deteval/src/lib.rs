@@ -213,17 +213,11 @@ impl Stage for DetEvalStage {
     /// The detector's weights, imported into the store, keyed by their sha256 (none when it scores
     /// a fine-tuned detector: that is an input).
     fn externals(p: &DetEvalParams, rt: &maskflow_stage::Runtime) -> Result<BTreeMap<String, External>> {
-        let search = maskflow_models::weights::SearchPaths::from_env();
-        let mut out = BTreeMap::new();
         if p.trained {
-            return Ok(out);
+            return Ok(BTreeMap::new());
         }
-        for name in p.detector.weights() {
-            let w = maskflow_models::weights::ensure(name, None, &rt.artifacts, &search)
-                .with_context(|| format!("the face detector's weights {name}"))?;
-            out.insert(name.to_string(), External { path: w.safetensors(), key: format!("sha256:{}", w.sha256), files: None });
-        }
-        Ok(out)
+        let keyed = maskflow_models::weights::ensure_keyed(p.detector.weights(), &rt.artifacts).context("the face detector's weights")?;
+        Ok(keyed.into_iter().map(|(name, path, key)| (name.to_string(), External { path, key, files: None })).collect())
     }
     fn run(p: &DetEvalParams, ctx: &RunCtx) -> Result<DetEvalReport> {
         let ds = ctx.external(maskflow_stage::DATASET)?;

@@ -8,7 +8,7 @@ use crate::data::{Photos, Sample};
 use crate::{DetTrainParams, DetTrainReport};
 use anyhow::{Context, Result};
 use maskflow_contracts::detector::DetEpoch;
-use maskflow_core::fsutil::{write_atomic, write_json_atomic};
+use maskflow_core::fsutil::write_json_atomic;
 use maskflow_core::rng::SplitMix64;
 use maskflow_fit::checkpoint::{save_safetensors, sorted_variables, verified_tensors};
 use maskflow_fit::optim::{Adam, AdamConfig};
@@ -268,13 +268,3 @@ fn write_checkpoint(run: &Run, model: &FaceMaskSsd, opt_state: Vec<(String, Tens
     Ok(())
 }
 
-/// `metrics.jsonl`: one line per epoch.
-pub(crate) fn write_metrics(path: &Path, epochs: &[DetEpoch]) -> Result<()> {
-    let mut lines = String::new();
-    for e in epochs {
-        lines.push_str(&serde_json::to_string(e)?);
-        lines.push('\n');
-    }
-    write_atomic(path, lines.as_bytes())?;
-    Ok(())
-}

@@ -151,10 +151,8 @@ impl Stage for DetTrainStage {
     }
     /// The imported weights it starts from, keyed by their sha256.
     fn externals(p: &DetTrainParams, rt: &maskflow_stage::Runtime) -> Result<BTreeMap<String, External>> {
-        let search = maskflow_models::weights::SearchPaths::from_env();
-        let name = start_weights(p);
-        let w = maskflow_models::weights::ensure(name, None, &rt.artifacts, &search).with_context(|| format!("the detector's weights {name}"))?;
-        Ok(BTreeMap::from([(name.to_string(), External { path: w.safetensors(), key: format!("sha256:{}", w.sha256), files: None })]))
+        let keyed = maskflow_models::weights::ensure_keyed(&[start_weights(p)], &rt.artifacts).context("the detector's weights")?;
+        Ok(keyed.into_iter().map(|(name, path, key)| (name.to_string(), External { path, key, files: None })).collect())
     }
     fn run(p: &DetTrainParams, ctx: &RunCtx) -> Result<DetTrainReport> {
         let ds = ctx.external(maskflow_stage::DATASET)?;
@@ -208,7 +206,7 @@ fn write_outputs(p: &DetTrainParams, photos: &data::Photos, r: &DetTrainReport, 
         unreadable: photos.unreadable.len(),
     };
     card.write(out)?;
-    fit::write_metrics(&out.join(METRICS_FILE), &r.epochs)?;
+    maskflow_fit::checkpoint::write_jsonl(&out.join(METRICS_FILE), &r.epochs)?;
     let points = |f: &dyn Fn(&DetEpoch) -> Option<f64>| r.epochs.iter().enumerate().filter_map(|(i, e)| f(e).map(|v| ((i + 1) as f64, v))).collect();
     let chart = maskflow_plot::LineChart {
         title: "Detector fine-tuning: loss per epoch",

@@ -93,14 +93,8 @@ impl Stage for FacesStage {
     /// The chosen detector's weights (MTCNN's three nets, or the SSD), imported into the store,
     /// keyed by their sha256.
     fn externals(p: &FacesParams, rt: &maskflow_stage::Runtime) -> Result<BTreeMap<String, External>> {
-        let search = maskflow_models::weights::SearchPaths::from_env();
-        let mut out = BTreeMap::new();
-        for name in p.detector.weights() {
-            let w = maskflow_models::weights::ensure(name, None, &rt.artifacts, &search)
-                .with_context(|| format!("the face detector's weights {name}"))?;
-            out.insert(name.to_string(), External { path: w.safetensors(), key: format!("sha256:{}", w.sha256), files: None });
-        }
-        Ok(out)
+        let keyed = maskflow_models::weights::ensure_keyed(p.detector.weights(), &rt.artifacts).context("the face detector's weights")?;
+        Ok(keyed.into_iter().map(|(name, path, key)| (name.to_string(), External { path, key, files: None })).collect())
     }
     fn run(p: &FacesParams, ctx: &RunCtx) -> Result<FacesReport> {
         let ds = ctx.external(maskflow_stage::DATASET)?;

@@ -36,3 +36,13 @@ pub fn verified_tensors(file: &Path, blake3: &str) -> Result<Vec<(String, Tensor
     }
     Tensor::read_safetensors(file).map_err(|e| format!("{}: unreadable: {e}", file.display()))
 }
+
+/// A file of one JSON line per row (`metrics.jsonl`), written atomically.
+pub fn write_jsonl<T: serde::Serialize>(path: &Path, rows: &[T]) -> Result<()> {
+    let mut lines = String::new();
+    for r in rows {
+        lines.push_str(&serde_json::to_string(r)?);
+        lines.push('\n');
+    }
+    maskflow_core::fsutil::write_atomic(path, lines.as_bytes()).with_context(|| format!("writing {}", path.display()))
+}

@@ -462,6 +462,20 @@ pub fn list_imported(store: &Path) -> Vec<Result<ImportedWeights, WeightsError>>
     dirs.iter().map(|d| read_imported(d)).collect()
 }
 
+/// Each of `names` located (through the environment's search paths), imported into `store` (or
+/// reused) and keyed: its name, its safetensors file and `sha256:…` — what a stage declares as an
+/// outside input.
+pub fn ensure_keyed<'a>(names: &[&'a str], store: &Path) -> Result<Vec<(&'a str, PathBuf, String)>, WeightsError> {
+    let search = SearchPaths::from_env();
+    names
+        .iter()
+        .map(|name| {
+            let w = ensure(name, None, store, &search)?;
+            Ok((*name, w.safetensors(), format!("sha256:{}", w.sha256)))
+        })
+        .collect()
+}
+
 /// Locates, imports (or reuses) and returns the weights named `name`.
 pub fn ensure(
     name: &str,

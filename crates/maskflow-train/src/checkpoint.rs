@@ -6,7 +6,7 @@ use crate::lr_find::{LrFindResult, Smoother};
 use crate::phase::Phase;
 use anyhow::{Context, Result};
 use maskflow_contracts::model::{EpochMetrics, METRICS_FILE};
-use maskflow_core::fsutil::{write_atomic, write_json_atomic};
+use maskflow_core::fsutil::write_json_atomic;
 use maskflow_models::Classifier;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -99,11 +99,5 @@ pub(crate) fn write(dir: &Path, model: &Classifier, opt_state: Vec<(String, Tens
 
 /// `metrics.jsonl`: one line per epoch.
 pub(crate) fn write_metrics(path: &Path, metrics: &[EpochMetrics]) -> Result<()> {
-    let mut lines = String::new();
-    for m in metrics {
-        lines.push_str(&serde_json::to_string(m)?);
-        lines.push('\n');
-    }
-    write_atomic(path, lines.as_bytes())?;
-    Ok(())
+    maskflow_fit::checkpoint::write_jsonl(path, metrics)
 }
