@@ -232,7 +232,7 @@ mod tests {
                          [deteval]\ntrained = true\nlabels = \"detector\"\n[deteval.annotations]\nclasses = { a = \"with_mask\" }\n";
         for (name, root, file, tables) in [
             ("chain", "data", "with_mask/1.jpg", "[index]\n[prep]\n[train]\npretrained = \"none\"\n[eval]\n[export]\n[review]\n"),
-            ("faces", "data", "with_mask/1.jpg", "[faces]\n[index]\n[prep]\n"),
+            ("faces", "data", "with_mask/1.jpg", "[faces]\n[faces.annotations]\nclasses = { a = \"with_mask\" }\n[index]\n[prep]\n"),
             ("detection", "scenes", "images/1.jpg", detection),
         ] {
             let path = d.path().join(format!("{name}.toml"));
@@ -241,6 +241,7 @@ mod tests {
             let alternatives = [
                 ("train", "pretrained", serde_json::json!("mobilenet_v2")),
                 ("train", "unfrozen_lr", serde_json::json!([2e-5, 1e-4])),
+                ("faces", "annotations.names", serde_json::json!(["a"])),
                 ("dettrain", "annotations.names", serde_json::json!(["a"])),
                 ("deteval", "annotations.names", serde_json::json!(["a"])),
                 ("dettrain", "annotations.classes.a", serde_json::json!("without_mask")),

@@ -135,3 +135,48 @@ fn deteval_without_a_class_map_or_labelled_by_mtcnn_fails_with_the_reason() {
     let err = fails(d.path(), &["run", "pipelines/p.toml", "--device", "cpu"]);
     assert!(err.contains("MTCNN has none"), "{err}");
 }
+
+#[test]
+fn faces_from_annotations_cut_the_annotated_boxes_of_the_photos_deteval_does_not_score() {
+    let d = tempfile::tempdir().unwrap();
+    python("annotated_scenes.py", &[&d.path().join("data/scenes")]);
+    fs::create_dir_all(d.path().join("pipelines")).unwrap();
+    fs::write(
+        d.path().join("pipelines/p.toml"),
+        format!("[dataset]\nroot = \"../data/scenes\"\n[faces]\nsource = \"annotations\"\nvalid_pct = 0.25\n[faces.annotations]\n{CLASSES}\n[index]\nvalid_pct = 0.25\n"),
+    )
+    .unwrap();
+    let out = ok(d.path(), &["run", "pipelines/p.toml", "--device", "cpu", "--until", "index"]);
+    let art = d.path().join("artifacts");
+    let faces = art.join("faces").join(&keys(&art, "faces")[0]);
+    let m: serde_json::Value = serde_json::from_slice(&fs::read(faces.join("faces.json")).unwrap()).unwrap();
+    let crops = m["crops"].as_array().unwrap();
+    // Every crop is a face of a photo outside the held part, in its class's folder, square-ish.
+    let sources: std::collections::BTreeSet<&str> = crops.iter().map(|c| c["source"].as_str().unwrap()).collect();
+    let held: Vec<String> = {
+        // deteval's held part, from a deteval instance over the same folder and split.
+        fs::write(
+            d.path().join("pipelines/e.toml"),
+            format!("[dataset]\nroot = \"../data/scenes\"\n[deteval]\nvalid_pct = 0.25\nlabels = \"detector\"\n\
+                     annotations = {{ classes = {{ astronaut_face = \"with_mask\", camera_face = \"without_mask\" }} }}\n"),
+        )
+        .unwrap();
+        ok(d.path(), &["run", "pipelines/e.toml", "--device", "cpu"]);
+        let (dir, _) = result(&art, &keys(&art, "deteval")[0]);
+        let s: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("detections.json")).unwrap()).unwrap();
+        serde_json::from_value(s["images"].clone()).unwrap()
+    };
+    assert!(!held.is_empty() && held.iter().all(|h| !sources.contains(h.as_str())), "held {held:?}, cut from {sources:?}");
+    assert_eq!(sources.len() + held.len(), 12, "{out}");
+    for c in crops {
+        let file = c["file"].as_str().unwrap();
+        assert!(file.starts_with("astronaut/") || file.starts_with("camera/"), "{file}");
+        let img = image::open(faces.join("images").join(file)).unwrap();
+        assert!(img.width().abs_diff(img.height()) <= 1 || img.width() < 40, "{file}: {}×{}", img.width(), img.height());
+    }
+    // The difficult face is not cut; the report counts the rejected annotation files.
+    let from_pair = crops.iter().filter(|c| c["source"] == "pair-difficult.jpg").count();
+    assert!(from_pair == usize::from(sources.contains("pair-difficult.jpg")), "{from_pair} crops of pair-difficult.jpg");
+    assert!(out.contains("annotation(s) rejected") && out.contains("4 annotation(s) rejected"), "{out}");
+    assert!(out.contains(&format!("{} face crops", crops.len())), "{out}");
+}

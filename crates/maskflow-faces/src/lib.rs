@@ -9,6 +9,7 @@
 use anyhow::{Context, Result};
 use maskflow_contracts::faces::{FaceCrop, FacesManifest, NoCrop, IMAGES_DIR};
 use maskflow_contracts::{kinds, JsonFile};
+use maskflow_annotations::{AnnotatedFolder, Photo};
 use maskflow_core::dataset::DatasetFile;
 use maskflow_imaging::Limits;
 use maskflow_models::detector::{Detector, DetectorParams};
@@ -32,9 +33,30 @@ pub enum Keep {
     All,
 }
 
+/// Where the faces come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The detector (`[faces.detector]`) on every photo of a labelled folder (`root/<class>/…`),
+    /// each face labelled as its photo.
+    #[default]
+    Detector,
+    /// The boxes of an annotated folder (`[faces.annotations]`), each face labelled by its own
+    /// mapped class, from the photos outside the held part (`valid_pct`, `seed`: deteval's), so
+    /// that a classifier trained on them never saw the photos `deteval` scores.
+    Annotations,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FacesParams {
+    /// `detector` (default) or `annotations`.
+    pub source: Source,
+    /// With `source = "annotations"`: the annotated folder's format and class names (the crops'
+    /// classes are the mapped names), and the held part left out (0.2, seed 42).
+    pub annotations: AnnotatedFolder,
+    pub valid_pct: f64,
+    pub seed: u64,
     /// The detector (`[faces.detector]`: `kind` = mtcnn | ssd | ssd260; MTCNN's `min_face_size`,
     /// `thresholds`, `factor` with facenet-pytorch's defaults 20, [0.6, 0.7, 0.7], 0.709; the SSD's
     /// `conf_threshold` 0.5 and `iou_threshold` 0.4). Only the chosen detector's knobs are used.
@@ -48,7 +70,15 @@ pub struct FacesParams {
 
 impl Default for FacesParams {
     fn default() -> Self {
-        FacesParams { detector: DetectorParams::default(), margin: 0.0, keep: Keep::Largest }
+        FacesParams {
+            source: Source::Detector,
+            annotations: AnnotatedFolder::default(),
+            valid_pct: 0.2,
+            seed: 42,
+            detector: DetectorParams::default(),
+            margin: 0.0,
+            keep: Keep::Largest,
+        }
     }
 }
 
@@ -57,6 +87,12 @@ impl FacesParams {
         self.detector.validate().map_err(|e| format!("faces.detector: {e}"))?;
         if !(0.0..=2.0).contains(&self.margin) {
             return Err(format!("faces.margin must be in [0, 2], got {}", self.margin));
+        }
+        if self.source == Source::Annotations {
+            self.annotations.validate().map_err(|e| format!("faces.annotations: {e}"))?;
+            if !(self.valid_pct >= 0.0 && self.valid_pct < 1.0) {
+                return Err(format!("faces.valid_pct must be in [0, 1), got {}", self.valid_pct));
+            }
         }
         Ok(())
     }
@@ -71,6 +107,10 @@ pub struct FacesReport {
     pub no_face: usize,
     /// Files that could not be read or decoded.
     pub unreadable: usize,
+    /// Annotation files (or photos) the annotation reader rejected (`source = "annotations"`).
+    pub rejected: usize,
+    /// Photos of the held part left out (`source = "annotations"`).
+    pub held_out: usize,
     /// Class → (photos, crops).
     pub per_class: BTreeMap<String, (usize, usize)>,
 }
@@ -78,7 +118,9 @@ pub struct FacesReport {
 impl Stage for FacesStage {
     const KIND: &'static str = "faces";
     /// 2: the detector became a choice (`[faces.detector] kind`); its knobs all enter the key.
-    const VERSION: u32 = 2;
+    /// 3: faces from an annotated folder's boxes (`source = "annotations"`); the report counts
+    /// rejections and the held-out photos.
+    const VERSION: u32 = 3;
     const OUTPUT: &'static str = kinds::IMAGE_FOLDER;
     const READS_DATASET: bool = true;
     type Params = FacesParams;
@@ -93,19 +135,30 @@ impl Stage for FacesStage {
     /// The chosen detector's weights (MTCNN's three nets, or the SSD), imported into the store,
     /// keyed by their sha256.
     fn externals(p: &FacesParams, rt: &maskflow_stage::Runtime) -> Result<BTreeMap<String, External>> {
+        if p.source == Source::Annotations {
+            return Ok(BTreeMap::new());
+        }
         let keyed = maskflow_models::weights::ensure_keyed(p.detector.weights(), &rt.artifacts).context("the face detector's weights")?;
         Ok(keyed.into_iter().map(|(name, path, key)| (name.to_string(), External { path, key, files: None })).collect())
     }
     fn run(p: &FacesParams, ctx: &RunCtx) -> Result<FacesReport> {
         let ds = ctx.external(maskflow_stage::DATASET)?;
         let root = ctx.dataset_root.unwrap_or(&ds.path);
+        if p.source == Source::Annotations {
+            return run_annotated(root, p, ctx.out);
+        }
         let files: Vec<_> = p.detector.weights().iter().map(|n| ctx.external(n).map(|e| e.path.as_path())).collect::<Result<_, _>>()?;
         let device = maskflow_models::torch_device(ctx.runtime.device);
         let detector = Detector::load(&p.detector, &files, device).map_err(anyhow::Error::msg)?;
         run(root, p, &detector, ctx.out)
     }
     fn summary(r: &FacesReport) -> String {
-        format!("{} photos → {} face crops ({} with no face, {} unreadable)", r.photos, r.crops, r.no_face, r.unreadable)
+        let annotated = if r.rejected + r.held_out > 0 {
+            format!("; {} held out, {} annotation(s) rejected", r.held_out, r.rejected)
+        } else {
+            String::new()
+        };
+        format!("{} photos → {} face crops ({} with no face, {} unreadable{annotated})", r.photos, r.crops, r.no_face, r.unreadable)
     }
 }
 
@@ -156,6 +209,87 @@ fn crops_of(root: &Path, f: &DatasetFile, p: &FacesParams, detector: &Detector, 
 
 fn area(f: &maskflow_models::detector::FoundFace) -> f32 {
     (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1])
+}
+
+/// One annotated photo's faces cut out under `images/<class>/` (difficult ones left out).
+fn annotated_crops(images: &Path, photo: &Photo, margin: f32, out: &Path) -> Result<PhotoCrops> {
+    let rel = photo.image.display().to_string();
+    let no = |code: &str, detail: String| Ok(Err(NoCrop { source: rel.clone(), code: code.to_string(), detail }));
+    let bytes = match std::fs::read(images.join(&photo.image)) {
+        Ok(b) => b,
+        Err(e) => return no("unreadable", format!("cannot read: {e}")),
+    };
+    let img = match maskflow_imaging::decode(&bytes, &Limits::default()) {
+        Ok(d) => maskflow_imaging::to_rgb8(d.image, [255, 255, 255]),
+        Err(e) => return no(e.code(), e.to_string()),
+    };
+    let (w, h) = img.dimensions();
+    let mut crops = Vec::new();
+    for (i, f) in photo.faces.iter().enumerate().filter(|(_, f)| !f.difficult) {
+        let Some(region) = maskflow_imaging::face_region(w, h, f.bbox, margin) else { continue };
+        let [l, t, r, b] = region;
+        let file = format!("{}/{rel}.face{i}.png", f.class);
+        let path = out.join(&file);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        image::imageops::crop_imm(&img, l, t, r - l, b - t).to_image().save_with_format(&path, image::ImageFormat::Png).with_context(|| format!("writing {}", path.display()))?;
+        crops.push(FaceCrop { file, source: rel.clone(), bbox: f.bbox, score: 1.0, region });
+    }
+    if crops.is_empty() {
+        return no("no_face", "no annotated face (or only difficult ones)".into());
+    }
+    Ok(Ok(crops))
+}
+
+/// `source = "annotations"`: the annotated faces of the photos outside the held part, each a crop
+/// labelled by its class.
+pub fn run_annotated(root: &Path, p: &FacesParams, out: &Path) -> Result<FacesReport> {
+    p.validate().map_err(anyhow::Error::msg)?;
+    let set = p.annotations.read(root)?;
+    let images = root.join(maskflow_annotations::IMAGES_DIR);
+    let held = maskflow_annotations::split(&set.photos, &images, p.valid_pct, p.seed)?;
+    let taken: Vec<&Photo> = set.photos.iter().zip(&held).filter(|(_, h)| !**h).map(|(ph, _)| ph).collect();
+    let crops_dir = out.join(IMAGES_DIR);
+    let pb = maskflow_core::progress::bar(taken.len() as u64, "faces", "photos");
+    let results: Result<Vec<PhotoCrops>> = taken
+        .par_iter()
+        .map(|ph| {
+            let r = annotated_crops(&images, ph, p.margin, &crops_dir);
+            pb.inc(1);
+            r
+        })
+        .collect();
+    pb.finish_and_clear();
+    let mut manifest = FacesManifest { schema: FacesManifest::SCHEMA, ..Default::default() };
+    let mut report = FacesReport { photos: taken.len(), rejected: set.rejected.len(), held_out: set.photos.len() - taken.len(), ..Default::default() };
+    for r in results? {
+        match r {
+            Ok(crops) => {
+                let mut seen = std::collections::BTreeSet::new();
+                for c in &crops {
+                    let class = c.file.split('/').next().unwrap_or_default().to_string();
+                    let e = report.per_class.entry(class.clone()).or_default();
+                    e.1 += 1;
+                    if seen.insert(class) {
+                        e.0 += 1;
+                    }
+                }
+                report.crops += crops.len();
+                manifest.crops.extend(crops);
+            }
+            Err(no) => {
+                if no.code == "no_face" {
+                    report.no_face += 1;
+                } else {
+                    report.unreadable += 1;
+                }
+                manifest.without.push(no);
+            }
+        }
+    }
+    manifest.write(out)?;
+    Ok(report)
 }
 
 /// The stage on a folder: crops into `out/images/`, `faces.json`, the report.
