@@ -255,7 +255,7 @@ pub fn stage_alone(a: &StageArgs, c: &Compute) -> Result<()> {
 pub fn list_stages(json: bool) -> Result<()> {
     let reg = registry();
     if !json {
-        println!("{:<8} {:<8} {:<14} {:<7} inputs", "kind", "version", "writes", "splits");
+        println!("{:<8} {:<8} {:<16} {:<7} inputs", "kind", "version", "writes", "splits");
     }
     for st in reg.kinds() {
         let slots = st.inputs(&st.default_params()).map_err(anyhow::Error::msg)?;
@@ -272,10 +272,11 @@ pub fn list_stages(json: bool) -> Result<()> {
                 .map(|s| format!("{} ({}{})", s.name, s.kind, if s.required { "" } else { ", optional" }))
                 .collect();
             if st.reads_dataset() {
-                from.insert(0, "a labelled folder".into());
+                // Labelled (`root/<class>/…`) or annotated (`images/` + annotations): the kind's doc says.
+                from.insert(0, "a dataset folder ([dataset] root, or data = …)".into());
             }
             let splits = if reg.split(st.kind()).is_some() { "yes" } else { "no" };
-            println!("{:<8} {:<8} {:<14} {:<7} {}", st.kind(), st.version(), st.output(), splits, from.join(", "));
+            println!("{:<8} {:<8} {:<16} {:<7} {}", st.kind(), st.version(), st.output(), splits, from.join(", "));
         }
     }
     Ok(())
