@@ -78,10 +78,7 @@ pub fn run(o: &Options) -> Result<usize> {
     std::fs::create_dir_all(o.out).with_context(|| format!("creating {}", o.out.display()))?;
     let mut all = String::new();
     let mut taken = BTreeSet::new();
-    let labeller = match &bundle {
-        Some(b) => detect::Labeller::Classifier(b),
-        None => detect::Labeller::Detector,
-    };
+    let labeller = detect::Labeller::from(bundle.as_ref());
     let classes = labeller.classes();
     let stdout = std::io::stdout();
     let pb = maskflow_core::progress::bar(files.len() as u64, "detect", "photos");

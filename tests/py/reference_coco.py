@@ -14,15 +14,13 @@ ranges), some crowd; detections: most faces found with a jittered box and a scor
 the jitter, some twice, some missed, false positives, tied scores. Box corners are multiples of
 1/4, so that the box arithmetic is exact on both sides.
 """
-import contextlib
-import io
 import json
 import os
 import sys
 
 import numpy as np
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+
+from cocoutil import cocoeval
 
 out = sys.argv[1]
 rng = np.random.default_rng(25)
@@ -52,30 +50,7 @@ for p in range(photos):
         dets.append({"photo": p, "class": int(rng.integers(0, classes)), "bbox": [x, y, x + w, y + w],
                      "score": float(np.round(rng.uniform(0.01, 0.9), 2))})
 
-gt = {
-    "info": {}, "licenses": [],
-    "images": [{"id": p + 1, "width": 640, "height": 480} for p in range(photos)],
-    "categories": [{"id": k + 1, "name": f"c{k}"} for k in range(classes)],
-    "annotations": [
-        {"id": i + 1, "image_id": t["photo"] + 1, "category_id": t["class"] + 1,
-         "bbox": [t["bbox"][0], t["bbox"][1], t["bbox"][2] - t["bbox"][0], t["bbox"][3] - t["bbox"][1]],
-         "area": (t["bbox"][2] - t["bbox"][0]) * (t["bbox"][3] - t["bbox"][1]), "iscrowd": int(t["crowd"])}
-        for i, t in enumerate(truth)
-    ],
-}
-with contextlib.redirect_stdout(io.StringIO()):
-    coco = COCO()
-    coco.dataset = gt
-    coco.createIndex()
-    res = coco.loadRes([
-        {"image_id": d["photo"] + 1, "category_id": d["class"] + 1, "score": d["score"],
-         "bbox": [d["bbox"][0], d["bbox"][1], d["bbox"][2] - d["bbox"][0], d["bbox"][3] - d["bbox"][1]]}
-        for d in dets
-    ])
-    ev = COCOeval(coco, res, "bbox")
-    ev.evaluate()
-    ev.accumulate()
-    ev.summarize()
+ev = cocoeval(truth, dets, photos, classes)
 prec = ev.eval["precision"][:, :, :, :, 2]  # maxDets 100
 per_class = []
 for k in range(classes):

@@ -72,8 +72,9 @@ fn area(b: &[f64; 4]) -> f64 {
     (b[2] - b[0]) * (b[3] - b[1])
 }
 
-/// pycocotools' IoU for boxes: for a crowd face, the intersection over the detection's area.
-fn iou(d: &[f64; 4], g: &[f64; 4], crowd: bool) -> f64 {
+/// pycocotools' IoU for boxes `[x1, y1, x2, y2]`: for a crowd face, the intersection over the
+/// detection's area.
+pub fn iou(d: &[f64; 4], g: &[f64; 4], crowd: bool) -> f64 {
     let w = (d[2].min(g[2]) - d[0].max(g[0])).max(0.0);
     let h = (d[3].min(g[3]) - d[1].max(g[1])).max(0.0);
     let inter = w * h;

@@ -182,6 +182,8 @@ pub struct DetEvalReport {
     pub face_ap: Option<f64>,
     pub mean_ap50: Option<f64>,
     pub recall: f64,
+    /// Recall of the faces whose shorter side is at least `min_side` px.
+    pub min_side: f32,
     pub recall_min_side: f64,
     pub precision: f64,
     pub balanced_accuracy: Option<f64>,
@@ -191,7 +193,8 @@ impl Stage for DetEvalStage {
     const KIND: &'static str = "deteval";
     /// 2: a class the labeller lacks is found but not scored (its own row); detections.json keeps
     /// the faces as one class apart. 3: the worst photos drawn larger when small, small faces untagged.
-    const VERSION: u32 = 3;
+    /// 4: the report names its `min_side`.
+    const VERSION: u32 = 4;
     const OUTPUT: &'static str = kinds::DETECTION_RESULT;
     const READS_DATASET: bool = true;
     type Params = DetEvalParams;
@@ -216,7 +219,7 @@ impl Stage for DetEvalStage {
         if p.trained {
             return Ok(BTreeMap::new());
         }
-        let keyed = maskflow_models::weights::ensure_keyed(p.detector.weights(), &rt.artifacts).context("the face detector's weights")?;
+        let keyed = maskflow_models::weights::ensure_keyed(p.detector.weights(), &rt.artifacts, &maskflow_models::weights::SearchPaths::from_env()).context("the face detector's weights")?;
         Ok(keyed.into_iter().map(|(name, path, key)| (name.to_string(), External { path, key, files: None })).collect())
     }
     fn run(p: &DetEvalParams, ctx: &RunCtx) -> Result<DetEvalReport> {
@@ -235,17 +238,13 @@ impl Stage for DetEvalStage {
             LabelledBy::Classifier => Some(maskflow_predict::load(ctx.input(BUNDLE_SLOT)?, device)?),
             LabelledBy::Detector => None,
         };
-        let labeller = match &bundle {
-            Some(b) => Labeller::Classifier(b),
-            None => Labeller::Detector,
-        };
-        let result = run(root, p, &detector, &labeller, ctx.out)?;
+        let result = run(root, p, &detector, &Labeller::from(bundle.as_ref()), ctx.out)?;
         Ok(report_of(&result))
     }
     fn summary(r: &DetEvalReport) -> String {
         let f = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or_else(|| "–".into());
         format!(
-            "{} + {} labels on {} photos ({} faces): face AP@.5 {}, AP@[.5:.95] {}; recall {:.3} (≥ 32 px {:.3}), precision {:.3}; labels balanced accuracy {}",
+            "{} + {} labels on {} photos ({} faces): face AP@.5 {}, AP@[.5:.95] {}; recall {:.3} (≥ {} px {:.3}), precision {:.3}; labels balanced accuracy {}",
             r.detector,
             r.labels,
             r.photos,
@@ -253,6 +252,7 @@ impl Stage for DetEvalStage {
             f(r.face_ap50),
             f(r.face_ap),
             r.recall,
+            r.min_side,
             r.recall_min_side,
             r.precision,
             f(r.balanced_accuracy)
@@ -270,6 +270,7 @@ fn report_of(r: &DetectionResult) -> DetEvalReport {
         face_ap: r.faces.ap,
         mean_ap50: r.mean.ap50,
         recall: r.operating.recall,
+        min_side: r.operating.min_side,
         recall_min_side: r.operating.recall_min_side,
         precision: r.operating.precision,
         balanced_accuracy: r.labels.balanced_accuracy,

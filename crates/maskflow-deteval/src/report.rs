@@ -7,7 +7,6 @@ use anyhow::{Context, Result};
 use image::{Rgb, RgbImage};
 use maskflow_annotations::metrics::Summary;
 use maskflow_contracts::detection::{DetectionResult, PR_CURVE_FILE, REPORT_FILE, WORST_DIR};
-use maskflow_imaging::Limits;
 use std::fmt::Write;
 use std::path::Path;
 
@@ -37,7 +36,7 @@ pub fn write(out: &Path, images: &Path, p: &DetEvalParams, mut r: DetectionResul
     let classes = Classes { truth: r.classes.clone(), labels: r.labels.predicted.clone() };
     for (i, m) in r.worst.iter_mut().take(p.worst).enumerate() {
         let Some(b) = boxes.iter().find(|b| b.image == m.image) else { continue };
-        let Ok(photo) = decode(&images.join(&m.image)) else { continue };
+        let Ok(photo) = maskflow_imaging::read_photo(&images.join(&m.image)) else { continue };
         let file = format!("{WORST_DIR}/{i:02}.jpg");
         let drawn = draw(&photo, b, &classes, p);
         let mut bytes = Vec::new();
@@ -48,12 +47,6 @@ pub fn write(out: &Path, images: &Path, p: &DetEvalParams, mut r: DetectionResul
     let html = page(&r, p)?;
     maskflow_core::fsutil::write_atomic(&out.join(REPORT_FILE), html.as_bytes()).context("writing report.html")?;
     Ok(r)
-}
-
-fn decode(path: &Path) -> Result<RgbImage> {
-    let bytes = std::fs::read(path)?;
-    let d = maskflow_imaging::decode(&bytes, &Limits::default())?;
-    Ok(maskflow_imaging::to_rgb8(d.image, [255, 255, 255]))
 }
 
 /// The photo scaled down, every face and detection above the threshold drawn in the colour of

@@ -60,14 +60,6 @@ pub enum Outcome {
     FalsePositive,
 }
 
-pub fn iou(a: &[f64; 4], b: &[f64; 4]) -> f64 {
-    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = w * h;
-    let union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
-    if union <= 0.0 { 0.0 } else { inter / union }
-}
-
 /// The greedy match of one photo at `threshold` (scores above it) and `min_iou`.
 pub fn match_photo(p: &PhotoBoxes, classes: &Classes, threshold: f64, min_iou: f64) -> PhotoMatch {
     let mut order: Vec<usize> = (0..p.detections.len()).filter(|&i| p.detections[i].1 > threshold).collect();
@@ -80,7 +72,7 @@ pub fn match_photo(p: &PhotoBoxes, classes: &Classes, threshold: f64, min_iou: f
             if m.face_found_by[f].is_some() {
                 continue;
             }
-            let v = iou(dbox, fbox);
+            let v = metrics::iou(dbox, fbox, false);
             if v >= min_iou && best.is_none_or(|(_, b)| v > b) {
                 best = Some((f, v));
             }
@@ -111,7 +103,6 @@ pub struct AtThreshold {
     pub labels: LabelConfusion,
     /// Every photo with at least one mistake, the most first (ties by name).
     pub mistakes: Vec<PhotoMistakes>,
-    pub matches: Vec<PhotoMatch>,
 }
 
 pub fn at_threshold(photos: &[PhotoBoxes], classes: &Classes, threshold: f32, min_iou: f64, min_side: f32) -> AtThreshold {
@@ -132,7 +123,6 @@ pub fn at_threshold(photos: &[PhotoBoxes], classes: &Classes, threshold: f32, mi
     let mut matrix = vec![vec![0usize; classes.labels.len()]; classes.truth.len()];
     let mut false_positives = 0;
     let mut mistakes = Vec::new();
-    let mut matches = Vec::with_capacity(photos.len());
     for p in photos {
         let m = match_photo(p, classes, threshold as f64, min_iou);
         let mut missed = 0;
@@ -161,7 +151,6 @@ pub fn at_threshold(photos: &[PhotoBoxes], classes: &Classes, threshold: f32, mi
         if missed + fp + wrong > 0 {
             mistakes.push(PhotoMistakes { image: p.image.clone(), missed, false_positives: fp, wrong_labels: wrong, file: None });
         }
-        matches.push(m);
     }
     let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
     op.recall = ratio(op.found, op.faces);
@@ -171,7 +160,7 @@ pub fn at_threshold(photos: &[PhotoBoxes], classes: &Classes, threshold: f32, mi
         let total = |m: &PhotoMistakes| m.missed + m.false_positives + m.wrong_labels;
         total(b).cmp(&total(a)).then_with(|| a.image.cmp(&b.image))
     });
-    AtThreshold { operating: op, labels: confusion(classes, matrix), mistakes, matches }
+    AtThreshold { operating: op, labels: confusion(classes, matrix), mistakes }
 }
 
 /// The matrix and its accuracies, over the rows the labeller has a class for.

@@ -4,7 +4,6 @@
 
 use anyhow::{bail, Result};
 use maskflow_annotations::{AnnotatedFolder, Photo, IMAGES_DIR};
-use maskflow_imaging::Limits;
 use maskflow_models::ssd_train::Target;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
@@ -56,9 +55,7 @@ pub fn load(root: &Path, folder: &AnnotatedFolder, classes: &[&str], valid_pct: 
 }
 
 fn sample(images: &Path, p: &Photo, classes: &[&str]) -> Result<Sample, String> {
-    let bytes = std::fs::read(images.join(&p.image)).map_err(|e| format!("cannot read: {e}"))?;
-    let d = maskflow_imaging::decode(&bytes, &Limits::default()).map_err(|e| e.to_string())?;
-    let rgb = maskflow_imaging::to_rgb8(d.image, [255, 255, 255]);
+    let rgb = maskflow_imaging::read_photo(&images.join(&p.image)).map_err(|e| e.message)?;
     let (w, h) = rgb.dimensions();
     let image = Tensor::from_data_size(rgb.as_raw(), &[h as i64, w as i64, 3], Kind::Uint8).permute([2, 0, 1]).contiguous();
     let faces = p

@@ -13,7 +13,7 @@ use maskflow_core::rng::SplitMix64;
 use maskflow_fit::checkpoint::{save_safetensors, sorted_variables, verified_tensors};
 use maskflow_fit::optim::{Adam, AdamConfig};
 use maskflow_fit::phase::Phase;
-use maskflow_models::ssd::{FaceMaskSsd, SsdInput, SsdParams};
+use maskflow_models::ssd::{FaceMaskSsd, SsdParams};
 use maskflow_models::ssd_train::{loss, match_anchors, stack};
 use maskflow_stage::Notes;
 use serde::{Deserialize, Serialize};
@@ -48,17 +48,11 @@ struct Progress {
     seconds: f64,
 }
 
-fn input(p: &DetTrainParams) -> SsdInput {
-    match p.start {
-        maskflow_models::detector::DetectorKind::Ssd260 => SsdInput::S260,
-        _ => SsdInput::S360,
-    }
-}
-
 /// Fine-tunes the detector whose weights are in `weights`; returns the report and the detector.
 pub(crate) fn fit(run: &Run, weights: &Path) -> Result<(DetTrainReport, FaceMaskSsd)> {
     let p = run.params;
-    let mut model = FaceMaskSsd::load(weights, input(p), SsdParams::default(), run.device).map_err(anyhow::Error::msg)?;
+    let input = p.start.ssd_input().context("dettrain.start must be an SSD")?;
+    let mut model = FaceMaskSsd::load(weights, input, SsdParams::default(), run.device).map_err(anyhow::Error::msg)?;
     let started = Instant::now();
     let mut resumed_after = None;
     let (mut progress, mut opt_state) = match read_checkpoint(run) {

@@ -151,7 +151,7 @@ impl Stage for DetTrainStage {
     }
     /// The imported weights it starts from, keyed by their sha256.
     fn externals(p: &DetTrainParams, rt: &maskflow_stage::Runtime) -> Result<BTreeMap<String, External>> {
-        let keyed = maskflow_models::weights::ensure_keyed(&[start_weights(p)], &rt.artifacts).context("the detector's weights")?;
+        let keyed = maskflow_models::weights::ensure_keyed(&[start_weights(p)], &rt.artifacts, &maskflow_models::weights::SearchPaths::from_env()).context("the detector's weights")?;
         Ok(keyed.into_iter().map(|(name, path, key)| (name.to_string(), External { path, key, files: None })).collect())
     }
     fn run(p: &DetTrainParams, ctx: &RunCtx) -> Result<DetTrainReport> {

@@ -11,7 +11,6 @@ use maskflow_contracts::faces::{FaceCrop, FacesManifest, NoCrop, IMAGES_DIR};
 use maskflow_contracts::{kinds, JsonFile};
 use maskflow_annotations::{AnnotatedFolder, Photo};
 use maskflow_core::dataset::DatasetFile;
-use maskflow_imaging::Limits;
 use maskflow_models::detector::{Detector, DetectorParams};
 use maskflow_stage::{External, RunCtx, Slot, Stage};
 use rayon::prelude::*;
@@ -138,7 +137,7 @@ impl Stage for FacesStage {
         if p.source == Source::Annotations {
             return Ok(BTreeMap::new());
         }
-        let keyed = maskflow_models::weights::ensure_keyed(p.detector.weights(), &rt.artifacts).context("the face detector's weights")?;
+        let keyed = maskflow_models::weights::ensure_keyed(p.detector.weights(), &rt.artifacts, &maskflow_models::weights::SearchPaths::from_env()).context("the face detector's weights")?;
         Ok(keyed.into_iter().map(|(name, path, key)| (name.to_string(), External { path, key, files: None })).collect())
     }
     fn run(p: &FacesParams, ctx: &RunCtx) -> Result<FacesReport> {
@@ -169,16 +168,10 @@ type PhotoCrops = Result<Vec<FaceCrop>, NoCrop>;
 /// read or has no face is an `Ok(Err(NoCrop))`; a crop that cannot be written fails the stage.
 fn crops_of(root: &Path, f: &DatasetFile, p: &FacesParams, detector: &Detector, images: &Path) -> Result<PhotoCrops> {
     let rel = f.display();
-    let no = |code: &str, detail: String| Ok(Err(NoCrop { source: rel.clone(), code: code.to_string(), detail }));
-    let bytes = match std::fs::read(root.join(&f.rel)) {
-        Ok(b) => b,
-        Err(e) => return no("unreadable", format!("cannot read: {e}")),
+    let img = match maskflow_imaging::read_photo(&root.join(&f.rel)) {
+        Ok(img) => img,
+        Err(e) => return Ok(Err(no_crop(&rel, e.code, e.message))),
     };
-    let d = match maskflow_imaging::decode(&bytes, &Limits::default()) {
-        Ok(d) => d,
-        Err(e) => return no(e.code(), e.to_string()),
-    };
-    let img = maskflow_imaging::to_rgb8(d.image, [255, 255, 255]);
     let (w, h) = img.dimensions();
     let photo = tch::Tensor::from_data_size(img.as_raw(), &[1, h as i64, w as i64, 3], tch::Kind::Uint8);
     let mut faces = detector.detect_batch(&photo).map_err(anyhow::Error::msg)?.pop().unwrap_or_default();
@@ -190,21 +183,54 @@ fn crops_of(root: &Path, f: &DatasetFile, p: &FacesParams, detector: &Detector, 
     };
     let mut out = Vec::new();
     for (i, f) in faces.iter().take(take).enumerate() {
-        let Some(region) = maskflow_imaging::face_region(w, h, f.bbox, p.margin) else { continue };
-        let [l, t, r, b] = region;
-        let file = format!("{rel}.face{i}.png");
-        let path = images.join(&file);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        if let Some(crop) = write_crop(&img, f.bbox, p.margin, images, format!("{rel}.face{i}.png"), &rel, f.score)? {
+            out.push(crop);
         }
-        let crop = image::imageops::crop_imm(&img, l, t, r - l, b - t).to_image();
-        crop.save_with_format(&path, image::ImageFormat::Png).with_context(|| format!("writing {}", path.display()))?;
-        out.push(FaceCrop { file, source: rel.clone(), bbox: f.bbox, score: f.score, region });
     }
     if out.is_empty() {
-        return no("no_face", "the detector found no face".into());
+        return Ok(Err(no_crop(&rel, "no_face", "the detector found no face".into())));
     }
     Ok(Ok(out))
+}
+
+fn no_crop(source: &str, code: &str, detail: String) -> NoCrop {
+    NoCrop { source: source.to_string(), code: code.to_string(), detail }
+}
+
+/// Cuts the square region of `bbox` (with `margin`) out of `img` into `images/<file>` (PNG);
+/// `None` when the region is empty.
+fn write_crop(img: &image::RgbImage, bbox: [f32; 4], margin: f32, images: &Path, file: String, source: &str, score: f32) -> Result<Option<FaceCrop>> {
+    let (w, h) = img.dimensions();
+    let Some(region) = maskflow_imaging::face_region(w, h, bbox, margin) else { return Ok(None) };
+    let [l, t, r, b] = region;
+    let path = images.join(&file);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let crop = image::imageops::crop_imm(img, l, t, r - l, b - t).to_image();
+    crop.save_with_format(&path, image::ImageFormat::Png).with_context(|| format!("writing {}", path.display()))?;
+    Ok(Some(FaceCrop { file, source: source.to_string(), bbox, score, region }))
+}
+
+/// Adds one photo's outcome to the manifest and the counts; returns the crops it added.
+fn tally<'m>(report: &mut FacesReport, manifest: &'m mut FacesManifest, r: PhotoCrops) -> &'m [FaceCrop] {
+    match r {
+        Ok(crops) => {
+            report.crops += crops.len();
+            let start = manifest.crops.len();
+            manifest.crops.extend(crops);
+            &manifest.crops[start..]
+        }
+        Err(no) => {
+            if no.code == "no_face" {
+                report.no_face += 1;
+            } else {
+                report.unreadable += 1;
+            }
+            manifest.without.push(no);
+            &[]
+        }
+    }
 }
 
 fn area(f: &maskflow_models::detector::FoundFace) -> f32 {
@@ -214,30 +240,18 @@ fn area(f: &maskflow_models::detector::FoundFace) -> f32 {
 /// One annotated photo's faces cut out under `images/<class>/` (difficult ones left out).
 fn annotated_crops(images: &Path, photo: &Photo, margin: f32, out: &Path) -> Result<PhotoCrops> {
     let rel = photo.image.display().to_string();
-    let no = |code: &str, detail: String| Ok(Err(NoCrop { source: rel.clone(), code: code.to_string(), detail }));
-    let bytes = match std::fs::read(images.join(&photo.image)) {
-        Ok(b) => b,
-        Err(e) => return no("unreadable", format!("cannot read: {e}")),
+    let img = match maskflow_imaging::read_photo(&images.join(&photo.image)) {
+        Ok(img) => img,
+        Err(e) => return Ok(Err(no_crop(&rel, e.code, e.message))),
     };
-    let img = match maskflow_imaging::decode(&bytes, &Limits::default()) {
-        Ok(d) => maskflow_imaging::to_rgb8(d.image, [255, 255, 255]),
-        Err(e) => return no(e.code(), e.to_string()),
-    };
-    let (w, h) = img.dimensions();
     let mut crops = Vec::new();
     for (i, f) in photo.faces.iter().enumerate().filter(|(_, f)| !f.difficult) {
-        let Some(region) = maskflow_imaging::face_region(w, h, f.bbox, margin) else { continue };
-        let [l, t, r, b] = region;
-        let file = format!("{}/{rel}.face{i}.png", f.class);
-        let path = out.join(&file);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        if let Some(crop) = write_crop(&img, f.bbox, margin, out, format!("{}/{rel}.face{i}.png", f.class), &rel, 1.0)? {
+            crops.push(crop);
         }
-        image::imageops::crop_imm(&img, l, t, r - l, b - t).to_image().save_with_format(&path, image::ImageFormat::Png).with_context(|| format!("writing {}", path.display()))?;
-        crops.push(FaceCrop { file, source: rel.clone(), bbox: f.bbox, score: 1.0, region });
     }
     if crops.is_empty() {
-        return no("no_face", "no annotated face (or only difficult ones)".into());
+        return Ok(Err(no_crop(&rel, "no_face", "no annotated face (or only difficult ones)".into())));
     }
     Ok(Ok(crops))
 }
@@ -264,28 +278,12 @@ pub fn run_annotated(root: &Path, p: &FacesParams, out: &Path) -> Result<FacesRe
     let mut manifest = FacesManifest { schema: FacesManifest::SCHEMA, ..Default::default() };
     let mut report = FacesReport { photos: taken.len(), rejected: set.rejected.len(), held_out: set.photos.len() - taken.len(), ..Default::default() };
     for r in results? {
-        match r {
-            Ok(crops) => {
-                let mut seen = std::collections::BTreeSet::new();
-                for c in &crops {
-                    let class = c.file.split('/').next().unwrap_or_default().to_string();
-                    let e = report.per_class.entry(class.clone()).or_default();
-                    e.1 += 1;
-                    if seen.insert(class) {
-                        e.0 += 1;
-                    }
-                }
-                report.crops += crops.len();
-                manifest.crops.extend(crops);
-            }
-            Err(no) => {
-                if no.code == "no_face" {
-                    report.no_face += 1;
-                } else {
-                    report.unreadable += 1;
-                }
-                manifest.without.push(no);
-            }
+        // Per class: the photos with a face of it, and its crops.
+        let classes: Vec<String> = tally(&mut report, &mut manifest, r).iter().map(|c| c.file.split('/').next().unwrap_or_default().to_string()).collect();
+        for (i, class) in classes.iter().enumerate() {
+            let e = report.per_class.entry(class.clone()).or_default();
+            e.1 += 1;
+            e.0 += usize::from(!classes[..i].contains(class));
         }
     }
     manifest.write(out)?;
@@ -321,23 +319,10 @@ pub fn run(root: &Path, p: &FacesParams, detector: &Detector, out: &Path) -> Res
     let mut manifest = FacesManifest { schema: FacesManifest::SCHEMA, ..Default::default() };
     let mut report = FacesReport { photos: listing.files.len(), ..Default::default() };
     for (f, r) in listing.files.iter().zip(results) {
+        let crops = tally(&mut report, &mut manifest, r).len();
         let entry = report.per_class.entry(f.label.clone()).or_default();
         entry.0 += 1;
-        match r {
-            Ok(crops) => {
-                entry.1 += crops.len();
-                report.crops += crops.len();
-                manifest.crops.extend(crops);
-            }
-            Err(no) => {
-                if no.code == "no_face" {
-                    report.no_face += 1;
-                } else {
-                    report.unreadable += 1;
-                }
-                manifest.without.push(no);
-            }
-        }
+        entry.1 += crops;
     }
     manifest.write(out)?;
     Ok(report)

@@ -470,6 +470,30 @@ pub fn face_region(width: u32, height: u32, bbox: [f32; 4], margin: f32) -> Opti
     (r > l && b > t).then_some([l, t, r, b])
 }
 
+/// Why a photo file could not be read: a code (`unreadable`, or the decoder's rejection code) and a
+/// message for people.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PhotoError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for PhotoError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for PhotoError {}
+
+/// A whole photo file as RGB — decoded within the default [`Limits`], EXIF-oriented, transparency
+/// on white: how `detect`, the faces and the detection stages read photos.
+pub fn read_photo(path: &std::path::Path) -> Result<RgbImage, PhotoError> {
+    let bytes = std::fs::read(path).map_err(|e| PhotoError { code: "unreadable", message: format!("cannot read: {e}") })?;
+    let d = decode(&bytes, &Limits::default()).map_err(|e| PhotoError { code: e.code(), message: e.to_string() })?;
+    Ok(to_rgb8(d.image, [255, 255, 255]))
+}
+
 /// The pixels of [`face_region`].
 pub fn crop_face(img: &RgbImage, bbox: [f32; 4], margin: f32) -> Option<RgbImage> {
     let [l, t, r, b] = face_region(img.width(), img.height(), bbox, margin)?;

@@ -28,6 +28,15 @@ impl DetectorKind {
             DetectorKind::Mtcnn => "mtcnn",
         }
     }
+
+    /// The SSD's input size, for the SSD kinds.
+    pub fn ssd_input(self) -> Option<crate::ssd::SsdInput> {
+        match self {
+            DetectorKind::Ssd => Some(crate::ssd::SsdInput::S360),
+            DetectorKind::Ssd260 => Some(crate::ssd::SsdInput::S260),
+            DetectorKind::Mtcnn => None,
+        }
+    }
 }
 
 impl std::str::FromStr for DetectorKind {
@@ -175,18 +184,12 @@ impl Detector {
         if files.len() != want {
             return Err(format!("the {} detector takes {want} weight file(s), got {}", p.kind, files.len()));
         }
-        let ssd = |input| crate::ssd::FaceMaskSsd::load(files[0], input, p.ssd(), device).map_err(|e| e.to_string());
-        Ok(match p.kind {
-            DetectorKind::Mtcnn => Detector::Mtcnn(Box::new(
-                Mtcnn::load([files[0], files[1], files[2]], p.mtcnn(), device).map_err(|e| e.to_string())?,
-            )),
-            DetectorKind::Ssd => Detector::Ssd(Box::new(ssd(crate::ssd::SsdInput::S360)?)),
-            DetectorKind::Ssd260 => Detector::Ssd(Box::new(ssd(crate::ssd::SsdInput::S260)?)),
+        Ok(match p.kind.ssd_input() {
+            Some(input) => Detector::Ssd(Box::new(crate::ssd::FaceMaskSsd::load(files[0], input, p.ssd(), device).map_err(|e| e.to_string())?)),
+            None => Detector::Mtcnn(Box::new(Mtcnn::load([files[0], files[1], files[2]], p.mtcnn(), device).map_err(|e| e.to_string())?)),
         })
     }
-}
 
-impl Detector {
     /// A fine-tuned SSD (a `dettrain` artifact's, or a bundle's): its architecture `kind` as its
     /// card names it (`ssd`, `ssd260`), its weights file, and the thresholds of `p`.
     pub fn load_trained(kind: &str, weights: &std::path::Path, p: &DetectorParams, device: tch::Device) -> Result<Detector, String> {

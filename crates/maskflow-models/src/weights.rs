@@ -462,15 +462,13 @@ pub fn list_imported(store: &Path) -> Vec<Result<ImportedWeights, WeightsError>>
     dirs.iter().map(|d| read_imported(d)).collect()
 }
 
-/// Each of `names` located (through the environment's search paths), imported into `store` (or
-/// reused) and keyed: its name, its safetensors file and `sha256:…` — what a stage declares as an
-/// outside input.
-pub fn ensure_keyed<'a>(names: &[&'a str], store: &Path) -> Result<Vec<(&'a str, PathBuf, String)>, WeightsError> {
-    let search = SearchPaths::from_env();
+/// Each of `names` located, imported into `store` (or reused) and keyed: its name, its safetensors
+/// file and `sha256:…` — what a stage declares as an outside input.
+pub fn ensure_keyed<'a>(names: &[&'a str], store: &Path, search: &SearchPaths) -> Result<Vec<(&'a str, PathBuf, String)>, WeightsError> {
     names
         .iter()
         .map(|name| {
-            let w = ensure(name, None, store, &search)?;
+            let w = ensure(name, None, store, search)?;
             Ok((*name, w.safetensors(), format!("sha256:{}", w.sha256)))
         })
         .collect()
@@ -509,9 +507,8 @@ pub fn detector(
     params: &crate::detector::DetectorParams,
     device: Device,
 ) -> Result<crate::detector::Detector, WeightsError> {
-    let files: Vec<PathBuf> =
-        params.weights().iter().map(|n| ensure(n, None, store, search).map(|w| w.safetensors())).collect::<Result<_, _>>()?;
-    let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let keyed = ensure_keyed(params.weights(), store, search)?;
+    let refs: Vec<&Path> = keyed.iter().map(|(_, file, _)| file.as_path()).collect();
     crate::detector::Detector::load(params, &refs, device)
         .map_err(|why| WeightsError::Store { path: store.join("weights"), why })
 }

@@ -11,12 +11,12 @@ use anyhow::Result;
 use image::Rgb;
 pub use image::RgbImage;
 use maskflow_contracts::bundle::ModelCard;
-use maskflow_imaging::{Limits, Resizer};
+use maskflow_imaging::Resizer;
 use maskflow_models::detector::{Detector, FoundFace};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// How faces are cut out and labelled.
 #[derive(Debug, Clone)]
@@ -90,12 +90,6 @@ struct Detected {
     pixels: Vec<u8>,
 }
 
-fn decode(path: &Path) -> Result<RgbImage, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    let d = maskflow_imaging::decode(&bytes, &Limits::default()).map_err(|e| e.to_string())?;
-    Ok(maskflow_imaging::to_rgb8(d.image, [255, 255, 255]))
-}
-
 /// What labels the faces found.
 pub enum Labeller<'a> {
     /// A bundle's classifier on each face's crop (the default everywhere).
@@ -106,6 +100,16 @@ pub enum Labeller<'a> {
 
 /// The classes of the face-mask SSD's own mask scores, in their order.
 pub use maskflow_models::ssd::CLASSES as DETECTOR_CLASSES;
+
+impl<'a> From<Option<&'a Bundle>> for Labeller<'a> {
+    /// A bundle's classifier, or without one the detector's own scores.
+    fn from(bundle: Option<&'a Bundle>) -> Self {
+        match bundle {
+            Some(b) => Labeller::Classifier(b),
+            None => Labeller::Detector,
+        }
+    }
+}
 
 impl Labeller<'_> {
     /// The class names its probabilities are over, in order.
@@ -184,7 +188,7 @@ fn detect_round(
     group: usize,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Vec<Result<Detected, String>> {
-    let decoded: Vec<Result<RgbImage, String>> = round.par_iter().map(|p| decode(p)).collect();
+    let decoded: Vec<Result<RgbImage, String>> = round.par_iter().map(|p| maskflow_imaging::read_photo(p).map_err(|e| e.message)).collect();
     let mut results: Vec<Option<Result<Detected, String>>> = (0..round.len()).map(|_| None).collect();
     let mut groups: BTreeMap<(u32, u32), Vec<Vec<(usize, RgbImage)>>> = BTreeMap::new();
     for (i, d) in decoded.into_iter().enumerate() {
