@@ -40,7 +40,7 @@ impl Compute {
             tch::Device::Cuda(n) => maskflow_pipeline::Device::Cuda(n),
             _ => maskflow_pipeline::Device::Cpu,
         };
-        Runtime { device, threads: self.threads, progress: true, artifacts: artifacts.to_path_buf() }
+        Runtime { device, threads: self.threads, progress: true, artifacts: artifacts.to_path_buf(), ranks: None }
     }
 }
 

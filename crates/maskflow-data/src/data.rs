@@ -278,6 +278,26 @@ pub struct EpochPlan {
     pub out_size: i64,
     pub device: Device,
     pub channels_last: bool,
+    /// Which positions of every batch this process takes (data-parallel ranks); [`Part::WHOLE`] for all.
+    pub part: Part,
+}
+
+/// Rank `rank` of `world` takes positions `rank, rank + world, …` of every batch, with the
+/// augmentation draws those positions get in the whole batch: the ranks together see exactly the
+/// images and draws of one process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl Part {
+    pub const WHOLE: Part = Part { rank: 0, world: 1 };
+
+    /// The positions of a batch of `n` that this part takes.
+    pub fn positions(&self, n: usize) -> impl Iterator<Item = usize> + '_ {
+        (self.rank..n).step_by(self.world.max(1))
+    }
 }
 
 impl EpochPlan {
@@ -313,21 +333,29 @@ impl View {
 /// Makes batch `b` of `plan` from in-memory `images` / `labels`.
 pub fn make_batch(images: &Tensor, labels: &Tensor, plan: &EpochPlan, b: usize) -> Result<Batch> {
     let idx = plan.batch_rows(b);
-    let raw = images.index_select(0, &Tensor::from_slice(&idx));
-    finish_batch(raw, labels, &idx, plan, b)
+    let pos: Vec<i64> = plan.part.positions(idx.len()).map(|i| i as i64).collect();
+    let mine: Vec<i64> = pos.iter().map(|&i| idx[i as usize]).collect();
+    let raw = images.index_select(0, &Tensor::from_slice(&mine));
+    finish_batch(raw, labels, &idx, plan, b, true)
 }
 
-/// Augments (or centres), normalises and moves batch `b`'s raw (n, H, W, 3) uint8 pixels.
-fn finish_batch(raw: Tensor, labels: &Tensor, idx: &[i64], plan: &EpochPlan, b: usize) -> Result<Batch> {
+/// Augments (or centres), normalises and moves batch `b`'s raw (n, H, W, 3) uint8 pixels (of the
+/// whole batch `idx`, or with `taken` of only the plan's part of it).
+fn finish_batch(raw: Tensor, labels: &Tensor, idx: &[i64], plan: &EpochPlan, b: usize, taken: bool) -> Result<Batch> {
+    let pos: Vec<usize> = plan.part.positions(idx.len()).collect();
+    let raw = if taken || plan.part == Part::WHOLE {
+        raw
+    } else {
+        raw.index_select(0, &Tensor::from_slice(&pos.iter().map(|&i| i as i64).collect::<Vec<_>>()))
+    };
+    let idx: Vec<i64> = pos.iter().map(|&i| idx[i]).collect();
     let src = raw.size()[1];
     let draws: Vec<Draw> = match &plan.augment {
-        Some((a, seed, epoch)) => {
-            (0..idx.len() as u64).map(|i| a.draw(*seed, *epoch, b as u64, i, src, plan.out_size)).collect()
-        }
+        Some((a, seed, epoch)) => pos.iter().map(|&i| a.draw(*seed, *epoch, b as u64, i as u64, src, plan.out_size)).collect(),
         None => idx.iter().map(|&r| plan.view.draw(src, plan.out_size, r as usize)).collect(),
     };
     let x = augment::apply(&raw, &draws, plan.out_size, plan.device, plan.channels_last)?;
-    let y = labels.index_select(0, &Tensor::from_slice(idx)).to_device(plan.device);
+    let y = labels.index_select(0, &Tensor::from_slice(&idx)).to_device(plan.device);
     Ok(Batch { index: b, x, y })
 }
 
@@ -435,7 +463,7 @@ fn stream_batches(
             }
         }
         let raw = Tensor::from_data_size(&raw, &[idx.len() as i64, side, side, 3], Kind::Uint8);
-        if !send(finish_batch(raw, labels, &idx, plan, b)) {
+        if !send(finish_batch(raw, labels, &idx, plan, b, false)) {
             break;
         }
     }
@@ -495,6 +523,7 @@ mod tests {
             out_size: 16,
             device: Device::Cpu,
             channels_last: false,
+            part: Part::WHOLE,
         }
     }
 

@@ -81,6 +81,7 @@ fn evaluate_view(model: &Classifier, m16: &Option<Classifier>, split: &SplitData
         out_size: o.out_size,
         device: o.device,
         channels_last: o.channels_last,
+        part: data::Part::WHOLE,
     };
     let mut probs = Vec::new();
     let (mut loss_sum, mut correct) = (0.0, 0i64);

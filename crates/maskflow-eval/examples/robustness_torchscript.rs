@@ -26,6 +26,7 @@ fn score(module: &CModule, split: &SplitData, view: View, k: usize) -> Result<(f
         out_size: split.size,
         device: Device::Cpu,
         channels_last: true,
+        part: maskflow_data::data::Part::WHOLE,
     };
     let (mut loss, mut hit, mut n) = (0.0, vec![0u64; k], vec![0u64; k]);
     for batch in data::spawn_producer(split, plan, 0) {

@@ -130,7 +130,7 @@ impl Fixture {
         Graph::load(&p, &registry()).map_err(|e| e.to_string())
     }
     fn rt(&self) -> Runtime {
-        Runtime { device: crate::Device::Cpu, threads: 1, progress: false, artifacts: self.path().join("artifacts") }
+        Runtime { device: crate::Device::Cpu, threads: 1, progress: false, artifacts: self.path().join("artifacts"), ranks: None }
     }
     fn run(&self, g: &Graph, force: Option<&str>, until: Option<&str>) -> Vec<(String, bool)> {
         let (rec, _) = runner::run(g, &registry(), &self.rt(), &RunOptions { force, until, events: &crate::events::Silent, shared: None, executor: None, split_hint: Default::default() }).unwrap();

@@ -34,6 +34,7 @@ pub fn features(
         out_size: split.size,
         device,
         channels_last: true,
+        part: maskflow_data::data::Part::WHOLE,
     };
     let bar = if progress { maskflow_core::progress::bar(plan.batches() as u64, "review features", "batches") } else { indicatif::ProgressBar::hidden() };
     let mut out = Vec::new();

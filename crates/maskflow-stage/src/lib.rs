@@ -58,6 +58,9 @@ pub struct Runtime {
     pub progress: bool,
     /// The store root (imported weights live there).
     pub artifacts: PathBuf,
+    /// The data-parallel ranks of this run (`maskflow run --world-size N`, torchrun), for the
+    /// stages that train with them; this process is rank 0 of the group. None: one process.
+    pub ranks: Option<std::sync::Arc<std::sync::Mutex<maskflow_torchext::dist::ProcessGroup>>>,
 }
 
 /// An outside input that is not an artifact (the dataset folder, pretrained weights): where it is

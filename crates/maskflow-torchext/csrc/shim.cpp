@@ -121,21 +121,27 @@ int mf_pg_gloo_new(const char* file_path, const char* host, int port, int tcp_se
 
 void mf_pg_free(void* g) { delete static_cast<Group*>(g); }
 
+// One collective per tensor (gloo reads a list as one tensor per device, all of one shape); the
+// Rust side packs many small tensors into flat buckets first.
 int mf_pg_broadcast(void* g, at::Tensor** ts, int n, int root) {
   return guarded([&] {
-    auto v = tensors_of(ts, n);
     c10d::BroadcastOptions o;
     o.rootRank = root;
-    static_cast<Group*>(g)->backend->broadcast(v, o)->wait();
+    for (auto& t : tensors_of(ts, n)) {
+      std::vector<at::Tensor> one{t};
+      static_cast<Group*>(g)->backend->broadcast(one, o)->wait();
+    }
   });
 }
 
 int mf_pg_allreduce_sum(void* g, at::Tensor** ts, int n) {
   return guarded([&] {
-    auto v = tensors_of(ts, n);
     c10d::AllreduceOptions o;
     o.reduceOp = c10d::ReduceOp::SUM;
-    static_cast<Group*>(g)->backend->allreduce(v, o)->wait();
+    for (auto& t : tensors_of(ts, n)) {
+      std::vector<at::Tensor> one{t};
+      static_cast<Group*>(g)->backend->allreduce(one, o)->wait();
+    }
   });
 }
 

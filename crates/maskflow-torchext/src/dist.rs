@@ -142,7 +142,8 @@ impl ProcessGroup {
         tensors.iter().map(|t| t.as_ptr() as *const c_void).collect()
     }
 
-    /// Every rank's `tensors` become `root`'s, in place.
+    /// Every rank's `tensors` become `root`'s, in place (one collective per tensor; see
+    /// [`ProcessGroup::broadcast_packed`] for many small ones).
     pub fn broadcast(&self, tensors: &[&Tensor], root: usize) -> Result<(), TorchError> {
         let ptrs = Self::pointers(tensors);
         let root = c_int::try_from(root).map_err(|_| TorchError { op: "broadcast", message: "root rank too large".into() })?;
@@ -150,11 +151,26 @@ impl ProcessGroup {
         check("c10d broadcast", unsafe { crate::mf_pg_broadcast(self.raw.as_ptr(), ptrs.as_ptr(), ptrs.len() as c_int, root) })
     }
 
-    /// Every rank's `tensors` become the element-wise sum over the ranks, in place.
+    /// Every rank's `tensors` become the element-wise sum over the ranks, in place (one collective
+    /// per tensor).
     pub fn allreduce_sum(&self, tensors: &[&Tensor]) -> Result<(), TorchError> {
         let ptrs = Self::pointers(tensors);
         // SAFETY: as in `broadcast`.
         check("c10d all-reduce", unsafe { crate::mf_pg_allreduce_sum(self.raw.as_ptr(), ptrs.as_ptr(), ptrs.len() as c_int) })
+    }
+
+    /// Bytes from rank 0 to every rank: rank 0 passes `Some`, the others `None`; all get rank 0's
+    /// bytes (the length goes first, then the bytes).
+    pub fn broadcast_bytes(&self, bytes: Option<&[u8]>) -> Result<Vec<u8>, TorchError> {
+        let len = Tensor::from_slice(&[bytes.map_or(0, |b| b.len() as i64)]);
+        self.broadcast(&[&len], 0)?;
+        let n = len.int64_value(&[0]);
+        let buf = match bytes {
+            Some(b) => Tensor::from_slice(b),
+            None => Tensor::zeros([n], (tch::Kind::Uint8, tch::Device::Cpu)),
+        };
+        self.broadcast(&[&buf], 0)?;
+        Ok(Vec::<u8>::try_from(&buf).map_err(|e| TorchError { op: "broadcast", message: e.to_string() })?)
     }
 
     /// Returns when every rank has reached it.
@@ -163,25 +179,34 @@ impl ProcessGroup {
         check("c10d barrier", unsafe { crate::mf_pg_barrier(self.raw.as_ptr()) })
     }
 
+    /// Every rank's `tensors` become `root`'s, packed into flat buckets (of one kind, at most
+    /// `bucket_bytes`) so that many small tensors cost a few collectives.
+    pub fn broadcast_packed(&self, tensors: &[&Tensor], root: usize, bucket_bytes: usize) -> Result<(), TorchError> {
+        for bucket in buckets(tensors, bucket_bytes) {
+            let flat = pack(&bucket);
+            self.broadcast(&[&flat], root)?;
+            unpack(&flat, &bucket);
+        }
+        Ok(())
+    }
+
     /// The mean over the ranks of each tensor, in place: the tensors are packed into flat buckets of
     /// at most `bucket_bytes` (one tensor larger than that gets a bucket of its own), each bucket
     /// summed in one all-reduce, divided by the world size and unpacked. Every rank must pass tensors
     /// of the same shapes in the same order.
     pub fn allreduce_mean(&self, tensors: &[&Tensor], bucket_bytes: usize) -> Result<(), TorchError> {
         for bucket in buckets(tensors, bucket_bytes) {
-            let parts: Vec<Tensor> = bucket.iter().map(|t| t.reshape([-1])).collect();
-            let flat = Tensor::cat(&parts, 0);
+            let flat = pack(&bucket);
             self.allreduce_sum(&[&flat])?;
-            let flat = flat / self.world as f64;
-            let mut offset = 0;
-            for t in bucket {
-                let n = t.numel() as i64;
-                let mut t = t.shallow_clone();
-                t.copy_(&flat.narrow(0, offset, n).view_as(&t));
-                offset += n;
-            }
+            unpack(&(flat / self.world as f64), &bucket);
         }
         Ok(())
+    }
+}
+
+impl std::fmt::Debug for ProcessGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ProcessGroup(gloo, rank {} of {})", self.rank, self.world)
     }
 }
 
@@ -192,13 +217,33 @@ impl Drop for ProcessGroup {
     }
 }
 
-/// Consecutive runs of `tensors` of at most `bytes` each (a larger tensor alone).
+/// One flat tensor of a bucket's elements, in order.
+fn pack(bucket: &[&Tensor]) -> Tensor {
+    let parts: Vec<Tensor> = bucket.iter().map(|t| t.detach().reshape([-1])).collect();
+    Tensor::cat(&parts, 0)
+}
+
+/// Copies `flat`'s elements back into the bucket's tensors, in place.
+fn unpack(flat: &Tensor, bucket: &[&Tensor]) {
+    let mut offset = 0;
+    tch::no_grad(|| {
+        for t in bucket {
+            let n = t.numel() as i64;
+            let mut t = t.shallow_clone();
+            t.copy_(&flat.narrow(0, offset, n).view_as(&t));
+            offset += n;
+        }
+    });
+}
+
+/// Consecutive runs of `tensors` of one kind and at most `bytes` each (a larger tensor alone).
 fn buckets<'a>(tensors: &[&'a Tensor], bytes: usize) -> Vec<Vec<&'a Tensor>> {
     let mut out: Vec<Vec<&Tensor>> = vec![];
     let mut size = 0;
     for &t in tensors {
         let b = t.numel() * t.kind().elt_size_in_bytes();
-        if out.is_empty() || size + b > bytes {
+        let other_kind = out.last().and_then(|v| v.first()).is_some_and(|f| f.kind() != t.kind());
+        if out.is_empty() || size + b > bytes || other_kind {
             out.push(vec![]);
             size = 0;
         }
@@ -298,10 +343,15 @@ mod tests {
             let w = Tensor::full([3], r + 1.0, (tch::Kind::Float, tch::Device::Cpu));
             pg.broadcast(&[&w], 0).unwrap();
             assert_eq!(Vec::<f32>::try_from(&w).unwrap(), vec![1.0; 3], "rank {r}: root's values");
+            let (p, q) = (Tensor::full([2], r, (tch::Kind::Float, tch::Device::Cpu)), Tensor::full([3], r, (tch::Kind::Int64, tch::Device::Cpu)));
+            pg.broadcast_packed(&[&p, &q], 1, 1 << 20).unwrap();
+            assert_eq!((p.sum(tch::Kind::Float).double_value(&[]), q.sum(tch::Kind::Float).double_value(&[])), (2.0, 3.0), "rank 1's values");
             let a = Tensor::full([2, 2], r + 1.0, (tch::Kind::Float, tch::Device::Cpu));
             let b = Tensor::from_slice(&[r as f32 * 10.0, 1.0]);
             // Two buckets (16 bytes and 8 bytes with a 16-byte limit).
             pg.allreduce_mean(&[&a, &b], 16).unwrap();
+            let msg = pg.broadcast_bytes((pg.rank() == 0).then_some(b"hello".as_slice())).unwrap();
+            assert_eq!(msg, b"hello");
             assert_eq!(Vec::<f32>::try_from(&a.reshape([-1])).unwrap(), vec![1.5; 4]);
             assert_eq!(Vec::<f32>::try_from(&b).unwrap(), vec![5.0, 1.0]);
             pg.barrier().unwrap();

@@ -61,21 +61,35 @@ fn main() {
         (rate, err)
     };
     let cfg = AdamConfig { beta2: 0.99, eps: 1e-8, weight_decay: 0.01 };
-    let step_rate = |model: &Classifier| {
+    // A training step: `body_train` false is maskflow's `body_batchnorm = "fixed"` (the body's
+    // BatchNorm on running statistics, as facemask.toml's stage 2); `mixed` runs the forward pass in
+    // a bf16 autocast region (`precision = "bf16-mixed"`), the weights and Adam in fp32.
+    let step_rate = |model: &Classifier, body_train: bool, mixed: bool| {
         let mut opt = Adam::new(cfg, model.params().iter().map(|p| (p.name.as_str(), &p.tensor, p.group)));
         timed(iters, || {
-            let loss = model.forward_t(&x, true).cross_entropy_for_logits(&y);
+            let logits = maskflow_torchext::autocast::with(Device::Cpu, mixed.then_some(Kind::BFloat16), || {
+                model.head_t(&model.features_t(&x, body_train), true)
+            })
+            .expect("autocast");
+            let loss = logits.to_kind(Kind::Float).cross_entropy_for_logits(&y);
             opt.zero_grad();
             loss.backward();
             opt.step(&[1e-4; 3], 0.9);
         })
     };
     model.freeze();
-    let frozen = step_rate(&model);
+    let frozen = step_rate(&model, true, false);
     model.unfreeze();
-    let full = step_rate(&model);
+    let full = step_rate(&model, true, false);
+    // Alternating twice: fixed-BatchNorm full steps in fp32 and bf16-mixed.
+    let mut fixed = [0.0f64; 2];
+    let mut fixed_mixed = [0.0f64; 2];
+    for r in 0..2 {
+        fixed[r] = step_rate(&model, false, false);
+        fixed_mixed[r] = step_rate(&model, false, true);
+    }
     println!(
-        "{{\"inference\": {inference:.2}, \"inference_bf16\": {:.2}, \"bf16_max_prob_diff\": {:.4}, \"frozen_step\": {frozen:.2}, \"full_step\": {full:.2}, \"threads\": {threads}, \"channels_last\": {channels_last}}}",
-        inference_bf16.0, inference_bf16.1
+        "{{\"inference\": {inference:.2}, \"inference_bf16\": {:.2}, \"bf16_max_prob_diff\": {:.4}, \"frozen_step\": {frozen:.2}, \"full_step\": {full:.2}, \"fixed_bn_step\": {:?}, \"fixed_bn_step_bf16_mixed\": {:?}, \"threads\": {threads}, \"channels_last\": {channels_last}}}",
+        inference_bf16.0, inference_bf16.1, fixed.map(|v| (v * 100.0).round() / 100.0), fixed_mixed.map(|v| (v * 100.0).round() / 100.0)
     );
 }

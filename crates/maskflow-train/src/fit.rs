@@ -7,8 +7,9 @@ use crate::data::{self, EpochPlan, SplitData};
 use crate::lr_find::{self, LrFindResult, Smoother, StopRule};
 use crate::optim::{Adam, AdamConfig};
 use crate::phase::Phase;
+use crate::ranks;
 use crate::seeds;
-use crate::{Balance, BodyBatchNorm, Runtime, TrainParams};
+use crate::{Balance, BodyBatchNorm, Runtime, TrainParams, TrainPrecision};
 use anyhow::{bail, Context, Result};
 use maskflow_contracts::model::EpochMetrics;
 use maskflow_data::infer::{self, InferOptions};
@@ -48,6 +49,39 @@ fn loss_fn(ctx: &Ctx, logits: &Tensor, y: &Tensor) -> Tensor {
     }
 }
 
+/// One optimizer step on a batch: the forward pass (in a bf16 autocast region with
+/// `precision = "bf16-mixed"`), the loss in fp32, the backward pass, the gradients' mean over the
+/// data-parallel ranks, the step. `scale` turns this rank's mean loss into its share of the global
+/// batch's (`ranks::loss_scale`; 1 when every rank takes the whole batch); returns the batch's mean
+/// loss over all ranks.
+#[allow(clippy::too_many_arguments)]
+fn train_step(
+    ctx: &Ctx,
+    model: &Classifier,
+    opt: &mut Adam,
+    forward: impl FnOnce() -> Tensor,
+    y: &Tensor,
+    scale: f64,
+    lrs: &[f64],
+    mom: f64,
+) -> Result<f64> {
+    let kind = match ctx.params.precision {
+        TrainPrecision::Fp32 => None,
+        TrainPrecision::Bf16Mixed => Some(Kind::BFloat16),
+    };
+    let logits = maskflow_torchext::autocast::with(ctx.rt.device, kind, forward)?;
+    let loss = loss_fn(ctx, &logits.to_kind(Kind::Float), y) * scale;
+    opt.zero_grad();
+    loss.backward();
+    let lv = ranks::reduce_gradients(ctx.rt, model, &loss)?;
+    opt.step(lrs, mom);
+    if let (Some(dir), true) = (&ctx.rt.step_log, ctx.rt.is_root()) {
+        let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+        crate::checkpoint::save_safetensors(&crate::checkpoint::sorted_variables(model), &dir.join(format!("step-{n:05}.safetensors")))?;
+    }
+    Ok(lv)
+}
+
 pub(crate) fn new_optimizer(ctx: &Ctx, model: &Classifier, state: Option<Vec<(String, Tensor)>>) -> Result<Adam> {
     let p = ctx.params;
     let config = AdamConfig { beta2: p.beta2, eps: p.eps, weight_decay: p.weight_decay };
@@ -77,6 +111,7 @@ fn image_plan(ctx: &Ctx, order: seeds::Order, augment: seeds::Augment) -> EpochP
         out_size: ctx.out_size,
         device: ctx.rt.device,
         channels_last: p.channels_last,
+        part: ctx.rt.part(),
     }
 }
 
@@ -84,7 +119,7 @@ fn image_plan(ctx: &Ctx, order: seeds::Order, augment: seeds::Augment) -> EpochP
 /// BatchNorm per `body_batchnorm`.
 fn train_forward(ctx: &Ctx, model: &Classifier, x: &Tensor) -> Tensor {
     let body_train = ctx.params.body_batchnorm == BodyBatchNorm::Update;
-    model.head_t(&model.features_t(x, body_train), true)
+    model.head_t(&model.features_t(x, body_train), !ctx.rt.head_eval)
 }
 
 pub(crate) fn bar(ctx: &Ctx, len: usize, what: &str) -> indicatif::ProgressBar {
@@ -168,13 +203,15 @@ impl Batches {
     fn forward(&self, ctx: &Ctx, model: &Classifier, x: &Tensor) -> Tensor {
         match self {
             Batches::Images => train_forward(ctx, model, x),
-            Batches::Features { .. } => model.head_from_pooled_t(x, true),
+            Batches::Features { .. } => model.head_from_pooled_t(x, !ctx.rt.head_eval),
         }
     }
 
     /// Validation loss and accuracy after an epoch.
     fn validate(&self, ctx: &Ctx, model: &Classifier) -> Result<(f64, f64)> {
         match self {
+            // Only rank 0 reports metrics; the others go on to the next epoch's first all-reduce.
+            Batches::Images if !ctx.rt.is_root() => Ok((f64::NAN, f64::NAN)),
             Batches::Images => evaluate(ctx, model, &ctx.valid).map(|(l, a, _)| (l, a)),
             Batches::Features { valid, .. } => {
                 let _g = tch::no_grad_guard();
@@ -209,7 +246,13 @@ fn pooled_features(ctx: &Ctx, model: &Classifier, split: &SplitData, view: usize
         out_size: ctx.out_size,
         device: ctx.rt.device,
         channels_last: ctx.params.channels_last,
+        part: ctx.rt.part(),
     };
+    // With data-parallel ranks, each computes its part of every batch (the rows it would train on)
+    // and the parts are summed into the whole.
+    let (bs, n, part) = (plan.batch_size, split.len(), plan.part);
+    let rows: Vec<i64> =
+        (0..plan.batches()).flat_map(|b| part.positions(bs.min(n - b * bs)).map(move |p| (b * bs + p) as i64)).collect();
     let pb = bar(ctx, plan.batches(), &format!("features {view}"));
     let m16 = infer::inference_model(model, ctx.params.inference_precision, ctx.params.channels_last)?;
     let mut out = Vec::new();
@@ -219,7 +262,7 @@ fn pooled_features(ctx: &Ctx, model: &Classifier, split: &SplitData, view: usize
         pb.inc(1);
     }
     pb.finish_and_clear();
-    Ok(Tensor::cat(&out, 0))
+    ranks::assemble_rows(ctx.rt, &Tensor::cat(&out, 0), &rows, n as i64)
 }
 
 /// What the epoch loop learns about one epoch's batches.
@@ -246,6 +289,8 @@ pub(crate) fn fit(
     let nb = batches.per_epoch(ctx);
     let total = nb * epochs;
     let first = progress.epochs_done;
+    ranks::sync_start(ctx.rt, model, phase as i64, first)?;
+    let (n, bs) = (ctx.train.len(), ctx.params.batch_size);
     for epoch in first..epochs {
         let t0 = Instant::now();
         tch::manual_seed(seeds::Torch::Epoch { phase, epoch }.seed(ctx.params.seed));
@@ -255,18 +300,23 @@ pub(crate) fn fit(
             let (x, y) = batch?;
             let (mult, mom) = ctx.params.one_cycle.at(epoch * nb + b, total);
             let lrs: Vec<f64> = max_lrs.iter().map(|l| l * mult).collect();
-            let loss = loss_fn(ctx, &batches.forward(ctx, model, &x), &y);
-            opt.zero_grad();
-            loss.backward();
-            opt.step(&lrs, mom);
-            let lv = loss.double_value(&[]);
+            // Image batches are split over the ranks; a fixed body's features are not (each rank
+            // takes the whole batch through the small head: same numbers, no all-reduce needed).
+            let (global_rows, scale) = match batches {
+                Batches::Images => {
+                    let rows = bs.min(n - b * bs);
+                    (rows, ranks::loss_scale(ctx.rt.part(), y.size()[0] as usize, rows))
+                }
+                Batches::Features { .. } => (y.size()[0] as usize, 1.0),
+            };
+            let lv = train_step(ctx, model, &mut opt, || batches.forward(ctx, model, &x), &y, scale, &lrs, mom)?;
             if !lv.is_finite() {
                 bail!("train: the loss became {lv} at {phase} epoch {} batch {b}; lower the learning rate", epoch + 1);
             }
             let ema = progress.ema.add(lv);
             t.sum += lv;
             t.batches += 1;
-            t.images += y.size()[0] as usize;
+            t.images += global_rows;
             pb.inc(1);
             pb.set_message(format!("loss {ema:.4}  {:.1} img/s", t.images as f64 / t0.elapsed().as_secs_f64()));
         }
@@ -304,7 +354,9 @@ fn end_epoch(ctx: &mut Ctx, model: &Classifier, opt: &Adam, progress: &mut Progr
     progress.metrics.push(m);
     progress.phase = phase;
     progress.epochs_done = epoch + 1;
-    checkpoint::write(&ctx.rt.checkpoint_dir, model, opt.state(), progress)?;
+    if ctx.rt.is_root() {
+        checkpoint::write(&ctx.rt.checkpoint_dir, model, opt.state(), progress)?;
+    }
     ctx.epochs_run += 1;
     if ctx.rt.stop_after_epochs.is_some_and(|n| ctx.epochs_run >= n) {
         return Err(Interrupted.into());
@@ -331,11 +383,9 @@ pub(crate) fn lr_finder(ctx: &mut Ctx, model: &mut Classifier) -> Result<LrFindR
                 break 'outer;
             }
             let lr = lr_find::sweep_lr(lf.start, lf.end, it, lf.iterations);
-            let loss = loss_fn(ctx, &train_forward(ctx, model, &batch.x), &batch.y);
-            opt.zero_grad();
-            loss.backward();
-            opt.step(&[lr; GROUPS], 0.9);
-            let lv = loss.double_value(&[]);
+            let rows = ctx.params.batch_size.min(ctx.train.len() - batch.index * ctx.params.batch_size);
+            let scale = ranks::loss_scale(ctx.rt.part(), batch.y.size()[0] as usize, rows);
+            let lv = train_step(ctx, model, &mut opt, || train_forward(ctx, model, &batch.x), &batch.y, scale, &[lr; GROUPS], 0.9)?;
             let s = smoother.add(lv);
             result.lrs.push(lr);
             result.raw_losses.push(lv);

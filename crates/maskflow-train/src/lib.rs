@@ -21,6 +21,7 @@ mod fit;
 pub mod lr_find;
 mod outputs;
 pub mod params;
+pub mod ranks;
 pub mod seeds;
 /// One-cycle, Adam and the phases live below the stages (`maskflow-fit`), shared with `dettrain`.
 pub use maskflow_fit::{optim, phase, schedule};
@@ -31,7 +32,7 @@ pub use maskflow_contracts::model::{
     EpochMetrics, TrainConfig, CURVES_FILE, LR_FIND_CSV, LR_FIND_PNG, METRICS_FILE, MODEL_FILE, SHOW_BATCH_FILE,
 };
 pub use maskflow_data::{augment, data};
-pub use params::{Balance, BodyBatchNorm, DataMode, FrozenMode, Precision, TrainParams};
+pub use params::{Balance, BodyBatchNorm, DataMode, FrozenMode, Precision, TrainParams, TrainPrecision};
 pub use phase::Phase;
 
 use anyhow::{bail, Context, Result};
@@ -84,7 +85,13 @@ impl Stage for TrainStage {
             Inputs { prep_dir: shards.to_path_buf(), classes: meta.classes, pretrained: ctx.externals.get("weights").map(|w| w.path.clone()) };
         let device = maskflow_models::torch_device(ctx.runtime.device);
         let (tx, rx) = std::sync::mpsc::channel::<String>();
-        let rt = Runtime { notes: Some(tx), ..Runtime::new(device, ctx.runtime.threads, ctx.scratch.to_path_buf(), ctx.runtime.progress) };
+        let group = if p.world_size > 1 { ctx.runtime.ranks.clone() } else { None };
+        let rt = Runtime { notes: Some(tx), group, ..Runtime::new(device, ctx.runtime.threads, ctx.scratch.to_path_buf(), ctx.runtime.progress) };
+        // The other ranks wait for their work: this stage, with its inputs and checkpoint folder.
+        if let Some(g) = &rt.group {
+            let job = ranks::RankJob { inputs: inputs.clone(), params: p.clone(), checkpoint_dir: rt.checkpoint_dir.clone() };
+            ranks::send(g, &ranks::RankMessage::Train(Box::new(job)))?;
+        }
         // The notes reach the runner from this thread while training runs; dropping `rt` (on
         // every way out, a panic included) ends it.
         std::thread::scope(move |s| {
@@ -124,14 +131,20 @@ pub struct Runtime {
     pub progress: bool,
     /// Stop as if killed after this many epochs (set only by this crate's resume tests).
     pub(crate) stop_after_epochs: Option<usize>,
+    /// The head in eval mode while training too (BatchNorm1d on running statistics, no dropout),
+    /// and every step's weights written here: only the data-parallel equality test sets these.
+    pub(crate) head_eval: bool,
+    pub(crate) step_log: Option<PathBuf>,
     /// Where its messages go (epoch figures, resuming, a checkpoint ignored); none are kept
     /// without it. The stage forwards them to the runner; this crate never prints.
     pub notes: Option<std::sync::mpsc::Sender<String>>,
+    /// Data-parallel training with the ranks of this group (see `ranks`); None: one process.
+    pub group: Option<ranks::SharedGroup>,
 }
 
 impl Runtime {
     pub fn new(device: Device, threads: usize, checkpoint_dir: PathBuf, progress: bool) -> Self {
-        Runtime { device, threads, checkpoint_dir, progress, stop_after_epochs: None, notes: None }
+        Runtime { device, threads, checkpoint_dir, progress, stop_after_epochs: None, head_eval: false, step_log: None, notes: None, group: None }
     }
 
     pub(crate) fn note(&self, line: String) {
@@ -142,7 +155,8 @@ impl Runtime {
 }
 
 /// The stage's inputs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Inputs {
     /// A `shard_set` artifact.
     pub prep_dir: PathBuf,
@@ -230,6 +244,16 @@ fn build_model(inputs: &Inputs, params: &TrainParams, rt: &Runtime) -> Result<Cl
 /// Runs the stage; writes its files into `out_dir`.
 pub fn run(inputs: &Inputs, params: &TrainParams, rt: &Runtime, out_dir: &Path) -> Result<TrainReport> {
     params.validate().map_err(anyhow::Error::msg)?;
+    let world = rt.part().world;
+    if params.world_size != world {
+        bail!(
+            "train.world_size is {} but this run has {world} rank(s): start it with `maskflow run --world-size {}` \
+             (or torchrun --nproc-per-node {} --no-python maskflow run …)",
+            params.world_size,
+            params.world_size,
+            params.world_size
+        );
+    }
     let started = Instant::now();
     tch::set_num_threads(rt.threads.max(1) as i32);
     let mut ctx = context(inputs, params, rt)?;
@@ -281,7 +305,7 @@ pub fn run(inputs: &Inputs, params: &TrainParams, rt: &Runtime, out_dir: &Path) 
         progress.ema = Smoother::new(0.98);
         opt_state = None;
     }
-    if let Some(r) = &progress.lr_find {
+    if let (Some(r), true) = (&progress.lr_find, rt.is_root()) {
         outputs::write_lr_find(out_dir, r)?;
     }
     model.unfreeze();
@@ -289,8 +313,14 @@ pub fn run(inputs: &Inputs, params: &TrainParams, rt: &Runtime, out_dir: &Path) 
         let lrs = params.unfrozen_lr.per_group(GROUPS, None);
         fit::fit(&mut ctx, &mut model, Phase::Unfrozen, params.unfrozen_epochs, &lrs, &Batches::Images, &mut progress, opt_state.take())?;
     }
-    let (valid_loss, accuracy, _) = fit::evaluate(&ctx, &model, &ctx.valid)?;
-    write_outputs(inputs, params, &ctx, &model, &progress, out_dir)?;
+    // The other ranks are done: rank 0 scores and writes.
+    let (valid_loss, accuracy) = if rt.is_root() {
+        let (l, a, _) = fit::evaluate(&ctx, &model, &ctx.valid)?;
+        write_outputs(inputs, params, &ctx, &model, &progress, out_dir)?;
+        (l, a)
+    } else {
+        (f64::NAN, f64::NAN)
+    };
     Ok(TrainReport {
         classes: inputs.classes.clone(),
         train_images: ctx.train.len(),

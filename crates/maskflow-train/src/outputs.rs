@@ -89,6 +89,7 @@ pub(crate) fn show_batch(path: &Path, prep_dir: &Path, classes: &[String], p: &T
         out_size,
         device: Device::Cpu,
         channels_last: false,
+        part: data::Part::WHOLE,
     };
     let batch = data::spawn_producer(&train, plan, n)
         .recv()

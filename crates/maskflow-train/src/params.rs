@@ -45,6 +45,20 @@ pub enum Balance {
 
 pub use maskflow_contracts::model::Precision;
 
+/// Number format of the training steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TrainPrecision {
+    /// Everything in fp32.
+    #[serde(rename = "fp32")]
+    Fp32,
+    /// The forward pass in a bf16 autocast region (convolutions and matmuls in bf16, reductions,
+    /// losses and BatchNorm statistics in fp32, as torch.autocast); weights, gradients and the
+    /// optimizer state in fp32. On CUDA (Ampere and later) the usual speed-up; on this project's
+    /// AVX-512-BF16 CPU measured slower than fp32 (docs/BENCHMARKS.md), so fp32 stays the default.
+    #[serde(rename = "bf16-mixed")]
+    Bf16Mixed,
+}
+
 /// fastai's `lr_find()` sweep.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -120,8 +134,15 @@ pub struct TrainParams {
     /// Rows in the shuffle buffer of a streamed training split (memory: this many images plus two
     /// row groups; more rows, better mixing).
     pub shuffle_buffer: usize,
-    /// Inference passes in `fp32` or `bf16` (training steps stay fp32).
+    /// Inference passes in `fp32` or `bf16` (validation, the fixed body's features).
     pub inference_precision: Precision,
+    /// Training steps in `fp32` or `bf16-mixed` (autocast; fp32 master weights).
+    pub precision: TrainPrecision,
+    /// Data-parallel ranks (`maskflow run --world-size N`, or torchrun's WORLD_SIZE). Part of the
+    /// key: each rank normalises its BatchNorm layers (in train mode) with its own part of the batch
+    /// and draws its own dropout masks, as DDP does, so N ranks do not compute what one process
+    /// does; `batch_size` stays the global batch and must divide by it.
+    pub world_size: usize,
 }
 
 impl Default for TrainParams {
@@ -154,6 +175,8 @@ impl Default for TrainParams {
             memory_limit_mb: 8192,
             shuffle_buffer: 2048,
             inference_precision: Precision::Fp32,
+            precision: TrainPrecision::Fp32,
+            world_size: 1,
         }
     }
 }
@@ -162,6 +185,12 @@ impl TrainParams {
     pub fn validate(&self) -> Result<(), String> {
         if self.batch_size == 0 || self.valid_batch_size == 0 {
             return Err("train: batch sizes must be at least 1".into());
+        }
+        if self.world_size == 0 || self.batch_size % self.world_size != 0 {
+            return Err(format!(
+                "train: batch_size {} must be a multiple of world_size {} (each rank takes an equal part of every batch)",
+                self.batch_size, self.world_size
+            ));
         }
         if self.shuffle_buffer == 0 {
             return Err("train.shuffle_buffer must be at least 1".into());
