@@ -4,6 +4,7 @@
 mod fanout_cmd;
 mod detect_cmd;
 mod predict_cmd;
+mod ranks_cmd;
 mod runner;
 mod session;
 mod weights_cmd;
@@ -55,6 +56,24 @@ enum Command {
         store: StoreArgs,
         #[command(flatten)]
         fanout: fanout_cmd::FanoutArgs,
+        /// Train with N data-parallel ranks on this machine: this process is rank 0 and starts the
+        /// others (give each its share with --threads). Sets every train instance's `world_size`
+        /// (part of its key). Under torchrun (`torchrun --nproc-per-node N --no-python maskflow
+        /// run …`) the ranks come from its environment instead.
+        #[arg(long, value_name = "N")]
+        world_size: Option<usize>,
+    },
+    /// A data-parallel rank started by `run --world-size` (not for direct use).
+    #[command(hide = true)]
+    RankWorker {
+        #[arg(long)]
+        rendezvous_file: PathBuf,
+        #[arg(long)]
+        rank: usize,
+        #[arg(long)]
+        world_size: usize,
+        #[command(flatten)]
+        compute: ComputeArgs,
     },
     /// Plan a splittable stage (index, prep) of a pipeline as tasks in the shared store, for an
     /// executor of your own (a Slurm array, a Kubernetes Indexed Job): prints the plan's URL and
@@ -525,8 +544,23 @@ fn main() {
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { pipeline, artifacts, force, until, compute, store, fanout } => {
-            runner::run(&pipeline, &artifacts, force.as_deref(), until.as_deref(), &compute.options()?, &store.options(), &fanout)
+        Command::Run { pipeline, artifacts, force, until, compute, store, fanout, world_size } => {
+            let compute = compute.options()?;
+            match ranks_cmd::role(world_size, &artifacts, &compute)? {
+                ranks_cmd::Role::Worker { group } => ranks_cmd::work(group, &compute),
+                role => {
+                    let ranks = match &role {
+                        ranks_cmd::Role::Root { group, world, .. } => Some((group.clone(), *world)),
+                        _ => None,
+                    };
+                    let outcome =
+                        runner::run(&pipeline, &artifacts, force.as_deref(), until.as_deref(), &compute, &store.options(), &fanout, ranks);
+                    ranks_cmd::finish(role, outcome)
+                }
+            }
+        }
+        Command::RankWorker { rendezvous_file, rank, world_size, compute } => {
+            ranks_cmd::rank_worker(&rendezvous_file, rank, world_size, &compute.options()?)
         }
         Command::Plan { pipeline, stage, artifacts, store, task_items, json, compute } => fanout_cmd::plan(
             &pipeline,

@@ -20,12 +20,20 @@ pub fn run(
     c: &Compute,
     store: &StoreOptions,
     fan: &crate::fanout_cmd::FanoutArgs,
+    ranks: Option<(maskflow_train::ranks::SharedGroup, usize)>,
 ) -> Result<()> {
-    let (reg, g) = load(pipeline)?;
+    let (reg, mut g) = load(pipeline)?;
     ensure_synth(&g)?;
     let remote = store.open(true)?;
     let shared = remote.as_ref().map(|remote| store.shared(remote));
-    let rt = c.runtime(artifacts);
+    let mut rt = c.runtime(artifacts);
+    if let Some((group, world)) = ranks {
+        // The world size is part of each train instance's key, as if written in the file.
+        for node in g.nodes.iter_mut().filter(|n| n.kind == <maskflow_train::TrainStage as maskflow_stage::Stage>::KIND) {
+            node.params["world_size"] = serde_json::json!(world);
+        }
+        rt.ranks = Some(group as std::sync::Arc<dyn std::any::Any + Send + Sync>);
+    }
     let local = maskflow_core::store::Store::new(artifacts);
     let executor = match (fan.executor, &remote) {
         (None, _) => None,

@@ -9,6 +9,7 @@ mod common;
 mod architecture;
 mod deteval;
 mod dettrain;
+mod dist;
 mod eval;
 mod export;
 mod faces;

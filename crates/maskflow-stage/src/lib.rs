@@ -59,8 +59,10 @@ pub struct Runtime {
     /// The store root (imported weights live there).
     pub artifacts: PathBuf,
     /// The data-parallel ranks of this run (`maskflow run --world-size N`, torchrun), for the
-    /// stages that train with them; this process is rank 0 of the group. None: one process.
-    pub ranks: Option<std::sync::Arc<std::sync::Mutex<maskflow_torchext::dist::ProcessGroup>>>,
+    /// stages that train with them (train: a `maskflow_train::ranks::SharedGroup`); this process
+    /// is rank 0. None: one process. Opaque here so that this crate — in every stage's lock hash —
+    /// depends on no process-group code.
+    pub ranks: Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 /// An outside input that is not an artifact (the dataset folder, pretrained weights): where it is

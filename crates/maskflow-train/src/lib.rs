@@ -85,7 +85,14 @@ impl Stage for TrainStage {
             Inputs { prep_dir: shards.to_path_buf(), classes: meta.classes, pretrained: ctx.externals.get("weights").map(|w| w.path.clone()) };
         let device = maskflow_models::torch_device(ctx.runtime.device);
         let (tx, rx) = std::sync::mpsc::channel::<String>();
-        let group = if p.world_size > 1 { ctx.runtime.ranks.clone() } else { None };
+        let group = match (&ctx.runtime.ranks, p.world_size > 1) {
+            (Some(any), true) => Some(
+                any.clone()
+                    .downcast::<std::sync::Mutex<maskflow_torchext::dist::ProcessGroup>>()
+                    .map_err(|_| anyhow::anyhow!("internal: the run's ranks are not a process group"))?,
+            ),
+            _ => None,
+        };
         let rt = Runtime { notes: Some(tx), group, ..Runtime::new(device, ctx.runtime.threads, ctx.scratch.to_path_buf(), ctx.runtime.progress) };
         // The other ranks wait for their work: this stage, with its inputs and checkpoint folder.
         if let Some(g) = &rt.group {
