@@ -8,16 +8,8 @@
 #   target/release/maskflow); OUT: where the logs and a summary go (default /tmp/maskflow-precision).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-if ! nvidia-smi -L >/dev/null 2>&1; then
-  echo "bench/cuda/precision.sh: no NVIDIA GPU here (nvidia-smi -L failed); nothing measured" >&2
-  exit 3
-fi
-B=${MASKFLOW_BIN:-$PWD/.devcheck/maskflow}
-[[ -x $B ]] || B=$PWD/target/release/maskflow
-DATASET=$(realpath "${1:-../shared/datasets/face-mask}") || { echo "dataset folder not found: ${1:-../shared/datasets/face-mask}" >&2; exit 2; }
-OUT=${OUT:-/tmp/maskflow-precision}
-mkdir -p "$OUT"
-nvidia-smi -L
+. bench/cuda/gpu_env.sh
+gpu_env precision 1 "${1:-}"
 for p in fp32 bf16-mixed; do
   pipe="$OUT/facemask-$p.toml"
   # The pipeline as it is, its dataset made absolute, the precision set; index → prep → train → eval.

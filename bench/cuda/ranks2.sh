@@ -8,16 +8,8 @@
 # usage: bench/cuda/ranks2.sh [DATASET]   (MASKFLOW_BIN, OUT as in bench/cuda/precision.sh)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
-if (( gpus < 2 )); then
-  echo "bench/cuda/ranks2.sh: needs 2 NVIDIA GPUs, found ${gpus:-0}; nothing measured" >&2
-  exit 3
-fi
-B=${MASKFLOW_BIN:-$PWD/.devcheck/maskflow}
-[[ -x $B ]] || B=$PWD/target/release/maskflow
-DATASET=$(realpath "${1:-../shared/datasets/face-mask}") || { echo "dataset folder not found" >&2; exit 2; }
-OUT=${OUT:-/tmp/maskflow-ranks2}
-mkdir -p "$OUT"
+. bench/cuda/gpu_env.sh
+gpu_env ranks2 2 "${1:-}"
 sed -e "s|^root = .*|root = \"$DATASET\"|" pipelines/facemask.toml > "$OUT/facemask.toml"
 for w in 1 2; do
   /usr/bin/time -f "world $w wall %e s" "$B" run "$OUT/facemask.toml" --artifacts "$OUT/store" --until train \
