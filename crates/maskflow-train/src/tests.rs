@@ -230,6 +230,30 @@ fn a_small_run_learns_well_above_chance() {
     assert!(r.epochs.last().unwrap().train_loss_mean < r.epochs[0].train_loss_mean, "{:?}", r.epochs);
 }
 
+/// bf16 mixed precision: it learns as fp32 does, it is as deterministic, the saved weights stay
+/// fp32, and the numbers differ from fp32's (the autocast region is really entered).
+#[test]
+fn bf16_mixed_learns_deterministically_with_fp32_weights() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let d = tempfile::tempdir().unwrap();
+    let (prep_dir, classes) = prepared(d.path());
+    let inputs = Inputs { prep_dir, classes, pretrained: None };
+    let mixed = TrainParams { frozen_epochs: 3, unfrozen_epochs: 2, precision: crate::TrainPrecision::Bf16Mixed, ..small_params() };
+    let train = |params: &TrainParams, name: &str| {
+        let out = d.path().join(name);
+        std::fs::create_dir_all(&out).unwrap();
+        let r = maskflow_train::run(&inputs, params, &runtime(&d.path().join(format!("ck-{name}")), None), &out).unwrap();
+        (r, weights(&out))
+    };
+    let (ra, wa) = train(&mixed, "a");
+    let (_, wb) = train(&mixed, "b");
+    assert_identical(&wa, &wb);
+    assert!(wa.iter().all(|(_, t)| t.kind() == tch::Kind::Float), "the saved weights are fp32");
+    assert!(ra.accuracy >= 0.9, "accuracy {} after {:?}", ra.accuracy, ra.epochs.iter().map(|m| m.accuracy).collect::<Vec<_>>());
+    let (_, w32) = train(&TrainParams { precision: crate::TrainPrecision::Fp32, ..mixed.clone() }, "fp32");
+    assert!(wa.iter().zip(&w32).any(|((_, a), (_, b))| !a.equal(b)), "bf16-mixed trained exactly the fp32 weights");
+}
+
 #[test]
 fn a_damaged_checkpoint_is_not_trusted() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
