@@ -294,9 +294,14 @@ pub struct Part {
 impl Part {
     pub const WHOLE: Part = Part { rank: 0, world: 1 };
 
+    /// Whether this part takes position `i` of a batch.
+    pub fn takes(&self, i: usize) -> bool {
+        i % self.world.max(1) == self.rank
+    }
+
     /// The positions of a batch of `n` that this part takes.
     pub fn positions(&self, n: usize) -> impl Iterator<Item = usize> + '_ {
-        (self.rank..n).step_by(self.world.max(1))
+        (0..n).filter(|&i| self.takes(i))
     }
 }
 
@@ -333,21 +338,15 @@ impl View {
 /// Makes batch `b` of `plan` from in-memory `images` / `labels`.
 pub fn make_batch(images: &Tensor, labels: &Tensor, plan: &EpochPlan, b: usize) -> Result<Batch> {
     let idx = plan.batch_rows(b);
-    let pos: Vec<i64> = plan.part.positions(idx.len()).map(|i| i as i64).collect();
-    let mine: Vec<i64> = pos.iter().map(|&i| idx[i as usize]).collect();
+    let mine: Vec<i64> = plan.part.positions(idx.len()).map(|i| idx[i]).collect();
     let raw = images.index_select(0, &Tensor::from_slice(&mine));
-    finish_batch(raw, labels, &idx, plan, b, true)
+    finish_batch(raw, labels, &idx, plan, b)
 }
 
-/// Augments (or centres), normalises and moves batch `b`'s raw (n, H, W, 3) uint8 pixels (of the
-/// whole batch `idx`, or with `taken` of only the plan's part of it).
-fn finish_batch(raw: Tensor, labels: &Tensor, idx: &[i64], plan: &EpochPlan, b: usize, taken: bool) -> Result<Batch> {
+/// Augments (or centres), normalises and moves the raw (n, H, W, 3) uint8 pixels of the plan's part
+/// of batch `b` (whose rows, all of them, are `idx`).
+fn finish_batch(raw: Tensor, labels: &Tensor, idx: &[i64], plan: &EpochPlan, b: usize) -> Result<Batch> {
     let pos: Vec<usize> = plan.part.positions(idx.len()).collect();
-    let raw = if taken || plan.part == Part::WHOLE {
-        raw
-    } else {
-        raw.index_select(0, &Tensor::from_slice(&pos.iter().map(|&i| i as i64).collect::<Vec<_>>()))
-    };
     let idx: Vec<i64> = pos.iter().map(|&i| idx[i]).collect();
     let src = raw.size()[1];
     let draws: Vec<Draw> = match &plan.augment {
@@ -452,18 +451,21 @@ fn stream_batches(
     };
     for b in 0..plan.batches() {
         let idx = plan.batch_rows(b);
+        // Every row is taken (the buffer's accounting), only the plan's part is kept.
         let mut raw = Vec::with_capacity(idx.len() * row_bytes);
-        for &r in &idx {
+        for (i, &r) in idx.iter().enumerate() {
             match st.take(r as usize) {
-                Ok(px) => raw.extend_from_slice(&px),
+                Ok(px) if plan.part.takes(i) => raw.extend_from_slice(&px),
+                Ok(_) => {}
                 Err(e) => {
                     send(Err(e));
                     return st.stats;
                 }
             }
         }
-        let raw = Tensor::from_data_size(&raw, &[idx.len() as i64, side, side, 3], Kind::Uint8);
-        if !send(finish_batch(raw, labels, &idx, plan, b, false)) {
+        let n = (raw.len() / row_bytes) as i64;
+        let raw = Tensor::from_data_size(&raw, &[n, side, side, 3], Kind::Uint8);
+        if !send(finish_batch(raw, labels, &idx, plan, b)) {
             break;
         }
     }
@@ -586,6 +588,37 @@ mod tests {
         }
         assert!(stats.peak_rows <= buffer + 3 * 4, "{stats:?}");
         assert!(stats.groups_read > src.groups.len(), "{stats:?}");
+    }
+
+    /// Data-parallel parts: rank r of 2 gets positions r, r+2, … of every batch, with the
+    /// augmentation draws of those positions in the whole batch — from memory and streamed alike.
+    #[test]
+    fn two_parts_of_a_batch_are_the_whole_batch_interleaved() {
+        let d = tempfile::tempdir().unwrap();
+        let prep = prepared(d.path(), 4);
+        let mem = open_splits(&prep, &["train"], 2, DataMode::Memory, 0).unwrap();
+        let st = open_splits(&prep, &["train"], 2, DataMode::Stream, 0).unwrap();
+        let Pixels::Memory(images) = &mem.pixels else { unreachable!() };
+        let order = epoch_order(&mem.label_idx, 2, 9, 0, 0, false);
+        let part = |rank, world| EpochPlan {
+            augment: Some((crate::augment::AugmentParams::default(), 3, 0)),
+            part: Part { rank, world },
+            ..plan(order.clone())
+        };
+        let whole = part(0, 1);
+        let (p0, p1) = (streamed(&st, &part(0, 2), 12).0, streamed(&st, &part(1, 2), 12).0);
+        assert_eq!((p0.len(), p1.len()), (whole.batches(), whole.batches()));
+        for b in 0..whole.batches() {
+            let w = make_batch(images, &mem.labels, &whole, b).unwrap();
+            for (rank, streamed) in [(0, &p0[b]), (1, &p1[b])] {
+                let m = make_batch(images, &mem.labels, &part(rank, 2), b).unwrap();
+                let rows: Vec<i64> = (rank as i64..w.x.size()[0]).step_by(2).collect();
+                let expect = w.x.index_select(0, &Tensor::from_slice(&rows));
+                assert!(m.x.equal(&expect), "batch {b}, rank {rank}, from memory");
+                assert!(streamed.equal(&expect), "batch {b}, rank {rank}, streamed");
+                assert!(m.y.equal(&w.y.index_select(0, &Tensor::from_slice(&rows))), "batch {b}, rank {rank}: labels");
+            }
+        }
     }
 
     #[test]

@@ -123,15 +123,15 @@ const MESSAGE_FORMAT: u32 = 1;
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Envelope {
+struct Envelope<M> {
     format: u32,
     tool_version: String,
-    message: RankMessage,
+    message: M,
 }
 
 /// Rank 0: sends `message` to every rank.
 pub fn send(group: &SharedGroup, message: &RankMessage) -> Result<()> {
-    let env = Envelope { format: MESSAGE_FORMAT, tool_version: env!("CARGO_PKG_VERSION").into(), message: message.clone() };
+    let env = Envelope { format: MESSAGE_FORMAT, tool_version: env!("CARGO_PKG_VERSION").into(), message };
     let bytes = serde_json::to_vec(&env)?;
     lock(group).broadcast_bytes(Some(&bytes)).context("sending the other ranks their work")?;
     Ok(())
@@ -140,7 +140,7 @@ pub fn send(group: &SharedGroup, message: &RankMessage) -> Result<()> {
 /// Ranks above 0: waits for rank 0's next message.
 pub fn receive(group: &SharedGroup) -> Result<RankMessage> {
     let bytes = lock(group).broadcast_bytes(None).context("waiting for rank 0 (did it stop?)")?;
-    let env: Envelope = serde_json::from_slice(&bytes).context("rank 0's message does not decode (another maskflow?)")?;
+    let env: Envelope<RankMessage> = serde_json::from_slice(&bytes).context("rank 0's message does not decode (another maskflow?)")?;
     if env.format != MESSAGE_FORMAT || env.tool_version != env!("CARGO_PKG_VERSION") {
         bail!(
             "rank 0 runs maskflow {} (message format {}), this rank {} (format {MESSAGE_FORMAT}): every rank must run the same build",
