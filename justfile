@@ -31,9 +31,10 @@ demo: build
 
 # The fast tier, to run while working (≤ 5 min on a warm build, 2 cores): every crate's unit tests
 # and the integration tests that need no server (tests/local: the binary end to end, the goldens and
-# interop against the venv's PyTorch, pyarrow and facenet-pytorch). No S3 server, no Ray.
+# interop against the venv's PyTorch, pyarrow and facenet-pytorch, pages in headless Chromium). No S3
+# server, no Ray.
 test-fast: setup
-    @scripts/bootstrap.sh --py --nextest
+    @scripts/bootstrap.sh --py --nextest --chromium
     cargo nextest run --workspace --no-fail-fast -E 'not binary_id(maskflow::servers)'
 
 # Everything (what CI runs): the fast tier, plus tests/servers against a local S3 server that runs
@@ -43,7 +44,7 @@ test-fast: setup
 # with a time limit (.config/nextest.toml). Test builds have the failpoints and s3 features; release
 # builds never have failpoints.
 test: setup
-    @scripts/bootstrap.sh --py --s3 --ray --nextest
+    @scripts/bootstrap.sh --py --s3 --ray --nextest --chromium
     scripts/with-s3.sh cargo nextest run --workspace --no-fail-fast
     cargo nextest run -p maskflow-remote --no-fail-fast
     cargo test --workspace --doc --quiet
@@ -115,9 +116,18 @@ bench-predict BUNDLE FOLDER="../shared/datasets/face-mask" N="256": py
 bench-profile OLD DATASET="../shared/datasets/face-mask": build
     bench/profile_check.sh {{OLD}} target/release/maskflow {{DATASET}}
 
-# Render a run report (report.html) in headless Chromium and fail on a broken image; needs Debian's chromium.
-report-check REPORT:
-    bench/report_check.sh {{REPORT}}
+# Render a page maskflow wrote (report.html, runs.html, review.html) in headless Chromium (installed
+# from Debian when missing); fail on a broken image or a script error; screenshot beside it.
+report-check PAGE:
+    @scripts/bootstrap.sh --chromium
+    bench/report_check.sh {{PAGE}}
+
+# The runs page of a pipeline (`maskflow runs NAME --html`), checked in headless Chromium like
+# report-check: the table, curves overlaid, confusion matrices side by side, links to the reports.
+runs-check PIPELINE PAGE="artifacts/runs/runs-check.html": build
+    @scripts/bootstrap.sh --chromium
+    {{bin}} runs {{PIPELINE}} --html {{PAGE}}
+    bench/report_check.sh {{PAGE}}
 
 # Shared store: push / pull of the real dataset's prep artifact to a local S3 server vs boto3 (aws s3 cp style).
 # Builds the release binary with the `s3` feature (a later plain `just build` relinks without it).

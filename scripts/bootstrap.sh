@@ -7,6 +7,7 @@
 #   scripts/bootstrap.sh --s3       + a local S3 server for the shared-store tests
 #   scripts/bootstrap.sh --ray      + Ray, for `--executor ray` and its tests
 #   scripts/bootstrap.sh --nextest  + cargo-nextest (the test runner of `just test`), if missing
+#   scripts/bootstrap.sh --chromium + Debian's chromium (headless checks of report.html and runs.html), if missing
 #
 # Base (.venv/):
 #  - libjpeg62-turbo-dev (system package), if pkg-config cannot find libjpeg.
@@ -41,14 +42,15 @@ PY_NODEPS=(facenet-pytorch==2.6.0 scikit-image==0.26.0)
 S3_REQS=("moto[server]==5.2.5" boto3==1.44.8)
 RAY_REQS=(ray==2.60.0)
 
-want_py=0 want_s3=0 want_ray=0 want_nextest=0
+want_py=0 want_s3=0 want_ray=0 want_nextest=0 want_chromium=0
 for arg in "$@"; do
   case $arg in
     --py) want_py=1 ;;
     --s3) want_s3=1 ;;
     --ray) want_ray=1 ;;
     --nextest) want_nextest=1 ;;
-    *) echo "bootstrap: unknown option $arg (--py, --s3, --ray, --nextest)" >&2; exit 2 ;;
+    --chromium) want_chromium=1 ;;
+    *) echo "bootstrap: unknown option $arg (--py, --s3, --ray, --nextest, --chromium)" >&2; exit 2 ;;
   esac
 done
 
@@ -80,6 +82,16 @@ install_extras() {
   if [[ $want_nextest == 1 ]] && ! cargo nextest --version >/dev/null 2>&1; then
     echo "bootstrap: installing cargo-nextest (the test runner; a few minutes, once)" >&2
     cargo install --locked --quiet cargo-nextest
+  fi
+  if [[ $want_chromium == 1 ]] && ! command -v chromium >/dev/null; then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+      echo "bootstrap: installing Debian's chromium (headless page checks; once)" >&2
+      apt-get update -q >/dev/null
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
+    else
+      echo "bootstrap: chromium missing: install Debian's chromium package (apt-get install chromium)" >&2
+      exit 1
+    fi
   fi
 }
 

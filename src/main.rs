@@ -6,6 +6,7 @@ mod detect_cmd;
 mod predict_cmd;
 mod ranks_cmd;
 mod runner;
+mod runs_cmd;
 mod session;
 mod weights_cmd;
 
@@ -26,6 +27,10 @@ skipped (\"cached\"), so nothing is recomputed unless its inputs changed.\n\n\
 Typical use:\n  maskflow run pipelines/demo.toml       run every stage (cached ones are skipped)\n  \
 maskflow status pipelines/demo.toml    which stages are cached, stale (and why) or missing\n  \
 maskflow graph pipelines/demo.toml     the declared graph with keys and states (--dot for Graphviz)\n  \
+maskflow run pipelines/demo.toml -S train.frozen_lr=1e-3   a variant, keyed as if written in the file\n  \
+maskflow run pipelines/demo.toml --sweep lr --jobs 2       the file's [sweep.lr], points side by side\n  \
+maskflow runs demo                     the runs: params that differ, metrics (--html: runs.html)\n  \
+maskflow diff RUN_A RUN_B              two runs' params, metrics and differing stages\n  \
 maskflow stage eval --input model=DIR --input data=DIR --out DIR   one stage kind alone\n  \
 maskflow synth --out data/synth        write the synthetic demo dataset"
 )]
@@ -50,6 +55,13 @@ enum Command {
         /// Run only this instance (or every instance of this kind) and what it needs.
         #[arg(long, value_name = "STAGE")]
         until: Option<String>,
+        #[command(flatten)]
+        vary: VaryArgs,
+        /// Build up to N instances at once, each as soon as its inputs are ready (e.g. a sweep's
+        /// trainings). Each uses --threads threads and its own memory (a training of the real data
+        /// peaks near 6 GB): give N × threads ≤ cores and N × peak ≤ memory. Never part of a key.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        jobs: usize,
         #[command(flatten)]
         compute: ComputeArgs,
         #[command(flatten)]
@@ -181,6 +193,58 @@ enum Command {
         /// Graphviz DOT instead of text (`maskflow graph FILE --dot | dot -Tpng > graph.png`).
         #[arg(long)]
         dot: bool,
+        #[command(flatten)]
+        vary: VaryArgs,
+    },
+    /// The runs of a pipeline (every pipeline without one) as a table: when, commit (+dirty),
+    /// which instances were built or cached, the params that differ between the runs listed, and
+    /// the headline metrics (eval accuracy, log loss, mean corruption accuracy; train seconds). A
+    /// sweep's run is a row per point. Filter and sort by any metric or param; --html writes
+    /// runs.html (curves overlaid, confusion matrices side by side, links to each report).
+    Runs {
+        /// A pipeline file, or a pipeline's name (artifacts/runs/<name>/).
+        pipeline: Option<String>,
+        #[arg(long, default_value = "artifacts")]
+        artifacts: PathBuf,
+        /// Keep the runs where NAME OP VALUE holds (OP: < <= > >= = !=), e.g. eval.accuracy>=0.95 or
+        /// train.frozen_lr=0.003 (repeat: all must hold).
+        #[arg(long, value_name = "NAME OP VALUE")]
+        filter: Vec<String>,
+        /// Order by a metric or param (ascending; --desc for descending) instead of time.
+        #[arg(long, value_name = "NAME")]
+        sort: Option<String>,
+        #[arg(long)]
+        desc: bool,
+        /// Only the last N rows (after filter and sort).
+        #[arg(long, value_name = "N")]
+        last: Option<usize>,
+        /// Every row as one JSON object per line (all params and metrics).
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// The table as CSV.
+        #[arg(long)]
+        csv: bool,
+        /// Also write the runs page (default: artifacts/runs/<pipeline>/runs.html, or
+        /// artifacts/runs/runs.html for every pipeline).
+        #[arg(long, num_args = 0..=1, value_name = "PATH")]
+        html: Option<Option<PathBuf>>,
+    },
+    /// Compare two runs, or two points of a sweep, as `dvc params diff` and `dvc metrics diff` do:
+    /// the params that differ, the metrics with deltas, and which instances made different
+    /// artifacts and why (a param, an input from another instance, the dataset, the stage's
+    /// version). A run is its id from `maskflow runs` or a unique part of it (`150102Z/lr-2`), or
+    /// `latest`.
+    Diff {
+        a: String,
+        b: String,
+        /// Only the runs of this pipeline (a file or a name).
+        #[arg(long)]
+        pipeline: Option<String>,
+        #[arg(long, default_value = "artifacts")]
+        artifacts: PathBuf,
+        /// The diff as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Run one stage kind on artifact folders, outside any pipeline: e.g.
     /// `maskflow stage eval --input model=DIR --input data=DIR --out DIR`. Its params come from
@@ -303,6 +367,8 @@ enum Command {
         /// With a shared store, each stage also says whether it is shared, or being built and by whom.
         #[command(flatten)]
         store: StoreArgs,
+        #[command(flatten)]
+        vary: VaryArgs,
     },
     /// Write a deterministic synthetic dataset of drawn faces with and without masks.
     Synth {
@@ -357,6 +423,29 @@ impl ComputeArgs {
         // per stage). The pool is built once per process: a second call changes nothing.
         let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
         Ok(session::Compute { device: session::parse_device(&self.device)?, threads })
+    }
+}
+
+/// A pipeline file varied without editing it.
+#[derive(clap::Args, Clone)]
+struct VaryArgs {
+    /// Set a param as if it were written in the pipeline file, keyed and checked the same way:
+    /// STAGE.PARAM=VALUE, or INSTANCE.PARAM (train.resnet.frozen_lr=1e-3), or a table's field
+    /// (train.augment.flip=false). VALUE is TOML (1e-3, [1e-5, 1e-4], true, "text"; a bare word
+    /// is a string). Repeat for more; recorded in the run record.
+    #[arg(short = 'S', long = "set", value_name = "STAGE.PARAM=VALUE")]
+    set: Vec<String>,
+    /// Expand the file's [sweep.NAME] (lists of values per param, as a grid or a list) into
+    /// named instances, one per point (train.NAME-1, eval.NAME-1, …), sharing every upstream
+    /// artifact; run compares them at the end.
+    #[arg(long, value_name = "NAME")]
+    sweep: Option<String>,
+}
+
+impl VaryArgs {
+    fn variation(&self) -> Result<maskflow_pipeline::variation::Variation> {
+        let overrides = self.set.iter().map(|a| maskflow_pipeline::variation::Override::parse(a).map_err(anyhow::Error::msg)).collect::<Result<_>>()?;
+        Ok(maskflow_pipeline::variation::Variation { overrides, sweep: self.sweep.clone() })
     }
 }
 
@@ -544,8 +633,11 @@ fn main() {
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { pipeline, artifacts, force, until, compute, store, fanout, world_size } => {
+        Command::Run { pipeline, artifacts, force, until, vary, jobs, compute, store, fanout, world_size } => {
             let compute = compute.options()?;
+            let variation = vary.variation()?;
+            anyhow::ensure!(jobs >= 1, "--jobs must be at least 1");
+            anyhow::ensure!(jobs == 1 || world_size.is_none(), "--jobs {jobs} with --world-size: the ranks train one instance at a time; use one or the other");
             match ranks_cmd::role(world_size, &artifacts, &compute)? {
                 ranks_cmd::Role::Worker { group } => ranks_cmd::work(group, &compute),
                 role => {
@@ -553,8 +645,15 @@ fn real_main() -> Result<()> {
                         ranks_cmd::Role::Root { group, world, .. } => Some((group.clone(), *world)),
                         _ => None,
                     };
-                    let outcome =
-                        runner::run(&pipeline, &artifacts, force.as_deref(), until.as_deref(), &compute, &store.options(), &fanout, ranks);
+                    let cmd = runner::RunCmd {
+                        pipeline: &pipeline,
+                        artifacts: &artifacts,
+                        force: force.as_deref(),
+                        until: until.as_deref(),
+                        variation: &variation,
+                        jobs,
+                    };
+                    let outcome = runner::run(&cmd, &compute, &store.options(), &fanout, ranks);
                     ranks_cmd::finish(role, outcome)
                 }
             }
@@ -585,7 +684,12 @@ fn real_main() -> Result<()> {
         Command::Gc { store, grace, keep_runs, plan_ttl, apply } => {
             runner::gc(&store.options(), &maskflow_remote::GcOptions { grace, keep_runs, plan_ttl, apply })
         }
-        Command::Graph { pipeline, artifacts, dot } => runner::graph(&pipeline, &artifacts, dot),
+        Command::Graph { pipeline, artifacts, dot, vary } => runner::graph(&pipeline, &artifacts, dot, &vary.variation()?),
+        Command::Runs { pipeline, artifacts, filter, sort, desc, last, json, csv, html } => {
+            let format = if json { runs_cmd::Format::Json } else if csv { runs_cmd::Format::Csv } else { runs_cmd::Format::Text };
+            runs_cmd::runs(&runs_cmd::RunsArgs { pipeline: pipeline.as_deref(), artifacts: &artifacts, filters: &filter, sort, desc, last, format, html })
+        }
+        Command::Diff { a, b, pipeline, artifacts, json } => runs_cmd::diff(&artifacts, pipeline.as_deref(), &a, &b, json),
         Command::Stage { kind, inputs, dataset, params, out, artifacts, compute } => runner::stage_alone(
             &runner::StageArgs {
                 kind: &kind,
@@ -634,7 +738,7 @@ fn real_main() -> Result<()> {
         Command::LrFind { pipeline, artifacts, out, compute } => {
             runner::lr_find(&pipeline, &artifacts, &compute.options()?, &out)
         }
-        Command::Status { pipeline, artifacts, store } => runner::status(&pipeline, &artifacts, &store.options()),
+        Command::Status { pipeline, artifacts, store, vary } => runner::status(&pipeline, &artifacts, &store.options(), &vary.variation()?),
         Command::Synth { out, seed, per_class, no_bad_files } => {
             let params =
                 maskflow_synth::SynthParams { seed, per_class, bad_files: !no_bad_files, ..Default::default() };

@@ -2,31 +2,43 @@
 //! `status`, `graph`, `eval --data`, `lr-find`, `stage`, `stages`). Everything about graphs, keys,
 //! the store and status is `maskflow-pipeline`'s; what the commands share is in `session`.
 
-use crate::session::{ensure_synth, load, registry, Compute, Printer, StoreOptions};
+use crate::session::{ensure_synth, load, load_with, registry, Compute, Printer, StoreOptions};
 use anyhow::{bail, Context, Result};
 use maskflow_pipeline::graph::Graph;
 use maskflow_pipeline::runner::{self, RunOptions};
 use maskflow_pipeline::shared;
+use maskflow_pipeline::variation::Variation;
 use maskflow_pipeline::{params_from_file, InputArtifact, Placement, RunCtx};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// What `maskflow run` was asked.
+pub struct RunCmd<'a> {
+    pub pipeline: &'a Path,
+    pub artifacts: &'a Path,
+    pub force: Option<&'a str>,
+    pub until: Option<&'a str>,
+    pub variation: &'a Variation,
+    pub jobs: usize,
+}
+
 /// `maskflow run`.
 pub fn run(
-    pipeline: &Path,
-    artifacts: &Path,
-    force: Option<&str>,
-    until: Option<&str>,
+    cmd: &RunCmd,
     c: &Compute,
     store: &StoreOptions,
     fan: &crate::fanout_cmd::FanoutArgs,
     ranks: Option<(maskflow_train::ranks::SharedGroup, usize)>,
 ) -> Result<()> {
-    let (reg, mut g) = load(pipeline)?;
+    let (reg, mut g) = load_with(cmd.pipeline, cmd.variation)?;
     ensure_synth(&g)?;
     let remote = store.open(true)?;
     let shared = remote.as_ref().map(|remote| store.shared(remote));
+    let artifacts = cmd.artifacts;
     let mut rt = c.runtime(artifacts);
+    // Several instances at once: their progress bars would overwrite each other; their notes
+    // (epochs, resumes) and results still print.
+    rt.progress = cmd.jobs <= 1;
     if let Some((group, world)) = ranks {
         // The world size is part of each train instance's key, as if written in the file.
         for node in g.nodes.iter_mut().filter(|n| n.kind == <maskflow_train::TrainStage as maskflow_stage::Stage>::KIND) {
@@ -43,8 +55,20 @@ pub fn run(
         }
         (Some(_), None) => bail!("--executor runs tasks through a shared store: add --store s3://bucket/prefix or file:///path"),
     };
-    let opts = RunOptions { force, until, events: &Printer, shared: shared.as_ref(), executor: executor.as_deref(), split_hint: fan.hint() };
-    runner::run(&g, &reg, &rt, &opts)?;
+    let opts = RunOptions {
+        force: cmd.force,
+        until: cmd.until,
+        shared: shared.as_ref(),
+        executor: executor.as_deref(),
+        split_hint: fan.hint(),
+        jobs: cmd.jobs,
+        git: crate::runs_cmd::git_state(cmd.pipeline),
+        ..RunOptions::new(&Printer)
+    };
+    let ran = runner::run(&g, &reg, &rt, &opts)?;
+    if ran.record.sweep.is_some() {
+        crate::runs_cmd::sweep_table(artifacts, &reg, &ran)?;
+    }
     Ok(())
 }
 
@@ -54,13 +78,13 @@ pub fn review(pipeline: &Path, artifacts: &Path, c: &Compute, store: &StoreOptio
     let (reg, mut g) = load(pipeline)?;
     if g.node("review").is_none() {
         let text = std::fs::read_to_string(pipeline).with_context(|| pipeline.display().to_string())?;
-        g = Graph::parse(pipeline, &format!("{text}\n[review]\n"), &reg)?;
+        g = Graph::parse_with(pipeline, &format!("{text}\n[review]\n"), &reg, &g.variation)?;
     }
     ensure_synth(&g)?;
     let remote = store.open(true)?;
     let shared = remote.as_ref().map(|remote| store.shared(remote));
     let rt = c.runtime(artifacts);
-    runner::run(&g, &reg, &rt, &RunOptions { force: None, until: Some("review"), events: &Printer, shared: shared.as_ref(), executor: None, split_hint: Default::default() })?;
+    runner::run(&g, &reg, &rt, &RunOptions { until: Some("review"), shared: shared.as_ref(), ..RunOptions::new(&Printer) })?;
     let only = runner::until_set(&g, "review")?;
     let planned = runner::plan(&g, &reg, &rt, Some(&only), &Printer)?;
     let Some(review) = planned.iter().find(|p| p.node.name == "review") else { bail!("internal: review was not planned") };
@@ -113,8 +137,8 @@ pub fn gc(store: &StoreOptions, opts: &maskflow_remote::GcOptions) -> Result<()>
 }
 
 /// `maskflow status`.
-pub fn status(pipeline: &Path, artifacts: &Path, store: &StoreOptions) -> Result<()> {
-    let (reg, g) = load(pipeline)?;
+pub fn status(pipeline: &Path, artifacts: &Path, store: &StoreOptions, variation: &Variation) -> Result<()> {
+    let (reg, g) = load_with(pipeline, variation)?;
     let rt = Compute { device: tch::Device::Cpu, threads: 1 }.runtime(artifacts);
     let remote = store.open(false)?;
     // Keys need the dataset's fingerprint: a [dataset.synth] folder is generated (as `graph` and
@@ -131,8 +155,8 @@ pub fn status(pipeline: &Path, artifacts: &Path, store: &StoreOptions) -> Result
 }
 
 /// `maskflow graph`.
-pub fn graph(pipeline: &Path, artifacts: &Path, dot: bool) -> Result<()> {
-    let (reg, g) = load(pipeline)?;
+pub fn graph(pipeline: &Path, artifacts: &Path, dot: bool, variation: &Variation) -> Result<()> {
+    let (reg, g) = load_with(pipeline, variation)?;
     ensure_synth(&g)?;
     let rt = Compute { device: tch::Device::Cpu, threads: 1 }.runtime(artifacts);
     print!("{}", runner::describe(&g, &reg, &rt, dot, &Printer)?);
@@ -150,7 +174,7 @@ pub fn eval_folder(pipeline: &Path, artifacts: &Path, folder: &Path, c: &Compute
         .unwrap_or_else(|| "folder".into());
     let folder = std::fs::canonicalize(folder).with_context(|| format!("--data {}", folder.display()))?;
     let name = g.add_folder_instance(&reg, "eval", &suffix, &folder)?;
-    let (_, outcomes) = runner::run(&g, &reg, &c.runtime(artifacts), &RunOptions { force: None, until: Some(&name), events: &Printer, shared: None, executor: None, split_hint: Default::default() })?;
+    let outcomes = runner::run(&g, &reg, &c.runtime(artifacts), &RunOptions { until: Some(&name), ..RunOptions::new(&Printer) })?.outcomes;
     if let Some(o) = outcomes.last() {
         println!("report  {}", o.dir.join(maskflow_eval::REPORT_FILE).display());
     }
@@ -164,7 +188,7 @@ pub fn lr_find(pipeline: &Path, artifacts: &Path, c: &Compute, out: &Path) -> Re
     let Some(train) = g.node("train") else { bail!("{}: no [train] to find a learning rate for", pipeline.display()) };
     let shards_node = train.inputs.get("shards").cloned().unwrap_or_default();
     let rt = c.runtime(artifacts);
-    let (_, outcomes) = runner::run(&g, &reg, &rt, &RunOptions { force: None, until: Some(&shards_node), events: &Printer, shared: None, executor: None, split_hint: Default::default() })?;
+    let outcomes = runner::run(&g, &reg, &rt, &RunOptions { until: Some(&shards_node), ..RunOptions::new(&Printer) })?.outcomes;
     let Some(prep) = outcomes.last() else { bail!("internal: {shards_node} did not run") };
     let params: maskflow_train::TrainParams = serde_json::from_value(train.params.clone())?;
     let externals = reg.get("train").map(|s| s.externals(&train.params, &rt)).transpose()?.unwrap_or_default();

@@ -119,8 +119,13 @@ pub fn ensure_synth(g: &Graph) -> Result<()> {
 
 /// Loads a pipeline file as a graph (with this binary's registry).
 pub fn load(pipeline: &Path) -> Result<(Registry, Graph)> {
+    load_with(pipeline, &Default::default())
+}
+
+/// Loads a pipeline file with `-S` overrides and a sweep.
+pub fn load_with(pipeline: &Path, variation: &maskflow_pipeline::variation::Variation) -> Result<(Registry, Graph)> {
     let reg = registry();
-    let g = Graph::load(pipeline, &reg)?;
+    let g = Graph::load_with(pipeline, &reg, variation)?;
     Ok((reg, g))
 }
 
@@ -178,17 +183,19 @@ impl Events for Printer {
                         None => format!("built in {:.2}s", o.duration_s),
                     }
                 };
-                println!("{name:<7} {state}  key {}  {}", short(&o.key), o.dir.display());
+                // One write per event: instances built in parallel (--jobs) do not interleave lines.
+                let mut out = format!("{name:<7} {state}  key {}  {}\n", short(&o.key), o.dir.display());
                 for note in &via.notes {
-                    println!("        {note}");
+                    out.push_str(&format!("        {note}\n"));
                 }
                 if let Some(p) = &via.published {
                     match p.created {
-                        true => println!("        published ({})", p.transfer),
-                        false => println!("        already published by another machine (blobs: {})", p.transfer),
+                        true => out.push_str(&format!("        published ({})\n", p.transfer)),
+                        false => out.push_str(&format!("        already published by another machine (blobs: {})\n", p.transfer)),
                     }
                 }
-                println!("        {summary}");
+                out.push_str(&format!("        {summary}\n"));
+                print!("{out}");
             }
             Event::RunDone { stages, cached, seconds, record } => {
                 println!("run     {stages} stage(s), {cached} cached, {seconds:.2}s; record {}", record.display())

@@ -11,6 +11,7 @@ mod deteval;
 mod dettrain;
 mod dist;
 mod eval;
+mod experiments;
 mod export;
 mod faces;
 mod graph;

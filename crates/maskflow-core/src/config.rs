@@ -9,6 +9,9 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}:{line}:{column}: {message}")]
     Invalid { path: PathBuf, line: usize, column: usize, message: String },
+    /// A command-line override (`-S stage.param=value`) that does not fit the file.
+    #[error("-S {arg}: {message}")]
+    Override { arg: String, message: String },
 }
 
 /// Parses `text` (the contents of `path`) into `T`; errors carry the 1-based line and column.

@@ -21,6 +21,42 @@ pub struct StageRun {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebuilt_because: Option<String>,
     pub duration_s: f64,
+    /// What its key covers, recorded since `maskflow runs` / `diff` compare runs (`None` in
+    /// records written before: then the manifest of `kind`/`key`, if still in the store, says).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<serde_json::Value>,
+    /// Input slot or outside input → its key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// The commit of the checkout a run was made from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitState {
+    pub commit: String,
+    /// Tracked files had uncommitted changes.
+    pub dirty: bool,
+}
+
+/// A sweep as run (`maskflow run --sweep NAME`): its points in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sweep {
+    pub name: String,
+    pub points: Vec<SweepPoint>,
+}
+
+/// One point of a sweep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepPoint {
+    /// `lr-1`, `lr-2`, …: the suffix of its instances.
+    pub label: String,
+    /// Swept path → the point's value (TOML text), in the sweep table's order.
+    pub values: Vec<(String, String)>,
+    /// The pipeline's instance → this point's clone of it (`train` → `train.lr-1`).
+    pub instances: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,6 +69,15 @@ pub struct RunRecord {
     /// The dataset fingerprint the index stage was keyed on.
     pub dataset_fingerprint: String,
     pub stages: Vec<StageRun>,
+    /// The checkout's commit; `None` when not recorded (older records, or no git checkout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitState>,
+    /// `-S` overrides as given (`train.frozen_lr=1e-3`); `None` in records written before they
+    /// were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overrides: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<Sweep>,
 }
 
 /// Run records: format 1 adds the `format` field to what format 0 (no field) held; both read.

@@ -146,6 +146,20 @@ impl Stage for EvalStage {
             REPORT_FILE,
         )
     }
+    fn metrics(r: &EvalReport) -> maskflow_stage::Metrics {
+        use maskflow_stage::Scalar;
+        let mut scalars = vec![Scalar::headline("accuracy", r.accuracy), Scalar::headline("log_loss", r.log_loss)];
+        if let Some(a) = r.mean_corruption_accuracy {
+            scalars.push(Scalar::headline("corruption_accuracy", a));
+        }
+        scalars.push(Scalar::other("balanced_accuracy", r.balanced_accuracy));
+        scalars.push(Scalar::other("error_rate", r.error_rate));
+        maskflow_stage::Metrics {
+            scalars,
+            curves: Vec::new(),
+            confusion: Some(maskflow_stage::Confusion { classes: r.classes.clone(), counts: r.confusion_matrix.clone() }),
+        }
+    }
 }
 
 /// What made an eval result: exactly what its key covers.

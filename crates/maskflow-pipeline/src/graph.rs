@@ -27,6 +27,7 @@
 //! Errors — unknown kinds, unknown or missing inputs, slot-kind mismatches, cycles, bad params —
 //! come before anything runs, with `file:line:col`.
 
+use crate::variation::{self, Sweep, Variation};
 use crate::{DynStage, Placement, Registry};
 use maskflow_core::config::ConfigError;
 use serde_json::Value;
@@ -70,6 +71,10 @@ pub struct Graph {
     pub overrides: Option<PathBuf>,
     /// Topological order (upstream first; otherwise declaration order).
     pub nodes: Vec<Node>,
+    /// The `-S` overrides and sweep it was loaded with.
+    pub variation: Variation,
+    /// The sweep expanded into it (`--sweep NAME`): its points and their instances.
+    pub sweep: Option<Sweep>,
     text: String,
 }
 
@@ -127,7 +132,54 @@ impl Graph {
     }
 
     pub fn parse(path: &Path, text: &str, registry: &Registry) -> Result<Graph, ConfigError> {
-        let root_table = DeTable::parse(text).map_err(|e| config_error(path, text, &e))?.into_inner();
+        Self::parse_with(path, text, registry, &Variation::default())
+    }
+
+    /// Loads a pipeline file with `-S` overrides and, if named, one of its sweeps expanded.
+    pub fn load_with(path: &Path, registry: &Registry, v: &Variation) -> Result<Graph, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::parse_with(path, &text, registry, v)
+    }
+
+    /// [`Graph::parse`] with a [`Variation`]: the overrides merged into the file's tables, and every
+    /// `[sweep.NAME]` expanded and checked (the one `v.sweep` names is the graph returned).
+    pub fn parse_with(path: &Path, text: &str, registry: &Registry, v: &Variation) -> Result<Graph, ConfigError> {
+        let src = variation::Sources::new(text, &v.overrides);
+        let built = (|| {
+            let mut table = DeTable::parse(text).map_err(|e| config_error(path, text, &e))?.into_inner();
+            let sweeps = variation::take_sweeps(path, text, &mut table)?;
+            variation::apply_overrides(path, &src, &v.overrides, &mut table, registry)?;
+            let full = src.full.as_str();
+            let base = Self::build(path, full, table.clone(), registry)?;
+            let mut chosen = None;
+            for s in &sweeps {
+                let mut t = table.clone();
+                let sweep = variation::expand(path, full, s, &mut t, &base.nodes, registry)?;
+                let g = Self::build(path, full, t, registry)?;
+                if v.sweep.as_deref() == Some(s.name.as_str()) {
+                    chosen = Some(Graph { sweep: Some(sweep), ..g });
+                }
+            }
+            match (&v.sweep, chosen) {
+                (None, _) => Ok(base),
+                (Some(_), Some(g)) => Ok(g),
+                (Some(name), None) => {
+                    let names: Vec<&str> = sweeps.iter().map(|s| s.name.as_str()).collect();
+                    Err(err_at(path, text, 0, format!(
+                        "--sweep {name}: the file has no [sweep.{name}]{}",
+                        if names.is_empty() { String::new() } else { format!(" (its sweeps: {})", names.join(", ")) }
+                    )))
+                }
+            }
+        })();
+        let mut g = built.map_err(|e| src.relocate(e, &v.overrides))?;
+        g.text = text.to_string();
+        g.variation = v.clone();
+        Ok(g)
+    }
+
+    /// The graph of a file's tables (`text`: the file with any overrides' lines, for positions).
+    fn build(path: &Path, text: &str, root_table: DeTable, registry: &Registry) -> Result<Graph, ConfigError> {
         // Absolute: the folder an index records, and what fanned-out tasks read from elsewhere.
         let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let base_abs = std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
@@ -228,7 +280,7 @@ impl Graph {
         }
         b.resolve_inputs()?;
         let nodes = b.sorted()?;
-        Ok(Graph { path: path.to_path_buf(), name, root, overrides, nodes, text: text.to_string() })
+        Ok(Graph { path: path.to_path_buf(), name, root, overrides, nodes, text: text.to_string(), variation: Variation::default(), sweep: None })
     }
 
     pub fn node(&self, name: &str) -> Option<&Node> {
@@ -252,7 +304,7 @@ impl Graph {
     pub fn add_folder_instance(&mut self, registry: &Registry, kind: &str, suffix: &str, folder: &Path) -> Result<String, ConfigError> {
         let toml_text = format!("{}\n[{kind}.{suffix}]\ndata = {:?}\n", self.text, folder.display().to_string());
         // (An absolute `folder` stays as it is; a relative one is taken from the file's folder.)
-        let mut g = Graph::parse(&self.path, &toml_text, registry)?;
+        let mut g = Graph::parse_with(&self.path, &toml_text, registry, &self.variation)?;
         g.text = self.text.clone();
         *self = g;
         Ok(format!("{kind}.{suffix}"))

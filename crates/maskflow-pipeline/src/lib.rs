@@ -16,13 +16,14 @@ pub mod graph;
 pub mod runner;
 pub mod shared;
 pub mod testing;
+pub mod variation;
 
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-pub use maskflow_stage::{CtxError, Device, External, InputArtifact, NoNotes, Notes, Placement, RunCtx, Runtime, Slot, Split, SplitHint, Stage};
+pub use maskflow_stage::{Confusion, CtxError, Curve, Device, Metrics, Scalar, External, InputArtifact, NoNotes, Notes, Placement, RunCtx, Runtime, Slot, Split, SplitHint, Stage};
 
 /// A stage kind with its types erased (params as canonical JSON inside this crate only).
 pub trait DynStage: Send + Sync {
@@ -44,6 +45,8 @@ pub trait DynStage: Send + Sync {
     fn run(&self, p: &Value, ctx: &RunCtx) -> anyhow::Result<Value>;
     /// The summary of a stored report; `None` when it does not read as this kind's report.
     fn summary(&self, report: &Value) -> Option<String>;
+    /// The figures of a stored report; `None` when it does not read as this kind's report.
+    fn metrics(&self, report: &Value) -> Option<Metrics>;
 }
 
 struct Erased<S: Stage>(std::marker::PhantomData<fn() -> S>);
@@ -105,6 +108,9 @@ impl<S: Stage> DynStage for Erased<S> {
     }
     fn summary(&self, report: &Value) -> Option<String> {
         serde_json::from_value::<S::Report>(report.clone()).ok().map(|r| S::summary(&r))
+    }
+    fn metrics(&self, report: &Value) -> Option<Metrics> {
+        serde_json::from_value::<S::Report>(report.clone()).ok().map(|r| S::metrics(&r))
     }
 }
 

@@ -158,6 +158,18 @@ pub struct RunOptions<'a> {
     pub executor: Option<&'a dyn crate::fanout::Executor>,
     /// How to cut the work into tasks (an execution setting, never part of a key).
     pub split_hint: crate::fanout::SplitHint,
+    /// How many instances may be built at once (each as soon as its inputs are; 1: one after the
+    /// other in graph order). Never part of a key.
+    pub jobs: usize,
+    /// The checkout's commit, for the run record.
+    pub git: Option<maskflow_core::runs::GitState>,
+}
+
+impl<'a> RunOptions<'a> {
+    /// Everything, one instance at a time, nothing forced, no shared store.
+    pub fn new(events: &'a dyn Events) -> Self {
+        RunOptions { force: None, until: None, events, shared: None, executor: None, split_hint: Default::default(), jobs: 1, git: None }
+    }
 }
 
 /// Where a stage kind keeps its resumable work for a key (`<store>/<kind>/.checkpoints/<key>`).
@@ -165,93 +177,78 @@ pub fn scratch_dir(artifacts: &Path, kind: &str, key: &str) -> PathBuf {
     artifacts.join(kind).join(".checkpoints").join(key)
 }
 
+/// What a run covers: `--until`'s set, else a sweep's instances and what they need, else all.
+fn run_set(graph: &Graph, until: Option<&str>) -> Result<Option<BTreeSet<String>>> {
+    if let Some(u) = until {
+        return until_set(graph, u).map(Some);
+    }
+    Ok(graph.sweep.as_ref().map(|s| s.points.iter().flat_map(|p| p.instances.values()).flat_map(|i| graph.ancestors(i)).collect()))
+}
+
+/// A finished run.
+#[derive(Debug)]
+pub struct Ran {
+    pub record: RunRecord,
+    /// Where the record was written (`<artifacts>/runs/<pipeline>/<stamp>.json`; its stem is the
+    /// run's id in `maskflow runs`).
+    pub record_path: PathBuf,
+    /// Each instance's artifact, in graph order.
+    pub outcomes: Vec<Outcome>,
+}
+
 /// Runs the graph (or what `--until` needs), reusing verified artifacts; writes a run record.
-pub fn run(graph: &Graph, reg: &Registry, rt: &Runtime, opts: &RunOptions) -> Result<(RunRecord, Vec<Outcome>)> {
+pub fn run(graph: &Graph, reg: &Registry, rt: &Runtime, opts: &RunOptions) -> Result<Ran> {
     let started = Instant::now();
     let started_unix = now_unix();
     let forced = opts.force.map(|f| select(graph, f, "--force")).transpose()?.unwrap_or_default();
-    let only = opts.until.map(|u| until_set(graph, u)).transpose()?;
+    let only = run_set(graph, opts.until)?;
     let planned = plan(graph, reg, rt, only.as_ref(), opts.events)?;
     let store = Store::new(&rt.artifacts);
-    let mut outcomes: Vec<Outcome> = Vec::new();
-    let mut runs: Vec<StageRun> = Vec::new();
     let roots = dataset_roots(&planned);
-    for p in &planned {
-        let st = stage(reg, &p.node);
-        let key = p.key();
+    let build_one = |i: usize, done: &[Option<Outcome>]| -> Result<(Outcome, Via)> {
+        let p = &planned[i];
         let inputs: BTreeMap<String, InputArtifact> = p
             .node
             .inputs
             .iter()
             .map(|(slot, src)| {
-                let i = planned.iter().position(|q| &q.node.name == src).unwrap_or_default();
-                (slot.clone(), InputArtifact { dir: outcomes[i].dir.clone(), key: outcomes[i].key.clone() })
+                let o = planned.iter().position(|q| &q.node.name == src).and_then(|j| done[j].as_ref());
+                let o = o.unwrap_or_else(|| unreachable!("[{}] runs after its input {src}", p.node.name));
+                (slot.clone(), InputArtifact { dir: o.dir.clone(), key: o.key.clone() })
             })
             .collect();
-        let scratch = scratch_dir(&rt.artifacts, st.kind(), &key);
-        let force = forced.contains(&p.node.name);
-        let notes = crate::events::InstanceNotes { events: opts.events, instance: &p.node.name };
-        let build = |tmp: &Path| {
-            let ctx = RunCtx {
-                instance: &p.node.name,
-                key: &key,
-                inputs: &inputs,
-                externals: &p.externals,
-                runtime: rt,
-                dataset_root: roots.get(p.node.name.as_str()).and_then(|r| r.as_deref()),
-                scratch: &scratch,
-                out: tmp,
-                notes: &notes,
-            };
-            maskflow_remote::failpoint("stage-run");
-            st.run(&p.node.params, &ctx)
-        };
-        if let (Some(ex), Some(sh), Some(_)) = (opts.executor, opts.shared, reg.split(st.kind())) {
-            if sh.read_only {
-                bail!("--executor {} needs a shared store it may write to (not --read-only)", ex.name());
-            }
-            // Fanned out unless built here already (`obtain` below verifies it; a corrupt one is
-            // rebuilt here, as is everything under `--force`).
-            if !force && store.read_manifest(st.kind(), &key).is_none() {
-                let given = crate::fanout::PlanInputs {
-                    inputs: &inputs,
-                    input_kinds: input_kinds(&planned, p),
-                    externals: &p.externals,
-                    dataset_root: roots.get(p.node.name.as_str()).and_then(|r| r.as_deref()),
-                };
-                let site = crate::fanout::Site { reg, remote: sh.remote, store: &store, rt, dataset_root: None, events: opts.events };
-                match crate::fanout::fan_out(&site, ex, &graph.name, &p.node.name, &p.spec, &given, &opts.split_hint) {
-                    Ok(_) => {}
-                    // A plan or artifact a newer maskflow made: not joined; built here below
-                    // (`obtain` publishes nothing over a newer manifest, and only create-only).
-                    Err(e) if sh.on_newer == shared::OnNewer::BuildLocally && crate::fanout::is_newer_record(&e) => {
-                        opts.events.event(&Event::Warning(format!("[{}]: {e:#}: built here instead of fanned out", p.node.name)));
-                    }
-                    Err(e) => return Err(e.context(format!("[{}]", p.node.name))),
-                }
-            }
+        obtain_one(p, &inputs, forced.contains(&p.node.name), &Site { graph, reg, rt, opts, store: &store, planned: &planned, roots: &roots })
+    };
+    let mut done: Vec<Option<Outcome>> = vec![None; planned.len()];
+    let mut vias: Vec<Via> = (0..planned.len()).map(|_| Via::default()).collect();
+    if opts.jobs <= 1 {
+        for i in 0..planned.len() {
+            let (o, via) = build_one(i, &done)?;
+            done[i] = Some(o);
+            vias[i] = via;
         }
-        let obtained = match opts.shared {
-            None => store.ensure(&p.spec, force, build).map(|o| (o, Via::default())).map_err(anyhow::Error::from),
-            Some(sh) => shared::obtain(&store, sh, &p.spec, force, &scratch, build),
-        };
-        let (outcome, via) = obtained.with_context(|| format!("[{}]", p.node.name))?;
-        if scratch.exists() {
-            let _ = std::fs::remove_dir_all(&scratch);
-        }
-        opts.events.event(&Event::Stage { name: &p.node.name, outcome: &outcome, via: &via, summary: summary_of(st, &outcome.manifest.report) });
-        runs.push(StageRun {
+    } else {
+        in_parallel(&planned, opts.jobs, &mut done, &mut vias, &build_one)?;
+    }
+    let outcomes: Vec<Outcome> = done.into_iter().map(|o| o.unwrap_or_else(|| unreachable!("every planned instance ran"))).collect();
+    let runs: Vec<StageRun> = planned
+        .iter()
+        .zip(&outcomes)
+        .zip(&vias)
+        .map(|((p, outcome), via)| StageRun {
             stage: p.node.name.clone(),
-            kind: st.kind().to_string(),
+            kind: p.spec.stage.clone(),
             key: outcome.key.clone(),
             dir: outcome.dir.clone(),
             cached: outcome.cached,
             pulled: via.pulled.is_some(),
             rebuilt_because: outcome.rebuilt_because.clone(),
             duration_s: outcome.duration_s,
-        });
-        outcomes.push(outcome);
-    }
+            version: Some(p.spec.version),
+            params: Some(p.spec.params.clone()),
+            upstream: Some(p.spec.upstream.clone()),
+        })
+        .collect();
     let dataset_fingerprint = planned
         .iter()
         .find_map(|p| p.externals.get(DATASET).filter(|e| e.path == graph.root).map(|e| e.key.clone()))
@@ -264,6 +261,9 @@ pub fn run(graph: &Graph, reg: &Registry, rt: &Runtime, opts: &RunOptions) -> Re
         duration_s: started.elapsed().as_secs_f64(),
         dataset_fingerprint,
         stages: runs,
+        git: opts.git.clone(),
+        overrides: Some(graph.variation.overrides.iter().map(|o| o.arg.clone()).collect()),
+        sweep: graph.sweep.clone(),
     };
     let path = record.write(&rt.artifacts)?;
     if let Some(sh) = opts.shared.filter(|sh| !sh.read_only) {
@@ -278,7 +278,131 @@ pub fn run(graph: &Graph, reg: &Registry, rt: &Runtime, opts: &RunOptions) -> Re
     }
     let cached = record.stages.iter().filter(|s| s.cached).count();
     opts.events.event(&Event::RunDone { stages: record.stages.len(), cached, seconds: record.duration_s, record: &path });
-    Ok((record, outcomes))
+    Ok(Ran { record, record_path: path, outcomes })
+}
+
+/// Builds up to `jobs` instances at a time, each once its inputs are done. On a failure, starts
+/// nothing more, waits for what is running and returns the first error.
+fn in_parallel<F>(planned: &[Planned], jobs: usize, done: &mut [Option<Outcome>], vias: &mut [Via], build_one: &F) -> Result<()>
+where
+    F: Fn(usize, &[Option<Outcome>]) -> Result<(Outcome, Via)> + Sync,
+{
+    let index: BTreeMap<&str, usize> = planned.iter().enumerate().map(|(i, p)| (p.node.name.as_str(), i)).collect();
+    let needs: Vec<Vec<usize>> = planned.iter().map(|p| p.node.inputs.values().filter_map(|s| index.get(s.as_str()).copied()).collect()).collect();
+    let mut started = vec![false; planned.len()];
+    let mut running = 0usize;
+    let mut first_err: Option<anyhow::Error> = None;
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<(Outcome, Via)>)>();
+    std::thread::scope(|scope| {
+        loop {
+            if first_err.is_none() {
+                for i in 0..planned.len() {
+                    if running >= jobs {
+                        break;
+                    }
+                    if !started[i] && needs[i].iter().all(|&j| done[j].is_some()) {
+                        started[i] = true;
+                        running += 1;
+                        let snapshot: Vec<Option<Outcome>> = done.to_vec();
+                        let tx = tx.clone();
+                        scope.spawn(move || {
+                            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| build_one(i, &snapshot)))
+                                .unwrap_or_else(|_| Err(anyhow::anyhow!("[{}] panicked", planned[i].node.name)));
+                            let _ = tx.send((i, r));
+                        });
+                    }
+                }
+            }
+            if running == 0 {
+                break;
+            }
+            let Ok((i, r)) = rx.recv() else { break };
+            running -= 1;
+            match r {
+                Ok((o, via)) => {
+                    done[i] = Some(o);
+                    vias[i] = via;
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+    });
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// What building one instance needs besides its inputs.
+struct Site<'a> {
+    graph: &'a Graph,
+    reg: &'a Registry,
+    rt: &'a Runtime,
+    opts: &'a RunOptions<'a>,
+    store: &'a Store,
+    planned: &'a [Planned],
+    roots: &'a BTreeMap<String, Option<PathBuf>>,
+}
+
+/// Obtains one planned instance's artifact: cached, pulled, fanned out or built here.
+fn obtain_one(p: &Planned, inputs: &BTreeMap<String, InputArtifact>, force: bool, site: &Site) -> Result<(Outcome, Via)> {
+    let Site { graph, reg, rt, opts, store, planned, roots } = *site;
+    let st = stage(reg, &p.node);
+    let key = p.key();
+    let scratch = scratch_dir(&rt.artifacts, st.kind(), &key);
+    let notes = crate::events::InstanceNotes { events: opts.events, instance: &p.node.name };
+    let build = |tmp: &Path| {
+        let ctx = RunCtx {
+            instance: &p.node.name,
+            key: &key,
+            inputs,
+            externals: &p.externals,
+            runtime: rt,
+            dataset_root: roots.get(p.node.name.as_str()).and_then(|r| r.as_deref()),
+            scratch: &scratch,
+            out: tmp,
+            notes: &notes,
+        };
+        maskflow_remote::failpoint("stage-run");
+        st.run(&p.node.params, &ctx)
+    };
+    if let (Some(ex), Some(sh), Some(_)) = (opts.executor, opts.shared, reg.split(st.kind())) {
+        if sh.read_only {
+            bail!("--executor {} needs a shared store it may write to (not --read-only)", ex.name());
+        }
+        // Fanned out unless built here already (`obtain` below verifies it; a corrupt one is
+        // rebuilt here, as is everything under `--force`).
+        if !force && store.read_manifest(st.kind(), &key).is_none() {
+            let given = crate::fanout::PlanInputs {
+                inputs,
+                input_kinds: input_kinds(planned, p),
+                externals: &p.externals,
+                dataset_root: roots.get(p.node.name.as_str()).and_then(|r| r.as_deref()),
+            };
+            let site = crate::fanout::Site { reg, remote: sh.remote, store, rt, dataset_root: None, events: opts.events };
+            match crate::fanout::fan_out(&site, ex, &graph.name, &p.node.name, &p.spec, &given, &opts.split_hint) {
+                Ok(_) => {}
+                // A plan or artifact a newer maskflow made: not joined; built here below
+                // (`obtain` publishes nothing over a newer manifest, and only create-only).
+                Err(e) if sh.on_newer == shared::OnNewer::BuildLocally && crate::fanout::is_newer_record(&e) => {
+                    opts.events.event(&Event::Warning(format!("[{}]: {e:#}: built here instead of fanned out", p.node.name)));
+                }
+                Err(e) => return Err(e.context(format!("[{}]", p.node.name))),
+            }
+        }
+    }
+    let obtained = match opts.shared {
+        None => store.ensure(&p.spec, force, build).map(|o| (o, Via::default())).map_err(anyhow::Error::from),
+        Some(sh) => shared::obtain(store, sh, &p.spec, force, &scratch, build),
+    };
+    let (outcome, via) = obtained.with_context(|| format!("[{}]", p.node.name))?;
+    if scratch.exists() {
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+    opts.events.event(&Event::Stage { name: &p.node.name, outcome: &outcome, via: &via, summary: summary_of(st, &outcome.manifest.report) });
+    Ok((outcome, via))
 }
 
 pub fn short(key: &str) -> &str {
@@ -384,6 +508,48 @@ pub fn status_lines(graph: &Graph, reg: &Registry, rt: &Runtime, remote: Option<
     Ok(lines)
 }
 
+/// One way two keys of an instance differ.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyChange {
+    Version { old: u32, new: u32 },
+    /// A param leaf (`train.augment.flip`); `None`: absent on that side.
+    Param { name: String, old: Option<String>, new: Option<String> },
+    /// An input slot or outside input whose key differs; `None`: absent on that side.
+    Input { name: String, old: Option<String>, new: Option<String> },
+}
+
+/// What a key is made of: version, params, inputs' keys.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyParts<'a> {
+    pub version: u32,
+    pub params: &'a Value,
+    pub upstream: &'a BTreeMap<String, String>,
+}
+
+/// Every difference between two keys' parts; params named `prefix.leaf`.
+pub fn key_changes(prefix: &str, old: KeyParts, new: KeyParts) -> Vec<KeyChange> {
+    let mut out = Vec::new();
+    if old.version != new.version {
+        out.push(KeyChange::Version { old: old.version, new: new.version });
+    }
+    let (mut old_leaves, mut new_leaves) = (BTreeMap::new(), BTreeMap::new());
+    flatten(prefix, old.params, &mut old_leaves);
+    flatten(prefix, new.params, &mut new_leaves);
+    for name in old_leaves.keys().chain(new_leaves.keys()).collect::<BTreeSet<_>>() {
+        let (o, n) = (old_leaves.get(name), new_leaves.get(name));
+        if o != n {
+            out.push(KeyChange::Param { name: name.clone(), old: o.cloned(), new: n.cloned() });
+        }
+    }
+    for name in old.upstream.keys().chain(new.upstream.keys()).collect::<BTreeSet<_>>() {
+        let (o, n) = (old.upstream.get(name), new.upstream.get(name));
+        if o != n {
+            out.push(KeyChange::Input { name: name.clone(), old: o.cloned(), new: n.cloned() });
+        }
+    }
+    out
+}
+
 /// Why `p` differs from a previous build: version, each changed param leaf, changed inputs (for a
 /// dataset: files added / removed / modified).
 fn explain_change(
@@ -393,32 +559,25 @@ fn explain_change(
     old_version: u32,
     artifacts: &Path,
 ) -> Vec<String> {
-    let mut out = Vec::new();
-    if old_version != p.spec.version {
-        out.push(format!("stage version {old_version} → {}", p.spec.version));
-    }
-    let mut old_leaves = BTreeMap::new();
-    let mut new_leaves = BTreeMap::new();
-    flatten(&p.node.name, old_params, &mut old_leaves);
-    flatten(&p.node.name, &p.spec.params, &mut new_leaves);
-    for (k, v) in &new_leaves {
-        match old_leaves.get(k) {
-            Some(o) if o == v => {}
-            Some(o) => out.push(format!("{k} {o} → {v}")),
-            None => out.push(format!("{k} new ({v})")),
-        }
-    }
-    for (name, key) in &p.spec.upstream {
-        match old_upstream.get(name) {
-            Some(old) if old == key => {}
-            Some(old) => match p.externals.get(name) {
-                Some(ext) if ext.files.is_some() => out.push(listing_change(artifacts, name, old, ext)),
-                Some(_) => out.push(format!("{name} changed")),
-                None => out.push(format!("upstream {name} changed")),
-            },
-            None => out.push(format!("new upstream {name}")),
-        }
-    }
+    let old = KeyParts { version: old_version, params: old_params, upstream: old_upstream };
+    let new = KeyParts { version: p.spec.version, params: &p.spec.params, upstream: &p.spec.upstream };
+    let mut out: Vec<String> = key_changes(&p.node.name, old, new)
+        .into_iter()
+        .filter_map(|c| match c {
+            KeyChange::Version { old, new } => Some(format!("stage version {old} → {new}")),
+            KeyChange::Param { name, old: Some(o), new: Some(n) } => Some(format!("{name} {o} → {n}")),
+            KeyChange::Param { name, old: None, new: Some(n) } => Some(format!("{name} new ({n})")),
+            KeyChange::Param { old: Some(_), new: None, .. } => None,
+            KeyChange::Input { name, old: Some(o), new: Some(_) } => Some(match p.externals.get(&name) {
+                Some(ext) if ext.files.is_some() => listing_change(artifacts, &name, &o, ext),
+                Some(_) => format!("{name} changed"),
+                None => format!("upstream {name} changed"),
+            }),
+            KeyChange::Input { name, old: None, new: Some(_) } => Some(format!("new upstream {name}")),
+            KeyChange::Input { old: Some(_), new: None, .. } => None,
+            KeyChange::Param { old: None, new: None, .. } | KeyChange::Input { old: None, new: None, .. } => None,
+        })
+        .collect();
     if out.is_empty() {
         out.push("inputs differ".into());
     }
@@ -441,7 +600,8 @@ fn listing_change(artifacts: &Path, name: &str, old_fp: &str, ext: &External) ->
     format!("{name} changed: {added} added, {removed} removed, {modified} modified")
 }
 
-fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
+/// A JSON value's leaves as `prefix.a.b` → JSON text.
+pub fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
     match v {
         Value::Object(m) => {
             for (k, x) in m {

@@ -61,6 +61,7 @@ impl Stage for Count {
         vec![Slot::new("names", "names")]
     }
     fn run(p: &CountParams, ctx: &RunCtx) -> anyhow::Result<usize> {
+        anyhow::ensure!(p.scale != 13, "scale 13 is unlucky");
         let n = std::fs::read_to_string(ctx.input("names")?.join("names.txt"))?.lines().count() * p.scale.max(1) as usize;
         std::fs::write(ctx.out.join("total.txt"), n.to_string())?;
         Ok(n)
@@ -133,7 +134,7 @@ impl Fixture {
         Runtime { device: crate::Device::Cpu, threads: 1, progress: false, artifacts: self.path().join("artifacts"), ranks: None }
     }
     fn run(&self, g: &Graph, force: Option<&str>, until: Option<&str>) -> Vec<(String, bool)> {
-        let (rec, _) = runner::run(g, &registry(), &self.rt(), &RunOptions { force, until, events: &crate::events::Silent, shared: None, executor: None, split_hint: Default::default() }).unwrap();
+        let rec = runner::run(g, &registry(), &self.rt(), &RunOptions { force, until, ..RunOptions::new(&crate::events::Silent) }).unwrap().record;
         rec.stages.into_iter().map(|s| (s.stage, s.cached)).collect()
     }
 }
@@ -277,4 +278,129 @@ fn toy_kinds_keys_cover_every_param() {
     crate::testing::assert_key_covers_every_param::<Count>();
     crate::testing::assert_key_covers_every_param::<Judge>();
     crate::testing::assert_key_covers_every_param::<List>();
+}
+
+impl Fixture {
+    fn varied(&self, text: &str, sets: &[&str], sweep: Option<&str>) -> Result<Graph, String> {
+        let p = self.path().join("p.toml");
+        std::fs::write(&p, format!("[dataset]\nroot = \"data\"\n{text}")).unwrap();
+        let overrides = sets.iter().map(|s| crate::variation::Override::parse(s)).collect::<Result<Vec<_>, _>>()?;
+        let v = crate::variation::Variation { overrides, sweep: sweep.map(String::from) };
+        Graph::load_with(&p, &registry(), &v).map_err(|e| e.to_string())
+    }
+    fn keys(&self, g: &Graph) -> std::collections::BTreeMap<String, String> {
+        runner::plan(g, &registry(), &self.rt(), None, &crate::events::Silent).unwrap().into_iter().map(|p| (p.node.name.clone(), p.key())).collect()
+    }
+}
+
+#[test]
+fn an_override_is_keyed_exactly_as_if_written_in_the_file() {
+    let f = Fixture::new();
+    let pairs = [
+        (&["count.scale=2"][..], "[count]\nscale = 2\n[judge]\n"),
+        (&["count.nested.depth=4"][..], "[count]\n[count.nested]\ndepth = 4\n[judge]\n"),
+        // An implied instance becomes declared; a later override wins.
+        (&["judge.all=true", "judge.all=false"][..], "[judge]\nall = false\n"),
+        (&["count.big.scale=5"][..], "[count.big]\nscale = 5\n[judge]\n[judge.big]\n"),
+    ];
+    for (sets, written) in pairs {
+        let base = if written.contains("count.big") { "[count.big]\nscale = 1\n[judge]\n[judge.big]\n" } else { "[judge]\n" };
+        let varied = f.varied(base, sets, None).unwrap();
+        let file = f.graph(written).unwrap();
+        assert_eq!(f.keys(&varied), f.keys(&file), "{sets:?}");
+        assert_eq!(varied.variation.overrides.len(), sets.len());
+    }
+    // A string value without quotes; a TOML array.
+    assert_eq!(crate::variation::Override::parse("train.arch=resnet18").unwrap().value, "\"resnet18\"");
+    assert_eq!(crate::variation::Override::parse("train.unfrozen_lr=[1e-5, 1e-4]").unwrap().value, "[1e-5, 1e-4]");
+}
+
+#[test]
+fn a_bad_override_names_the_argument_and_why_before_anything_runs() {
+    let f = Fixture::new();
+    let err = |sets: &[&str]| f.varied("[judge]\n", sets, None).unwrap_err();
+    let e = err(&["count.scael=2"]);
+    assert!(e.starts_with("-S count.scael=2: ") && e.contains("unknown field `scael`") && e.contains("scale"), "{e}");
+    let e = err(&["count.scale=big"]);
+    assert!(e.starts_with("-S count.scale=big: ") && e.contains("invalid type: string \"big\""), "{e}");
+    let e = err(&["cuont.scale=2"]);
+    assert!(e.starts_with("-S cuont.scale=2: `cuont` is not a stage kind (kinds: list, count, judge)"), "{e}");
+    let e = err(&["count.nope.scale=2"]);
+    assert!(e.contains("`nope` is neither a param of count nor an instance the file declares ([count.nope])"), "{e}");
+    let e = err(&["count.scale"]);
+    assert!(e.contains("expected stage.param=value"), "{e}");
+    let e = err(&["dataset.root=elsewhere"]);
+    assert!(e.contains("[dataset] is not a stage"), "{e}");
+    // Errors in the file keep their file positions.
+    let e = f.varied("[count]\nscale = \"x\"\n", &["judge.all=true"], None).unwrap_err();
+    assert!(e.contains("p.toml:4:9"), "{e}");
+}
+
+#[test]
+fn a_sweep_expands_into_named_instances_that_share_what_is_upstream() {
+    let f = Fixture::new();
+    let text = "[count]\nscale = 1\n[judge]\n[sweep.s]\ncount.scale = [2, 3]\ncount.nested.depth = [0, 1]\n[sweep.pair]\nmode = \"list\"\ncount.scale = [2, 3]\ncount.nested.depth = [7, 8]\n";
+    // Without --sweep: the file's graph, the sweeps checked but not added.
+    let plain = f.varied(text, &[], None).unwrap();
+    assert_eq!(names(&plain), ["list", "count", "judge"]);
+    let g = f.varied(text, &[], Some("s")).unwrap();
+    let sweep = g.sweep.clone().unwrap();
+    assert_eq!(sweep.points.len(), 4, "a grid of 2 × 2");
+    assert_eq!(sweep.points[1].label, "s-2");
+    assert_eq!(sweep.points[1].values, [("count.scale".to_string(), "2".to_string()), ("count.nested.depth".to_string(), "1".to_string())]);
+    assert_eq!(sweep.points[1].instances, [("count".to_string(), "count.s-2".to_string()), ("judge".to_string(), "judge.s-2".to_string())].into());
+    assert_eq!(g.node("judge.s-2").unwrap().inputs["model"], "count.s-2");
+    assert_eq!(g.node("judge.s-2").unwrap().inputs["data"], "list", "the data is shared");
+    // Each point is keyed as the file with its values written in.
+    let keys = f.keys(&g);
+    let written = f.keys(&f.graph("[count]\nscale = 2\n[count.nested]\ndepth = 1\n[judge]\n").unwrap());
+    assert_eq!(keys["count.s-2"], written["count"]);
+    assert_eq!(keys["judge.s-2"], written["judge"]);
+    let list = f.varied(text, &[], Some("pair")).unwrap();
+    assert_eq!(list.sweep.as_ref().unwrap().points.len(), 2, "a list pairs the i-th values");
+    assert_eq!(list.node("count.pair-2").unwrap().params["nested"]["depth"], 8);
+    // Running it: one list for every point, the others built once each.
+    let ran = runner::run(&g, &registry(), &f.rt(), &RunOptions { jobs: 3, ..RunOptions::new(&crate::events::Silent) }).unwrap().record;
+    let stages: Vec<&str> = ran.stages.iter().map(|s| s.stage.as_str()).collect();
+    assert_eq!(stages.iter().filter(|s| s.starts_with("list")).count(), 1, "{stages:?}");
+    assert_eq!(stages.len(), 1 + 4 * 2, "{stages:?}: the base count and judge do not run");
+    assert_eq!(ran.sweep, g.sweep);
+    assert!(ran.stages.iter().all(|s| s.params.is_some() && s.upstream.is_some() && s.version == Some(1)));
+    let sequential = tempfile::tempdir().unwrap();
+    let rt = Runtime { artifacts: sequential.path().to_path_buf(), ..f.rt() };
+    let one = runner::run(&g, &registry(), &rt, &RunOptions::new(&crate::events::Silent)).unwrap().record;
+    let keys = |r: &maskflow_core::runs::RunRecord| r.stages.iter().map(|s| (s.stage.clone(), s.key.clone())).collect::<Vec<_>>();
+    assert_eq!(keys(&one), keys(&ran), "--jobs changes no key, and the record keeps graph order");
+}
+
+#[test]
+fn a_bad_sweep_is_an_error_at_its_place_in_the_file() {
+    let f = Fixture::new();
+    let err = |sweep: &str, pick: Option<&str>| f.varied(&format!("[judge]\n{sweep}"), &[], pick).unwrap_err();
+    let e = err("[sweep.s]\ncount.scael = [1, 2]\n", None);
+    assert!(e.contains("p.toml:5:7") && e.contains("unknown field `scael`"), "{e}");
+    let e = err("[sweep.s]\ncount.scale = [1, \"x\"]\n", None);
+    assert!(e.contains("p.toml:5:19") && e.contains("invalid type"), "{e}");
+    let e = err("[sweep.s]\ncount.scale = 2\n", None);
+    assert!(e.contains("p.toml:5:15") && e.contains("expected a list of values"), "{e}");
+    let e = err("[sweep.s]\nmode = \"list\"\ncount.scale = [1, 2]\ncount.nested.depth = [1]\n", None);
+    assert!(e.contains("every list must have 2 values"), "{e}");
+    let e = err("[sweep.s]\ncount.scale = [1]\n", Some("t"));
+    assert!(e.contains("--sweep t: the file has no [sweep.t] (its sweeps: s)"), "{e}");
+    let e = err("[sweep.s]\ncuont.scale = [1]\n", None);
+    assert!(e.contains("p.toml:5:1") && e.contains("`cuont` is not a stage kind"), "{e}");
+}
+
+#[test]
+fn parallel_jobs_stop_at_the_first_failure_and_keep_what_finished() {
+    let f = Fixture::new();
+    let g = f.varied("[judge]\n[sweep.s]\ncount.scale = [1, 13, 2]\n", &[], Some("s")).unwrap();
+    let e = runner::run(&g, &registry(), &f.rt(), &RunOptions { jobs: 2, ..RunOptions::new(&crate::events::Silent) }).unwrap_err();
+    assert_eq!(format!("{e:#}"), "[count.s-2]: stage count failed: scale 13 is unlucky");
+    assert!(!f.rt().artifacts.join("runs").exists(), "no run record for a failed run");
+    // What was built is kept: a run of the good points finds their counts cached.
+    let good = f.varied("[judge]\n[sweep.s]\ncount.scale = [1, 2]\n", &[], Some("s")).unwrap();
+    let ran = runner::run(&good, &registry(), &f.rt(), &RunOptions { jobs: 2, ..RunOptions::new(&crate::events::Silent) }).unwrap().record;
+    let cached: Vec<&str> = ran.stages.iter().filter(|s| s.cached).map(|s| s.stage.as_str()).collect();
+    assert!(cached.contains(&"list") && cached.contains(&"count.s-1"), "{cached:?}");
 }

@@ -268,7 +268,13 @@ fn gc_keeps_what_recent_run_records_name() {
             rebuilt_because: None,
             duration_s: 0.0,
             pulled: false,
+            version: None,
+            params: None,
+            upstream: None,
         }],
+        git: None,
+        overrides: None,
+        sweep: None,
     };
     r.put_run_record("demo", "r1", record.to_bytes()).unwrap();
     let g = r.gc(&GcOptions { grace: Duration::ZERO, keep_runs: Some(5), plan_ttl: Duration::from_secs(3600), apply: true }).unwrap();

@@ -9,6 +9,7 @@
 //! - [`Split`]: a kind whose work splits into independent tasks (plan → task → commit).
 //! - [`RunCtx`], [`Slot`], [`External`], [`InputArtifact`], [`Placement`], [`Notes`]: what `run` gets.
 //! - [`Runtime`] and its typed [`Device`]: where compute runs (never part of a key).
+//! - [`Metrics`]: a report's figures for comparing runs.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -178,6 +179,54 @@ pub trait Stage: 'static {
     fn run(p: &Self::Params, ctx: &RunCtx) -> anyhow::Result<Self::Report>;
     /// One line about a report, the same whether just built or read from the store.
     fn summary(r: &Self::Report) -> String;
+    /// What runs are compared by (`maskflow runs`, `diff`, runs.html): headline figures, curves,
+    /// a confusion matrix. None by default.
+    fn metrics(_r: &Self::Report) -> Metrics {
+        Metrics::default()
+    }
+}
+
+/// A report's figures for comparing runs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Metrics {
+    /// Numbers by name (`accuracy`, `log_loss`, `seconds`), in display order.
+    pub scalars: Vec<Scalar>,
+    /// Per-epoch (or per-step) curves.
+    pub curves: Vec<Curve>,
+    pub confusion: Option<Confusion>,
+}
+
+/// One named number of a report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scalar {
+    pub name: &'static str,
+    pub value: f64,
+    /// Shown in `maskflow runs`' table (every scalar is in its JSON and CSV).
+    pub headline: bool,
+}
+
+impl Scalar {
+    pub fn headline(name: &'static str, value: f64) -> Scalar {
+        Scalar { name, value, headline: true }
+    }
+    pub fn other(name: &'static str, value: f64) -> Scalar {
+        Scalar { name, value, headline: false }
+    }
+}
+
+/// One curve: `points` are (x, y), x named by `x_label`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Curve {
+    pub name: &'static str,
+    pub x_label: &'static str,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Counts by actual (rows) and predicted (columns) class.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Confusion {
+    pub classes: Vec<String>,
+    pub counts: Vec<Vec<u64>>,
 }
 
 

@@ -125,6 +125,28 @@ impl Stage for TrainStage {
             r.resumed_from.as_ref().map(|s| format!(" (resumed from {s})")).unwrap_or_default(),
         )
     }
+    /// Train seconds and the last epoch's figures; per-epoch curves over both phases (epoch 1 is
+    /// the first frozen one).
+    fn metrics(r: &TrainReport) -> maskflow_stage::Metrics {
+        let curve = |name, y: fn(&maskflow_contracts::model::EpochMetrics) -> f64| maskflow_stage::Curve {
+            name,
+            x_label: "epoch",
+            points: r.epochs.iter().enumerate().map(|(i, e)| ((i + 1) as f64, y(e))).collect(),
+        };
+        maskflow_stage::Metrics {
+            scalars: vec![
+                maskflow_stage::Scalar::headline("seconds", r.seconds),
+                maskflow_stage::Scalar::other("valid_loss", r.valid_loss),
+                maskflow_stage::Scalar::other("accuracy", r.accuracy),
+            ],
+            curves: vec![
+                curve("train_loss", |e| e.train_loss_mean),
+                curve("valid_loss", |e| e.valid_loss),
+                curve("accuracy", |e| e.accuracy),
+            ],
+            confusion: None,
+        }
+    }
 }
 
 /// Where and how the stage runs (not part of the stage key).
