@@ -107,6 +107,11 @@ bench-fanout PIPELINE="pipelines/facemask.toml" ITEMS="500": build py
     @scripts/bootstrap.sh --ray
     bench/fanout_bench.sh {{PIPELINE}} {{ITEMS}}
 
+# A sweep's trainings one at a time (all threads) vs in parallel (--jobs N, 1 thread each), index +
+# prep cached: wall, peak RSS, and whether the points' weights are byte-identical across settings.
+bench-sweep PIPELINE="pipelines/demo.toml" SWEEP="lr": build
+    bench/sweep_bench.sh {{PIPELINE}} {{SWEEP}}
+
 # predict: single-image latency and batch throughput vs the same TorchScript bundle driven from Python.
 bench-predict BUNDLE FOLDER="../shared/datasets/face-mask" N="256": py
     bench/predict_bench.sh {{BUNDLE}} {{FOLDER}} {{N}}

@@ -58,10 +58,16 @@ enum Command {
         #[command(flatten)]
         vary: VaryArgs,
         /// Build up to N instances at once, each as soon as its inputs are ready (e.g. a sweep's
-        /// trainings). Each uses --threads threads and its own memory (a training of the real data
-        /// peaks near 6 GB): give N × threads ≤ cores and N × peak ≤ memory. Never part of a key.
+        /// trainings), each in its own process (libtorch's random generator and thread count are
+        /// per process: so each stays repeatable). Each uses --threads threads (give N × threads ≤
+        /// cores) and its own memory (a training of the real data peaks near 6 GB in bf16-mixed:
+        /// see --job-memory). Never part of a key.
         #[arg(long, value_name = "N", default_value_t = 1)]
         jobs: usize,
+        /// With --jobs: the memory one instance may need, in GB. A second or later instance starts
+        /// only while the machine has this much available (MemAvailable); one always runs.
+        #[arg(long, value_name = "GB", default_value_t = 4.0)]
+        job_memory: f64,
         #[command(flatten)]
         compute: ComputeArgs,
         #[command(flatten)]
@@ -74,6 +80,24 @@ enum Command {
         /// run …`) the ranks come from its environment instead.
         #[arg(long, value_name = "N")]
         world_size: Option<usize>,
+    },
+    /// One instance of a pipeline built for `run --jobs N` in its own process, its inputs cached
+    /// (not for direct use): no run record; prints only that instance's lines.
+    #[command(hide = true)]
+    BuildInstance {
+        pipeline: PathBuf,
+        #[arg(long)]
+        instance: String,
+        #[arg(long)]
+        force: bool,
+        #[arg(long, default_value = "artifacts")]
+        artifacts: PathBuf,
+        #[command(flatten)]
+        vary: VaryArgs,
+        #[command(flatten)]
+        compute: ComputeArgs,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// A data-parallel rank started by `run --world-size` (not for direct use).
     #[command(hide = true)]
@@ -405,7 +429,7 @@ enum Command {
 
 /// Where training and inference run.
 #[derive(clap::Args, Clone)]
-struct ComputeArgs {
+pub struct ComputeArgs {
     /// cpu, cuda, cuda:N, or auto (CUDA when available).
     #[arg(long, default_value = "auto")]
     device: String,
@@ -416,6 +440,15 @@ struct ComputeArgs {
 }
 
 impl ComputeArgs {
+    /// As command-line arguments again (for a child process).
+    fn to_args(&self) -> Vec<String> {
+        let mut a = vec!["--device".to_string(), self.device.clone()];
+        if let Some(t) = self.threads {
+            a.extend(["--threads".to_string(), t.to_string()]);
+        }
+        a
+    }
+
     fn options(&self) -> Result<session::Compute> {
         let threads = self.threads.unwrap_or_else(rayon_threads);
         anyhow::ensure!(threads >= 1, "--threads must be at least 1");
@@ -428,7 +461,7 @@ impl ComputeArgs {
 
 /// A pipeline file varied without editing it.
 #[derive(clap::Args, Clone)]
-struct VaryArgs {
+pub struct VaryArgs {
     /// Set a param as if it were written in the pipeline file, keyed and checked the same way:
     /// STAGE.PARAM=VALUE, or INSTANCE.PARAM (train.resnet.frozen_lr=1e-3), or a table's field
     /// (train.augment.flip=false). VALUE is TOML (1e-3, [1e-5, 1e-4], true, "text"; a bare word
@@ -443,6 +476,15 @@ struct VaryArgs {
 }
 
 impl VaryArgs {
+    /// As command-line arguments again (for a child process).
+    fn to_args(&self) -> Vec<String> {
+        let mut a: Vec<String> = self.set.iter().flat_map(|s| ["-S".to_string(), s.clone()]).collect();
+        if let Some(sw) = &self.sweep {
+            a.extend(["--sweep".to_string(), sw.clone()]);
+        }
+        a
+    }
+
     fn variation(&self) -> Result<maskflow_pipeline::variation::Variation> {
         let overrides = self.set.iter().map(|a| maskflow_pipeline::variation::Override::parse(a).map_err(anyhow::Error::msg)).collect::<Result<_>>()?;
         Ok(maskflow_pipeline::variation::Variation { overrides, sweep: self.sweep.clone() })
@@ -558,7 +600,7 @@ struct ShareArgs {
 
 /// A shared store: the local --artifacts folder then caches it.
 #[derive(clap::Args, Clone)]
-struct StoreArgs {
+pub struct StoreArgs {
     /// Shared store the local artifacts cache: s3://bucket/prefix (endpoint, region and credentials
     /// from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or
     /// file:///shared/path. Published artifacts are pulled instead of rebuilt; what is built is
@@ -580,6 +622,22 @@ struct StoreArgs {
 }
 
 impl StoreArgs {
+    /// As command-line arguments again (for a child process).
+    fn to_args(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        if let Some(u) = &self.url {
+            a.extend(["--store".to_string(), u.clone()]);
+        }
+        if self.read_only {
+            a.push("--read-only".into());
+        }
+        a.extend(["--lease-ttl".to_string(), self.lease_ttl.to_string()]);
+        if self.strict_versions {
+            a.push("--strict-versions".into());
+        }
+        a
+    }
+
     fn options(&self) -> session::StoreOptions {
         session::StoreOptions {
             url: self.url.clone(),
@@ -633,11 +691,15 @@ fn main() {
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { pipeline, artifacts, force, until, vary, jobs, compute, store, fanout, world_size } => {
+        Command::Run { pipeline, artifacts, force, until, vary, jobs, job_memory, compute, store, fanout, world_size } => {
+            let compute_args = compute.clone();
             let compute = compute.options()?;
             let variation = vary.variation()?;
             anyhow::ensure!(jobs >= 1, "--jobs must be at least 1");
+            anyhow::ensure!(job_memory.is_finite() && job_memory >= 0.0, "--job-memory must be a number of GB (0: no check)");
             anyhow::ensure!(jobs == 1 || world_size.is_none(), "--jobs {jobs} with --world-size: the ranks train one instance at a time; use one or the other");
+            anyhow::ensure!(jobs == 1 || fanout.executor.is_none(), "--jobs {jobs} with --executor: fan-out runs one instance's tasks at a time; use one or the other");
+            let launcher = runner::ChildLauncher::new(&pipeline, &artifacts, &vary, &compute_args, &store);
             match ranks_cmd::role(world_size, &artifacts, &compute)? {
                 ranks_cmd::Role::Worker { group } => ranks_cmd::work(group, &compute),
                 role => {
@@ -652,11 +714,16 @@ fn real_main() -> Result<()> {
                         until: until.as_deref(),
                         variation: &variation,
                         jobs,
+                        job_memory: (job_memory > 0.0).then(|| (job_memory * 1e9) as u64),
+                        launcher: &launcher,
                     };
                     let outcome = runner::run(&cmd, &compute, &store.options(), &fanout, ranks);
                     ranks_cmd::finish(role, outcome)
                 }
             }
+        }
+        Command::BuildInstance { pipeline, instance, force, artifacts, vary, compute, store } => {
+            runner::build_instance(&pipeline, &instance, force, &artifacts, &vary.variation()?, &compute.options()?, &store.options())
         }
         Command::RankWorker { rendezvous_file, rank, world_size, compute } => {
             ranks_cmd::rank_worker(&rendezvous_file, rank, world_size, &compute.options()?)

@@ -20,6 +20,52 @@ pub struct RunCmd<'a> {
     pub until: Option<&'a str>,
     pub variation: &'a Variation,
     pub jobs: usize,
+    /// Bytes one instance may need (`--job-memory`), for starting parallel ones.
+    pub job_memory: Option<u64>,
+    /// Builds an instance in a child process (with `jobs` > 1).
+    pub launcher: &'a ChildLauncher,
+}
+
+/// `run --jobs N`'s builds: `maskflow build-instance` in a child process per instance, with this
+/// run's pipeline, overrides, sweep, store and compute options.
+pub struct ChildLauncher {
+    exe: std::io::Result<PathBuf>,
+    args: Vec<std::ffi::OsString>,
+}
+
+impl ChildLauncher {
+    pub fn new(pipeline: &Path, artifacts: &Path, vary: &crate::VaryArgs, compute: &crate::ComputeArgs, store: &crate::StoreArgs) -> Self {
+        let mut args: Vec<std::ffi::OsString> = vec!["build-instance".into(), pipeline.into(), "--artifacts".into(), artifacts.into()];
+        args.extend(vary.to_args().into_iter().chain(compute.to_args()).chain(store.to_args()).map(Into::into));
+        ChildLauncher { exe: std::env::current_exe(), args }
+    }
+}
+
+impl runner::Launcher for ChildLauncher {
+    fn build(&self, instance: &str, force: bool) -> Result<()> {
+        let exe = self.exe.as_ref().map_err(|e| anyhow::anyhow!("cannot find this maskflow binary to start a build: {e}"))?;
+        let mut cmd = std::process::Command::new(exe);
+        cmd.args(&self.args).args(["--instance", instance]);
+        if force {
+            cmd.arg("--force");
+        }
+        let status = cmd.status().with_context(|| format!("starting {}", exe.display()))?;
+        anyhow::ensure!(status.success(), "its build process failed ({status}; its error is above)");
+        Ok(())
+    }
+}
+
+/// `maskflow build-instance`: one instance (its inputs cached) for a parent `run --jobs N`.
+pub fn build_instance(pipeline: &Path, instance: &str, force: bool, artifacts: &Path, variation: &Variation, c: &Compute, store: &StoreOptions) -> Result<()> {
+    let (reg, g) = load_with(pipeline, variation)?;
+    let remote = store.open(true)?;
+    let shared = remote.as_ref().map(|remote| store.shared(remote));
+    let mut rt = c.runtime(artifacts);
+    rt.progress = false;
+    let only = crate::session::OnlyInstance { name: instance };
+    let opts = RunOptions { until: Some(instance), force: force.then_some(instance), shared: shared.as_ref(), record: false, ..RunOptions::new(&only) };
+    runner::run(&g, &reg, &rt, &opts)?;
+    Ok(())
 }
 
 /// `maskflow run`.
@@ -62,6 +108,8 @@ pub fn run(
         executor: executor.as_deref(),
         split_hint: fan.hint(),
         jobs: cmd.jobs,
+        job_memory: cmd.job_memory,
+        launcher: Some(cmd.launcher),
         git: crate::runs_cmd::git_state(cmd.pipeline),
         ..RunOptions::new(&Printer)
     };

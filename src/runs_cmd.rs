@@ -109,7 +109,7 @@ pub fn diff(artifacts: &Path, pipeline: Option<&str>, a: &str, b: &str, json: bo
 
 /// The comparison printed when a sweep's run ends: its points as `maskflow runs` rows.
 pub fn sweep_table(artifacts: &Path, reg: &Registry, ran: &Ran) -> Result<()> {
-    let stem = ran.record_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = ran.record_path.as_ref().and_then(|p| p.file_stem()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let id = format!("{}/{stem}", ran.record.pipeline);
     let chosen = rows::rows(artifacts, reg, &[(id, ran.record.clone())]);
     println!("\n{}", table::text(&table::lines(&chosen)).trim_end());

@@ -266,3 +266,18 @@ mod tests {
         assert_eq!(unplannable, vec!["[review] pretrained".to_string()]);
     }
 }
+
+/// A child build's events (`run --jobs N`): its own instance's result, its notes and warnings; not
+/// the cached inputs the parent has announced already.
+pub struct OnlyInstance<'a> {
+    pub name: &'a str,
+}
+
+impl Events for OnlyInstance<'_> {
+    fn event(&self, e: &Event) {
+        match e {
+            Event::Stage { name, .. } if *name != self.name => {}
+            other => Printer.event(other),
+        }
+    }
+}

@@ -48,3 +48,29 @@ mod tests {
         assert!("gpu".parse::<Device>().is_err() && "cuda:x".parse::<Device>().is_err());
     }
 }
+
+/// Memory the kernel says is available to start new work without swapping (`MemAvailable` in
+/// /proc/meminfo), in bytes; `None` where that is not known (not Linux, or unreadable).
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_mem_available(&text)
+}
+
+fn parse_mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod memory_tests {
+    #[test]
+    fn mem_available_is_read_in_bytes() {
+        let text = "MemTotal:       24576000 kB\nMemFree:         1000 kB\nMemAvailable:   12288000 kB\n";
+        assert_eq!(super::parse_mem_available(text), Some(12_288_000 * 1024));
+        assert_eq!(super::parse_mem_available("MemTotal: 1 kB\n"), None);
+        if cfg!(target_os = "linux") {
+            assert!(super::available_memory().is_some_and(|b| b > 0));
+        }
+    }
+}

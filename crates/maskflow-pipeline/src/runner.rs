@@ -161,14 +161,29 @@ pub struct RunOptions<'a> {
     /// How many instances may be built at once (each as soon as its inputs are; 1: one after the
     /// other in graph order). Never part of a key.
     pub jobs: usize,
+    /// With `jobs` > 1: the memory one instance may need. A further instance starts only while the
+    /// machine has this much available (one always runs). `None`: no check.
+    pub job_memory: Option<u64>,
     /// The checkout's commit, for the run record.
     pub git: Option<maskflow_core::runs::GitState>,
+    /// With `jobs` > 1, builds each instance in its own process (needed then: see [`Launcher`]).
+    pub launcher: Option<&'a dyn Launcher>,
+    /// Write a run record (not for a run that builds one instance for another run's launcher).
+    pub record: bool,
+}
+
+/// Builds one instance of the graph in another process, for instances built at once (`jobs` > 1):
+/// a stage may use process-wide state — libtorch's default random generator, its thread count —
+/// that two builds in one process would share, and then neither would be repeatable. Its inputs
+/// are in the local store when it is called; it returns once the instance's artifact is there.
+pub trait Launcher: Sync {
+    fn build(&self, instance: &str, force: bool) -> Result<()>;
 }
 
 impl<'a> RunOptions<'a> {
     /// Everything, one instance at a time, nothing forced, no shared store.
     pub fn new(events: &'a dyn Events) -> Self {
-        RunOptions { force: None, until: None, events, shared: None, executor: None, split_hint: Default::default(), jobs: 1, git: None }
+        RunOptions { force: None, until: None, events, shared: None, executor: None, split_hint: Default::default(), jobs: 1, job_memory: None, git: None, launcher: None, record: true }
     }
 }
 
@@ -190,8 +205,8 @@ fn run_set(graph: &Graph, until: Option<&str>) -> Result<Option<BTreeSet<String>
 pub struct Ran {
     pub record: RunRecord,
     /// Where the record was written (`<artifacts>/runs/<pipeline>/<stamp>.json`; its stem is the
-    /// run's id in `maskflow runs`).
-    pub record_path: PathBuf,
+    /// run's id in `maskflow runs`); `None` when asked for none.
+    pub record_path: Option<PathBuf>,
     /// Each instance's artifact, in graph order.
     pub outcomes: Vec<Outcome>,
 }
@@ -205,6 +220,10 @@ pub fn run(graph: &Graph, reg: &Registry, rt: &Runtime, opts: &RunOptions) -> Re
     let planned = plan(graph, reg, rt, only.as_ref(), opts.events)?;
     let store = Store::new(&rt.artifacts);
     let roots = dataset_roots(&planned);
+    if opts.jobs > 1 && opts.launcher.is_none() {
+        bail!("internal: {} instances at once need a launcher (each builds in its own process)", opts.jobs);
+    }
+    let site = Site { graph, reg, rt, opts, store: &store, planned: &planned, roots: &roots };
     let build_one = |i: usize, done: &[Option<Outcome>]| -> Result<(Outcome, Via)> {
         let p = &planned[i];
         let inputs: BTreeMap<String, InputArtifact> = p
@@ -217,7 +236,11 @@ pub fn run(graph: &Graph, reg: &Registry, rt: &Runtime, opts: &RunOptions) -> Re
                 (slot.clone(), InputArtifact { dir: o.dir.clone(), key: o.key.clone() })
             })
             .collect();
-        obtain_one(p, &inputs, forced.contains(&p.node.name), &Site { graph, reg, rt, opts, store: &store, planned: &planned, roots: &roots })
+        let force = forced.contains(&p.node.name);
+        match opts.launcher.filter(|_| opts.jobs > 1) {
+            Some(l) => launched(l, p, &inputs, force, &site),
+            None => obtain_one(p, &inputs, force, &site, true),
+        }
     };
     let mut done: Vec<Option<Outcome>> = vec![None; planned.len()];
     let mut vias: Vec<Via> = (0..planned.len()).map(|_| Via::default()).collect();
@@ -228,7 +251,11 @@ pub fn run(graph: &Graph, reg: &Registry, rt: &Runtime, opts: &RunOptions) -> Re
             vias[i] = via;
         }
     } else {
-        in_parallel(&planned, opts.jobs, &mut done, &mut vias, &build_one)?;
+        let room = || match opts.job_memory {
+            Some(need) => maskflow_core::device::available_memory().is_none_or(|free| free >= need),
+            None => true,
+        };
+        in_parallel(&planned, opts.jobs, &room, &mut done, &mut vias, &build_one)?;
     }
     let outcomes: Vec<Outcome> = done.into_iter().map(|o| o.unwrap_or_else(|| unreachable!("every planned instance ran"))).collect();
     let runs: Vec<StageRun> = planned
@@ -265,6 +292,9 @@ pub fn run(graph: &Graph, reg: &Registry, rt: &Runtime, opts: &RunOptions) -> Re
         overrides: Some(graph.variation.overrides.iter().map(|o| o.arg.clone()).collect()),
         sweep: graph.sweep.clone(),
     };
+    if !opts.record {
+        return Ok(Ran { record, record_path: None, outcomes });
+    }
     let path = record.write(&rt.artifacts)?;
     if let Some(sh) = opts.shared.filter(|sh| !sh.read_only) {
         let name = format!(
@@ -278,12 +308,13 @@ pub fn run(graph: &Graph, reg: &Registry, rt: &Runtime, opts: &RunOptions) -> Re
     }
     let cached = record.stages.iter().filter(|s| s.cached).count();
     opts.events.event(&Event::RunDone { stages: record.stages.len(), cached, seconds: record.duration_s, record: &path });
-    Ok(Ran { record, record_path: path, outcomes })
+    Ok(Ran { record, record_path: Some(path), outcomes })
 }
 
-/// Builds up to `jobs` instances at a time, each once its inputs are done. On a failure, starts
-/// nothing more, waits for what is running and returns the first error.
-fn in_parallel<F>(planned: &[Planned], jobs: usize, done: &mut [Option<Outcome>], vias: &mut [Via], build_one: &F) -> Result<()>
+/// Builds up to `jobs` instances at a time, each once its inputs are done, a second and later one
+/// only while `room()` says memory allows. On a failure, starts nothing more, waits for what is
+/// running and returns the first error.
+fn in_parallel<F>(planned: &[Planned], jobs: usize, room: &dyn Fn() -> bool, done: &mut [Option<Outcome>], vias: &mut [Via], build_one: &F) -> Result<()>
 where
     F: Fn(usize, &[Option<Outcome>]) -> Result<(Outcome, Via)> + Sync,
 {
@@ -297,7 +328,7 @@ where
         loop {
             if first_err.is_none() {
                 for i in 0..planned.len() {
-                    if running >= jobs {
+                    if running >= jobs || (running > 0 && !room()) {
                         break;
                     }
                     if !started[i] && needs[i].iter().all(|&j| done[j].is_some()) {
@@ -346,8 +377,22 @@ struct Site<'a> {
     roots: &'a BTreeMap<String, Option<PathBuf>>,
 }
 
-/// Obtains one planned instance's artifact: cached, pulled, fanned out or built here.
-fn obtain_one(p: &Planned, inputs: &BTreeMap<String, InputArtifact>, force: bool, site: &Site) -> Result<(Outcome, Via)> {
+/// One instance through the launcher: in the store already (and not forced), it is used as it is;
+/// else another process builds it (and says so), and it is taken from the store as built now.
+fn launched(l: &dyn Launcher, p: &Planned, inputs: &BTreeMap<String, InputArtifact>, force: bool, site: &Site) -> Result<(Outcome, Via)> {
+    if !force && site.store.lookup(&p.spec.stage, &p.key())?.is_some() {
+        return obtain_one(p, inputs, false, site, true);
+    }
+    l.build(&p.node.name, force).with_context(|| format!("[{}]", p.node.name))?;
+    let (mut outcome, via) = obtain_one(p, inputs, false, site, false)?;
+    outcome.cached = false;
+    outcome.duration_s = outcome.manifest.duration_s;
+    Ok((outcome, via))
+}
+
+/// Obtains one planned instance's artifact: cached, pulled, fanned out or built here; `announce`:
+/// tell the events.
+fn obtain_one(p: &Planned, inputs: &BTreeMap<String, InputArtifact>, force: bool, site: &Site, announce: bool) -> Result<(Outcome, Via)> {
     let Site { graph, reg, rt, opts, store, planned, roots } = *site;
     let st = stage(reg, &p.node);
     let key = p.key();
@@ -401,7 +446,9 @@ fn obtain_one(p: &Planned, inputs: &BTreeMap<String, InputArtifact>, force: bool
     if scratch.exists() {
         let _ = std::fs::remove_dir_all(&scratch);
     }
-    opts.events.event(&Event::Stage { name: &p.node.name, outcome: &outcome, via: &via, summary: summary_of(st, &outcome.manifest.report) });
+    if announce {
+        opts.events.event(&Event::Stage { name: &p.node.name, outcome: &outcome, via: &via, summary: summary_of(st, &outcome.manifest.report) });
+    }
     Ok((outcome, via))
 }
 

@@ -336,6 +336,21 @@ fn a_bad_override_names_the_argument_and_why_before_anything_runs() {
     assert!(e.contains("p.toml:4:9"), "{e}");
 }
 
+/// Builds an instance by a run of the same graph up to it, without a record (as the binary's
+/// child process does), in a thread.
+struct InThread<'a> {
+    graph: &'a Graph,
+    rt: Runtime,
+}
+
+impl runner::Launcher for InThread<'_> {
+    fn build(&self, instance: &str, force: bool) -> anyhow::Result<()> {
+        let force = force.then_some(instance);
+        let opts = RunOptions { until: Some(instance), force, record: false, ..RunOptions::new(&crate::events::Silent) };
+        runner::run(self.graph, &registry(), &self.rt, &opts).map(|_| ())
+    }
+}
+
 #[test]
 fn a_sweep_expands_into_named_instances_that_share_what_is_upstream() {
     let f = Fixture::new();
@@ -360,7 +375,10 @@ fn a_sweep_expands_into_named_instances_that_share_what_is_upstream() {
     assert_eq!(list.sweep.as_ref().unwrap().points.len(), 2, "a list pairs the i-th values");
     assert_eq!(list.node("count.pair-2").unwrap().params["nested"]["depth"], 8);
     // Running it: one list for every point, the others built once each.
-    let ran = runner::run(&g, &registry(), &f.rt(), &RunOptions { jobs: 3, ..RunOptions::new(&crate::events::Silent) }).unwrap().record;
+    let launcher = InThread { graph: &g, rt: f.rt() };
+    let ran = runner::run(&g, &registry(), &f.rt(), &RunOptions { jobs: 3, launcher: Some(&launcher), ..RunOptions::new(&crate::events::Silent) }).unwrap().record;
+    assert!(ran.stages.iter().all(|s| !s.cached), "built by the launcher, recorded as built in this run");
+    assert_eq!(fs_count(&f.rt().artifacts.join("runs/p")), 2, "one record (and latest.json): none from the launched builds");
     let stages: Vec<&str> = ran.stages.iter().map(|s| s.stage.as_str()).collect();
     assert_eq!(stages.iter().filter(|s| s.starts_with("list")).count(), 1, "{stages:?}");
     assert_eq!(stages.len(), 1 + 4 * 2, "{stages:?}: the base count and judge do not run");
@@ -371,6 +389,16 @@ fn a_sweep_expands_into_named_instances_that_share_what_is_upstream() {
     let one = runner::run(&g, &registry(), &rt, &RunOptions::new(&crate::events::Silent)).unwrap().record;
     let keys = |r: &maskflow_core::runs::RunRecord| r.stages.iter().map(|s| (s.stage.clone(), s.key.clone())).collect::<Vec<_>>();
     assert_eq!(keys(&one), keys(&ran), "--jobs changes no key, and the record keeps graph order");
+    // No memory to spare for a second instance: one at a time, the same run.
+    let tight = tempfile::tempdir().unwrap();
+    let rt = Runtime { artifacts: tight.path().to_path_buf(), ..f.rt() };
+    let launcher = InThread { graph: &g, rt: rt.clone() };
+    let opts = RunOptions { jobs: 3, job_memory: Some(u64::MAX), launcher: Some(&launcher), ..RunOptions::new(&crate::events::Silent) };
+    assert_eq!(keys(&runner::run(&g, &registry(), &rt, &opts).unwrap().record), keys(&ran));
+    // Run again: everything cached, nothing launched.
+    let again = runner::run(&g, &registry(), &rt, &opts).unwrap().record;
+    assert!(again.stages.iter().all(|s| s.cached));
+    assert!(runner::run(&g, &registry(), &rt, &RunOptions { jobs: 2, ..RunOptions::new(&crate::events::Silent) }).is_err(), "no launcher, no parallel builds");
 }
 
 #[test]
@@ -395,12 +423,18 @@ fn a_bad_sweep_is_an_error_at_its_place_in_the_file() {
 fn parallel_jobs_stop_at_the_first_failure_and_keep_what_finished() {
     let f = Fixture::new();
     let g = f.varied("[judge]\n[sweep.s]\ncount.scale = [1, 13, 2]\n", &[], Some("s")).unwrap();
-    let e = runner::run(&g, &registry(), &f.rt(), &RunOptions { jobs: 2, ..RunOptions::new(&crate::events::Silent) }).unwrap_err();
-    assert_eq!(format!("{e:#}"), "[count.s-2]: stage count failed: scale 13 is unlucky");
+    let launcher = InThread { graph: &g, rt: f.rt() };
+    let e = runner::run(&g, &registry(), &f.rt(), &RunOptions { jobs: 2, launcher: Some(&launcher), ..RunOptions::new(&crate::events::Silent) }).unwrap_err();
+    assert_eq!(format!("{e:#}"), "[count.s-2]: [count.s-2]: stage count failed: scale 13 is unlucky");
     assert!(!f.rt().artifacts.join("runs").exists(), "no run record for a failed run");
     // What was built is kept: a run of the good points finds their counts cached.
     let good = f.varied("[judge]\n[sweep.s]\ncount.scale = [1, 2]\n", &[], Some("s")).unwrap();
-    let ran = runner::run(&good, &registry(), &f.rt(), &RunOptions { jobs: 2, ..RunOptions::new(&crate::events::Silent) }).unwrap().record;
+    let launcher = InThread { graph: &good, rt: f.rt() };
+    let ran = runner::run(&good, &registry(), &f.rt(), &RunOptions { jobs: 2, launcher: Some(&launcher), ..RunOptions::new(&crate::events::Silent) }).unwrap().record;
     let cached: Vec<&str> = ran.stages.iter().filter(|s| s.cached).map(|s| s.stage.as_str()).collect();
     assert!(cached.contains(&"list") && cached.contains(&"count.s-1"), "{cached:?}");
+}
+
+fn fs_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map(|it| it.count()).unwrap_or(0)
 }
