@@ -328,10 +328,13 @@ where
         loop {
             if first_err.is_none() {
                 for i in 0..planned.len() {
-                    if running >= jobs || (running > 0 && !room()) {
+                    if running >= jobs {
                         break;
                     }
                     if !started[i] && needs[i].iter().all(|&j| done[j].is_some()) {
+                        if running > 0 && !room() {
+                            break;
+                        }
                         started[i] = true;
                         running += 1;
                         let snapshot: Vec<Option<Outcome>> = done.to_vec();
