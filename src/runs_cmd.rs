@@ -1,12 +1,11 @@
 //! `maskflow runs`, `maskflow diff`, the table at the end of a sweep, and the git state a run
 //! records. The comparing is `maskflow-experiments`'; this file parses and prints.
 
-use crate::session::{registry, Printer};
+use crate::session::registry;
 use anyhow::{Context, Result};
 use maskflow_core::runs::GitState;
 use maskflow_pipeline::runner::Ran;
 use maskflow_experiments::{diff, html, rows, table};
-use maskflow_pipeline::events::{Event, Events};
 use maskflow_pipeline::Registry;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -85,7 +84,7 @@ pub fn runs(a: &RunsArgs) -> Result<()> {
         };
         let title = format!("Runs of {}", name.as_deref().unwrap_or("every pipeline"));
         let charts = html::write(&page, &title, &chosen)?;
-        Printer.event(&Event::Note { instance: "runs", line: &format!("runs page {} ({} rows, {charts} charts)", page.display(), chosen.len()) });
+        eprintln!("runs page {} ({} rows, {charts} charts)", page.display(), chosen.len());
     }
     Ok(())
 }

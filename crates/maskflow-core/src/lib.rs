@@ -20,6 +20,7 @@ pub mod dataset;
 pub mod device;
 pub mod fsutil;
 pub mod hash;
+pub mod html;
 pub mod progress;
 pub mod record;
 pub mod rng;

@@ -106,9 +106,7 @@ fn draw(photo: &RgbImage, b: &PhotoBoxes, classes: &Classes, p: &DetEvalParams) 
     img
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
+use maskflow_core::html::esc;
 
 fn fig(v: Option<f64>) -> String {
     v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "–".into())

@@ -19,9 +19,7 @@ pub struct Page<'a> {
     pub provenance: &'a Provenance,
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
+use maskflow_core::html::esc;
 
 fn img(out_dir: &Path, file: &str, alt: &str) -> String {
     if out_dir.join(file).is_file() {
@@ -240,12 +238,10 @@ pub fn write(out_dir: &Path, page: &Page, m: &Metrics, cm: &[Vec<u64>], most_con
     // Provenance.
     write!(
         h,
-        "<h2>Provenance</h2><p class=note>This result's key, its parameters and the keys of its inputs: exactly what the key covers.</p><pre>{}</pre><p class=note>{}</p><script>window.addEventListener('load',function(){{\
-         var n=0,b=0;document.querySelectorAll('img').forEach(function(i){{n++;if(!i.complete||i.naturalWidth===0)b++;}});\
-         document.body.setAttribute('data-images',n);document.body.setAttribute('data-broken-images',b);}});</script>\
-         </body></html>\n",
+        "<h2>Provenance</h2><p class=note>This result's key, its parameters and the keys of its inputs: exactly what the key covers.</p><pre>{}</pre><p class=note>{}</p>{}</body></html>\n",
         esc(&serde_json::to_string_pretty(page.provenance)?),
-        esc(maskflow_core::TOOL_VERSION)
+        esc(maskflow_core::TOOL_VERSION),
+        maskflow_core::html::IMAGES_LOADED_SCRIPT
     )?;
     maskflow_core::fsutil::write_atomic(&out_dir.join(REPORT_FILE), h.as_bytes())?;
     Ok(())

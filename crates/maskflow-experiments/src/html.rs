@@ -17,9 +17,7 @@ pub fn files_dir(page: &Path) -> PathBuf {
     page.with_file_name(format!("{stem}-files"))
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
+use maskflow_core::html::esc;
 
 /// A row's name in legends: the sweep point's label and values, else the run's id.
 pub fn label(r: &Row) -> String {
@@ -89,11 +87,8 @@ pub fn write(page: &Path, title: &str, rows: &[Row]) -> Result<usize> {
         t = esc(title)
     )?;
     h.push_str(&body);
-    h.push_str(
-        "<script>window.addEventListener('load',function(){var n=0,b=0;document.querySelectorAll('img').forEach(function(i){n++;\
-         if(!i.complete||i.naturalWidth===0)b++;});document.body.setAttribute('data-images',n);\
-         document.body.setAttribute('data-broken-images',b);});</script></body></html>\n",
-    );
+    h.push_str(maskflow_core::html::IMAGES_LOADED_SCRIPT);
+    h.push_str("</body></html>\n");
     maskflow_core::fsutil::write_atomic(page, h.as_bytes()).with_context(|| page.display().to_string())?;
     Ok(charts)
 }

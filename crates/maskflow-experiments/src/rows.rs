@@ -7,7 +7,7 @@ use maskflow_core::runs::{GitState, RunRecord, StageRun};
 use maskflow_core::store::Store;
 use maskflow_pipeline::{Confusion, Curve, Registry};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// One instance of a row.
@@ -113,7 +113,7 @@ pub fn rows(artifacts: &Path, reg: &Registry, records: &[(String, RunRecord)]) -
                 out.push(row(&store, reg, id.clone(), r, None, stages));
             }
             Some(sweep) => {
-                let clones: BTreeMap<&str, ()> = sweep.points.iter().flat_map(|p| p.instances.values()).map(|i| (i.as_str(), ())).collect();
+                let clones: BTreeSet<&str> = sweep.points.iter().flat_map(|p| p.instances.values()).map(String::as_str).collect();
                 for p in &sweep.points {
                     let by_clone: BTreeMap<&str, &str> = p.instances.iter().map(|(base, c)| (c.as_str(), base.as_str())).collect();
                     let stages = r
@@ -121,7 +121,7 @@ pub fn rows(artifacts: &Path, reg: &Registry, records: &[(String, RunRecord)]) -
                         .iter()
                         .filter_map(|s| match by_clone.get(s.stage.as_str()) {
                             Some(base) => Some((base.to_string(), s)),
-                            None if clones.contains_key(s.stage.as_str()) => None,
+                            None if clones.contains(s.stage.as_str()) => None,
                             None => Some((s.stage.clone(), s)),
                         })
                         .collect();

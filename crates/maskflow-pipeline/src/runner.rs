@@ -383,8 +383,18 @@ struct Site<'a> {
 /// One instance through the launcher: in the store already (and not forced), it is used as it is;
 /// else another process builds it (and says so), and it is taken from the store as built now.
 fn launched(l: &dyn Launcher, p: &Planned, inputs: &BTreeMap<String, InputArtifact>, force: bool, site: &Site) -> Result<(Outcome, Via)> {
-    if !force && site.store.lookup(&p.spec.stage, &p.key())?.is_some() {
-        return obtain_one(p, inputs, false, site, true);
+    if !force {
+        match (site.store.lookup(&p.spec.stage, &p.key())?, site.opts.shared) {
+            // Verified just now: not hashed a second time.
+            (Some(outcome), None) => {
+                let via = Via::default();
+                announce(site, p, &outcome, &via);
+                return Ok((outcome, via));
+            }
+            // Through the shared store (which may want it published).
+            (Some(_), Some(_)) => return obtain_one(p, inputs, false, site, true),
+            (None, _) => {}
+        }
     }
     l.build(&p.node.name, force).with_context(|| format!("[{}]", p.node.name))?;
     let (mut outcome, via) = obtain_one(p, inputs, false, site, false)?;
@@ -393,9 +403,9 @@ fn launched(l: &dyn Launcher, p: &Planned, inputs: &BTreeMap<String, InputArtifa
     Ok((outcome, via))
 }
 
-/// Obtains one planned instance's artifact: cached, pulled, fanned out or built here; `announce`:
-/// tell the events.
-fn obtain_one(p: &Planned, inputs: &BTreeMap<String, InputArtifact>, force: bool, site: &Site, announce: bool) -> Result<(Outcome, Via)> {
+/// Obtains one planned instance's artifact: cached, pulled, fanned out or built here; `tell`: say so
+/// to the events.
+fn obtain_one(p: &Planned, inputs: &BTreeMap<String, InputArtifact>, force: bool, site: &Site, tell: bool) -> Result<(Outcome, Via)> {
     let Site { graph, reg, rt, opts, store, planned, roots } = *site;
     let st = stage(reg, &p.node);
     let key = p.key();
@@ -449,10 +459,16 @@ fn obtain_one(p: &Planned, inputs: &BTreeMap<String, InputArtifact>, force: bool
     if scratch.exists() {
         let _ = std::fs::remove_dir_all(&scratch);
     }
-    if announce {
-        opts.events.event(&Event::Stage { name: &p.node.name, outcome: &outcome, via: &via, summary: summary_of(st, &outcome.manifest.report) });
+    if tell {
+        announce(site, p, &outcome, &via);
     }
     Ok((outcome, via))
+}
+
+/// Tells the events an instance's artifact was obtained.
+fn announce(site: &Site, p: &Planned, outcome: &Outcome, via: &Via) {
+    let summary = summary_of(stage(site.reg, &p.node), &outcome.manifest.report);
+    site.opts.events.event(&Event::Stage { name: &p.node.name, outcome, via, summary });
 }
 
 pub fn short(key: &str) -> &str {

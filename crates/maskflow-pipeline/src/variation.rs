@@ -18,7 +18,6 @@
 use crate::graph::{err_at, Node};
 use crate::Registry;
 use maskflow_core::config::ConfigError;
-use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::Path;
@@ -35,14 +34,12 @@ pub struct Variation {
 
 /// One `-S path=value`: a dotted path as in the file (`train.frozen_lr`, `train.augment.flip`,
 /// `eval.street.tta`) and a TOML value (`1e-3`, `[1e-5, 1e-4]`, `true`; a bare word is a string).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Override {
     /// The argument as given.
     pub arg: String,
-    #[serde(skip)]
     pub path: Vec<String>,
     /// The value as TOML text.
-    #[serde(skip)]
     pub value: String,
 }
 
@@ -125,7 +122,7 @@ pub(crate) fn apply_overrides<'a>(
 ) -> Result<(), ConfigError> {
     for (i, o) in overrides.iter().enumerate() {
         let fail = |message: String| ConfigError::Override { arg: o.arg.clone(), message };
-        check_target(&o.path, table, registry).map_err(fail)?;
+        target(&o.path, table, registry).map_err(fail)?;
         let parsed = DeTable::parse(&src.padded[i]).map_err(|e| fail(e.message().trim().to_string()))?.into_inner();
         merge(table, parsed).map_err(|m| err_at(path, &src.full, src.starts[i], m))?;
     }
@@ -167,10 +164,6 @@ fn target<'p>(path: &'p [String], table: &DeTable, registry: &Registry) -> Resul
         ));
     }
     Ok((format!("{kind}.{second}"), &path[2..]))
-}
-
-fn check_target(path: &[String], table: &DeTable, registry: &Registry) -> Result<(), String> {
-    target(path, table, registry).map(|_| ())
 }
 
 /// Merges `from` into `into`: tables recursively, any other value replaced.

@@ -7,9 +7,7 @@ use maskflow_core::fsutil::write_atomic;
 use std::fmt::Write;
 use std::path::Path;
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
+use maskflow_core::html::esc;
 
 /// A 160-pixel JPEG of data row `row`, as `thumbs/<hash prefix>.jpg`; returns its relative path.
 fn thumbnail(out_dir: &Path, data: &maskflow_data::SplitData, s: &Suspect) -> Result<String> {
